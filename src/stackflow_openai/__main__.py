@@ -1,0 +1,3 @@
+from stackflow_openai.cli import main
+
+raise SystemExit(main())

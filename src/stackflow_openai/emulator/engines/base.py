@@ -1,0 +1,68 @@
+"""What an emulated unit needs from the thing that actually computes: the engine Protocol.
+
+An engine is chosen per emulator (or per catalogue entry) and asked, at each `setup`, for a session
+bound to one model. Sessions are async: CPU-bound engines run their work off the event loop (a
+thread) and must not block it. The emulated units own everything protocol-related (segmentation,
+base64, grouping of LLM tokens into deltas, terminators, error codes); engines only compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from stackflow_openai.stackflow.models import ModelDescriptor
+
+__all__ = ["AsrSession", "Engine", "LlmSession", "LlmSettings", "TtsSession"]
+
+
+@dataclass(frozen=True, slots=True)
+class LlmSettings:
+    """What an llm/vlm `setup` fixes for the life of the instance (protocol §4.1)."""
+
+    system_prompt: str
+    max_token_len: int  # prompt + generated positions (protocol §6)
+    temperature: float | None = None  # None: the flag was off
+    top_p: float | None = None
+    top_k: int | None = None
+
+
+class LlmSession(Protocol):
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens of the templated prompt (system + user turn), as the device counts them."""
+        ...
+
+    def generate(self, prompt: str, *, images: list[bytes], max_new_tokens: int) -> AsyncIterator[str]:
+        """Text pieces (about one token each). The consumer may stop iterating at any time (pause)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class TtsSession(Protocol):
+    sample_rate: int  # always 16000: units resample before handing audio out
+
+    async def synthesize(self, text: str, *, speed: float = 1.0) -> bytes:
+        """One segment of text → s16le mono PCM at `sample_rate`."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class AsrSession(Protocol):
+    async def transcribe(self, pcm: bytes, *, language: str) -> str:
+        """s16le mono 16 kHz PCM → text, without the device's trailing '.'; '' when nothing was heard."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    name: str
+
+    async def open_llm(self, model: ModelDescriptor, settings: LlmSettings) -> LlmSession: ...
+
+    async def open_tts(self, model: ModelDescriptor, voice: str | None) -> TtsSession: ...
+
+    async def open_asr(self, model: ModelDescriptor) -> AsrSession: ...

@@ -1,0 +1,1 @@
+"""The StackFlow device client: codec, connection, sys calls and unit handles."""

@@ -1,0 +1,156 @@
+"""Sans-IO codec for the StackFlow wire protocol (protocol §1.2, §1.3).
+
+Client → device: compact JSON with the keys in the order the units' substring extractor needs
+(`data` last), and every `{`, `}` and `\\` inside a string written as a `\\u` escape, because the
+daemon frames requests by counting braces without knowing about strings.
+
+Device → client: newline-terminated JSON ("NDJSON, almost"): two objects may be glued on one line,
+and the `-1 reace reset` line comes with no newline at all. The decoder buffers bytes, so a read may
+end anywhere, even inside a multi-byte UTF-8 character.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Reply", "ReplyDecoder", "dump_reply", "encode_request", "encode_value"]
+
+# Key order of a request envelope; units take the first `"data"` they find, so `data` goes last.
+_ENVELOPE_ORDER = ("request_id", "work_id", "action", "object", "data")
+
+# In json.dumps output every backslash starts an escape, so a leftmost match of `\\` is always a
+# whole escaped backslash, never the tail of another escape.
+_UNSAFE_IN_STRING = re.compile(r"\\\\|[{}]")
+_SAFE_ESCAPES = {"\\\\": "\\u005c", "{": "\\u007b", "}": "\\u007d"}
+_DECODER = json.JSONDecoder()
+
+
+def _encode_string(text: str) -> str:
+    dumped = json.dumps(text, ensure_ascii=False)
+    return _UNSAFE_IN_STRING.sub(lambda m: _SAFE_ESCAPES[m.group(0)], dumped)
+
+
+def encode_value(value: Any) -> str:
+    """Serialise one JSON value compactly with brace-safe strings and raw UTF-8."""
+    if isinstance(value, str):
+        return _encode_string(value)
+    if isinstance(value, bool) or value is None or isinstance(value, int | float):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        items = (f"{_encode_string(str(k))}:{encode_value(v)}" for k, v in value.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(encode_value(v) for v in value) + "]"
+    raise TypeError(f"cannot encode {type(value).__name__} for StackFlow")
+
+
+def encode_request(message: Mapping[str, Any]) -> bytes:
+    """Encode one request envelope as bytes ready for the socket, newline-terminated.
+
+    Envelope keys come first in protocol order; any other key follows them but precedes `data`.
+    """
+    known = [k for k in _ENVELOPE_ORDER[:-1] if k in message]
+    extra = [k for k in message if k not in _ENVELOPE_ORDER]
+    keys = known + extra + (["data"] if "data" in message else [])
+    body = ",".join(f"{_encode_string(k)}:{encode_value(message[k])}" for k in keys)
+    return ("{" + body + "}\n").encode("utf-8")
+
+
+def dump_reply(message: Mapping[str, Any]) -> bytes:
+    """Serialise a reply the way the device does: nlohmann `dump()`, sorted keys, raw UTF-8, `\\n`."""
+    text = json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return (text + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One message from the device, with the envelope fields pulled out."""
+
+    request_id: str
+    work_id: str
+    object: str
+    data: Any
+    code: int
+    message: str
+    created: int
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Reply:
+        error = obj.get("error")
+        code, text = 0, ""
+        if isinstance(error, dict):
+            raw_code = error.get("code", 0)
+            code = raw_code if isinstance(raw_code, int) else 0
+            text = str(error.get("message", ""))
+        created = obj.get("created", 0)
+        return cls(
+            request_id=str(obj.get("request_id", "")),
+            work_id=str(obj.get("work_id", "")),
+            object=str(obj.get("object", "")),
+            data=obj.get("data"),
+            code=code,
+            message=text,
+            created=created if isinstance(created, int) else 0,
+            raw=obj,
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+
+class ReplyDecoder:
+    """Turns the device's byte stream into replies. Feed it whatever each read returned."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.discarded: list[bytes] = []  # undecodable pieces, kept for diagnostics
+
+    def feed(self, data: bytes) -> list[Reply]:
+        self._buf += data
+        replies: list[Reply] = []
+        while (newline := self._buf.find(b"\n")) >= 0:
+            line = bytes(self._buf[:newline])
+            del self._buf[: newline + 1]
+            replies.extend(self._decode_line(line, final=True))
+        # An unterminated tail is normally a line still in transit, but the `reace reset` line is
+        # never terminated: take whole objects from the tail as soon as they are complete.
+        if self._buf.rstrip().endswith(b"}"):
+            replies.extend(self._decode_line(bytes(self._buf), final=False))
+        return replies
+
+    def _decode_line(self, line: bytes, *, final: bool) -> list[Reply]:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            if final:
+                self.discarded.append(line)
+            return []  # not final: a character may still be in transit
+        replies: list[Reply] = []
+        pos = 0
+        while True:
+            while pos < len(text) and text[pos] in " \t\r":
+                pos += 1
+            if pos >= len(text):
+                break
+            try:
+                obj, end = _DECODER.raw_decode(text, pos)
+            except json.JSONDecodeError:
+                if final:
+                    self.discarded.append(text[pos:].encode("utf-8"))
+                    pos = len(text)
+                break
+            if isinstance(obj, dict):
+                replies.append(Reply.from_json(obj))
+            else:
+                self.discarded.append(text[pos:end].encode("utf-8"))
+            pos = end
+        if not final:
+            # Keep what was not decoded (a partial object) for the next feed.
+            self._buf = bytearray(text[pos:].encode("utf-8"))
+        return replies

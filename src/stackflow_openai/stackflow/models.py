@@ -1,0 +1,108 @@
+"""Typed model descriptors from `sys.lsmode`, with the unit and prefill window derived (protocol §3, §6)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["CmmInfo", "ModelDescriptor", "TaskInfo", "unit_for_model"]
+
+# `type` in a descriptor does not name the unit; these prefixes do (protocol §3).
+_UNIT_PREFIXES = (
+    ("whisper-", "whisper"),
+    ("sherpa-", "asr"),
+    ("sense-voice-", "asr"),
+    ("melotts-", "melotts"),
+    ("melotts_", "melotts"),
+    ("single-speaker-", "tts"),
+    ("CosyVoice2-", "cosy_voice"),
+)
+_PREFILL_IN_TEMPLATE = re.compile(r"_p(\d+)_")
+_PREFILL_IN_FLAGS = re.compile(r"--prefill_len\s+(\d+)")
+_KV_IN_FLAGS = re.compile(r"--kv_cache_len\s+(\d+)")
+DEFAULT_PREFILL = 128  # most models (protocol §6)
+DEFAULT_MAX_TOKEN_LEN = 1023  # KV capacity of the p256 / prefill-20e builds when the flags do not say
+
+
+def unit_for_model(mode: str, model_type: str) -> str:
+    for prefix, unit in _UNIT_PREFIXES:
+        if mode.startswith(prefix):
+            return unit
+    return model_type
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDescriptor:
+    mode: str
+    type: str
+    unit: str
+    capabilities: tuple[str, ...] = ()
+    input_type: tuple[str, ...] = ()
+    output_type: tuple[str, ...] = ()
+    mode_param: dict[str, Any] = field(default_factory=dict, compare=False)
+    prefill_len: int | None = None  # only for llm / vlm
+    kv_cache_len: int | None = None  # mask length: prompt + generated positions (max_token_len ≤ this)
+    cmm_size: int | None = None  # KiB, when the descriptor declares it
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ModelDescriptor:
+        mode = str(obj.get("mode", ""))
+        model_type = str(obj.get("type", ""))
+        unit = unit_for_model(mode, model_type)
+        param = obj.get("mode_param") if isinstance(obj.get("mode_param"), dict) else {}
+        assert isinstance(param, dict)
+        flags = str(obj.get("compile_flage", ""))
+        prefill = kv = None
+        if unit in ("llm", "vlm"):
+            prefill = _derive_prefill(mode, str(param.get("template_filename_axmodel", "")), flags)
+            kv_match = _KV_IN_FLAGS.search(flags)
+            kv = int(kv_match.group(1)) if kv_match else DEFAULT_MAX_TOKEN_LEN
+        cmm = param.get("cmm_size")
+        return cls(
+            mode=mode,
+            type=model_type,
+            unit=unit,
+            capabilities=tuple(str(c) for c in obj.get("capabilities") or ()),
+            input_type=tuple(str(c) for c in obj.get("input_type") or ()),
+            output_type=tuple(str(c) for c in obj.get("output_type") or ()),
+            mode_param=param,
+            prefill_len=prefill,
+            kv_cache_len=kv,
+            cmm_size=cmm if isinstance(cmm, int) else None,
+            raw=obj,
+        )
+
+
+def _derive_prefill(mode: str, template: str, flags: str) -> int:
+    """The prefill window: `_pNNN_` in the axmodel template, else `--prefill_len`, else the §6 table."""
+    if m := _PREFILL_IN_TEMPLATE.search(template):
+        return int(m.group(1))
+    if m := _PREFILL_IN_FLAGS.search(flags):
+        return int(m.group(1))
+    if "-p256-" in mode or (mode.startswith("internvl2.5") and mode.endswith("ax630c")):
+        return 256
+    if mode == "internvl2.5-1B-448-ax650":
+        return 320
+    if mode == "qwen3-vl-2B-Int4-ax630c":
+        return 64
+    return DEFAULT_PREFILL
+
+
+@dataclass(frozen=True, slots=True)
+class CmmInfo:
+    """Device CMM memory in KiB."""
+
+    remain: int
+    total: int
+    used: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    work_id: str
+    model: str
+    response_format: str
+    enoutput: bool
+    inputs: tuple[str, ...]
