@@ -1,0 +1,148 @@
+"""The contract between the OpenAI services and whatever runs a model (a device unit, an upstream server).
+
+Services speak in OpenAI terms; backends in units and text. A backend knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "BackendBusy",
+    "BackendError",
+    "BackendInvalidRequest",
+    "BackendUnavailable",
+    "ChatBackend",
+    "ChatModelInfo",
+    "ChatUnit",
+    "ModelEntry",
+    "ProxyBackend",
+    "ProxyResponse",
+    "SpeechBackend",
+    "TranscriptionBackend",
+    "UnitSettings",
+]
+
+
+class BackendError(Exception):
+    """Base of backend failures; the HTTP layer maps each subclass to one OpenAI error."""
+
+    code: str = "backend_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BackendBusy(BackendError):
+    """Every unit is in use and the wait queue is full or its deadline passed → 503 + Retry-After."""
+
+    code = "server_busy"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BackendUnavailable(BackendError):
+    """The device (or upstream) cannot serve now: unreachable, out of memory, failed to load → 503."""
+
+    code = "device_unavailable"
+
+
+class BackendInvalidRequest(BackendError):
+    """The device refused the input itself (e.g. undecodable image data) → 400."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class ChatModelInfo:
+    prefill_len: int  # tokens the templated prompt may use (device prefill window)
+    max_token_len: int  # prompt + generated tokens the device can hold (KV capacity)
+    tokenizer: str  # "qwen" (exact BPE) or "estimate" (conservative char-based count)
+    template: str  # chat template family used to count template tokens: "qwen" | "llama" | "generic"
+    vision: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSettings:
+    """Fixed at setup on the device; instances are pooled by this signature."""
+
+    system_prompt: str
+    max_token_len: int
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+class ChatUnit(Protocol):
+    def generate(self, prompt: str, *, images: list[bytes]) -> AsyncIterator[str]:
+        """Text deltas of one generation. Closing the iterator early (aclose) stops the generation on the
+        device (pause) and leaves the unit clean for the next generate."""
+        ...
+
+
+class ChatBackend(Protocol):
+    info: ChatModelInfo
+
+    def lease(self, settings: UnitSettings) -> AbstractAsyncContextManager[ChatUnit]:
+        """Hold one unit set up with `settings` for the block; raises BackendBusy/BackendUnavailable."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyResponse:
+    status_code: int
+    headers: Mapping[str, str]
+    body: AsyncIterator[bytes]  # passed through chunk by chunk
+
+
+class ProxyBackend(Protocol):
+    async def forward(self, path: str, body: dict[str, Any]) -> ProxyResponse:
+        """POST `body` (with the upstream model name substituted) to the upstream `path`."""
+        ...
+
+
+class SpeechBackend(Protocol):
+    voices: list[str]  # OpenAI-facing voice names this model accepts
+
+    def synthesize(self, text: str, *, voice: str) -> AsyncIterator[bytes]:
+        """s16le mono 16 kHz PCM, one piece per sentence as the device sends it. Closing early frees the unit."""
+        ...
+
+
+class TranscriptionBackend(Protocol):
+    window_seconds: float  # longest audio one inference accepts (whisper: 30 s)
+    can_translate: bool  # the model itself can translate to English
+
+    async def transcribe(
+        self, pcm: bytes, *, language: str | None, prompt: str | None, translate: bool = False
+    ) -> str:
+        """One window of s16le mono 16 kHz PCM → its text ('' when nothing was heard)."""
+        ...
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    """One model as clients see it in /v1/models."""
+
+    id: str
+    kind: Literal["chat", "proxy", "speech", "transcription"]
+    owned_by: str = "stackflow"
+    created: int = 0
+    chat: ChatBackend | None = None
+    proxy: ProxyBackend | None = None
+    speech: SpeechBackend | None = None
+    transcription: TranscriptionBackend | None = None
+    strict_params: bool = False
+    allow_n: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
