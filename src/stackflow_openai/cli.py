@@ -32,12 +32,20 @@ def _parser() -> argparse.ArgumentParser:
         "or in front of a built-in emulator with --emulator (no hardware needed).",
     )
     serve.add_argument("--config", metavar="FILE", help="YAML config file (see config.example.yaml)")
-    serve.add_argument("--device", metavar="HOST:PORT", action="append",
-                       help="StackFlow device to use (repeatable); overrides the config's devices")
-    serve.add_argument("--emulator", action="store_true",
-                       help="start an in-process device emulator and serve its models")
-    serve.add_argument("--realistic", action="store_true",
-                       help="with --emulator: device-like timing (slow setups, ~10 tokens/s)")
+    serve.add_argument(
+        "--device",
+        metavar="HOST:PORT",
+        action="append",
+        help="StackFlow device to use (repeatable); overrides the config's devices",
+    )
+    serve.add_argument(
+        "--emulator", action="store_true", help="start an in-process device emulator and serve its models"
+    )
+    serve.add_argument(
+        "--realistic",
+        action="store_true",
+        help="with --emulator: device-like timing (slow setups, ~10 tokens/s)",
+    )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks a free one)")
 
@@ -49,16 +57,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     emulator.add_argument("--port", type=int, default=10001, help="port (default 10001; 0 picks a free one)")
-    emulator.add_argument("--realistic", action="store_true",
-                          help="device-like timing: slow setups, ~0.5 s to first token, ~10 tokens/s")
-    emulator.add_argument("--catalogue", metavar="DIR", action="append", default=[],
-                          help="extra directory of mode_*.json model descriptors (repeatable)")
+    emulator.add_argument(
+        "--realistic",
+        action="store_true",
+        help="device-like timing: slow setups, ~0.5 s to first token, ~10 tokens/s",
+    )
+    emulator.add_argument(
+        "--catalogue",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="extra directory of mode_*.json model descriptors (repeatable)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         if args.command == "emulator":
             return _run(_emulator(args))

@@ -53,8 +53,9 @@ async def serve(args: argparse.Namespace) -> None:
         print(f"StackFlow emulator (scripted test engine) on 127.0.0.1:{emulator.port}", flush=True)
     try:
         app = create_app(GatewayRegistry(settings), http_settings(settings))
-        config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port,
-                                log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host=settings.server.host, port=settings.server.port, log_level="warning", lifespan="on"
+        )
         server = uvicorn.Server(config)
         await _serve_and_announce(server)
     finally:
@@ -66,7 +67,8 @@ async def _serve_and_announce(server: uvicorn.Server) -> None:
     import asyncio
 
     task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():
+    # uvicorn offers no "started" event to await
+    while not server.started and not task.done():  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     if server.started:
         host, port = server.servers[0].sockets[0].getsockname()[:2]

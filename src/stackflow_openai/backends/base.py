@@ -116,7 +116,9 @@ class SpeechBackend(Protocol):
     voices: list[str]  # OpenAI-facing voice names this model accepts
 
     def synthesize(self, text: str, *, voice: str) -> AsyncIterator[bytes]:
-        """s16le mono 16 kHz PCM, one piece per sentence as the device sends it. Closing early frees the unit."""
+        """s16le mono 16 kHz PCM, one piece per sentence as the device sends it.
+
+        Closing the iterator early frees the unit."""
         ...
 
 

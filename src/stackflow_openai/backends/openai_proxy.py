@@ -44,8 +44,11 @@ class OpenAIProxyBackend:
         if response.status_code >= 400:
             raw = await response.aread()
             await response.aclose()
-            return ProxyResponse(response.status_code, {"content-type": "application/json"},
-                                 _once(_upstream_error(response.status_code, raw)))
+            return ProxyResponse(
+                response.status_code,
+                {"content-type": "application/json"},
+                _once(_upstream_error(response.status_code, raw)),
+            )
         return ProxyResponse(response.status_code, headers, _relay(response))
 
     async def aclose(self) -> None:
@@ -73,6 +76,10 @@ def _upstream_error(status: int, raw: bytes) -> bytes:
     except ValueError:
         pass
     text = raw.decode("utf-8", "replace")[:500]
-    error = {"message": f"upstream server answered {status}: {text}", "type": "upstream_error",
-             "param": None, "code": "upstream_error"}
+    error = {
+        "message": f"upstream server answered {status}: {text}",
+        "type": "upstream_error",
+        "param": None,
+        "code": "upstream_error",
+    }
     return json.dumps({"error": error}).encode()

@@ -14,16 +14,17 @@ from stackflow_openai.stackflow.errors import (
     DeviceTimeout,
 )
 from stackflow_openai.stackflow.models import ModelDescriptor
-from stackflow_openai.stackflow.pool import DevicePool, PoolBusy, PoolUnavailable
+from stackflow_openai.stackflow.pool import DevicePool
+from stackflow_openai.stackflow.setups import llm_setup, vlm_setup
 from stackflow_openai.stackflow.unit import Unit
 
 from .base import (
-    BackendBusy,
     BackendInvalidRequest,
     BackendUnavailable,
     ChatModelInfo,
     UnitSettings,
 )
+from .device_lease import device_lease
 
 __all__ = ["StackFlowChatBackend", "chat_info_for"]
 
@@ -45,21 +46,14 @@ def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
 
 
 def _setup_for(model: ModelDescriptor, settings: UnitSettings) -> dict[str, Any]:
-    """The setup data (protocol §4.1): sampling values only count with their enable flags."""
-    unit = model.unit
-    setup: dict[str, Any] = {
-        "model": model.mode,
-        "response_format": f"{unit}.utf-8.stream",
-        "input": f"{unit}.utf-8",
-        "enoutput": True,
-        "max_token_len": settings.max_token_len,
-        "prompt": settings.system_prompt,
-    }
-    if settings.temperature is not None:
-        setup |= {"enable_temperature": True, "temperature": settings.temperature}
-    if settings.top_p is not None:
-        setup |= {"enable_top_p_sampling": True, "top_p": settings.top_p}
-    return setup
+    build = vlm_setup if model.unit == "vlm" else llm_setup
+    return build(
+        model.mode,
+        system_prompt=settings.system_prompt,
+        max_token_len=settings.max_token_len,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+    )
 
 
 class _DeviceChatUnit:
@@ -84,12 +78,15 @@ class _DeviceChatUnit:
                 data, obj = base64.b64encode(prompt.encode("utf-8")).decode("ascii"), "vlm.utf-8.base64"
             else:
                 data, obj = prompt, "llm.utf-8"
-            async with aclosing(self._unit.generate(data, object=obj, idle_timeout=self._idle_timeout)) as deltas:
+            async with aclosing(
+                self._unit.generate(data, object=obj, idle_timeout=self._idle_timeout)
+            ) as deltas:
                 async for delta in deltas:
                     yield delta
         except Base64DecodeError as exc:
-            raise BackendInvalidRequest(f"the device could not decode the image: {exc.message}",
-                                        param="messages") from exc
+            raise BackendInvalidRequest(
+                f"the device could not decode the image: {exc.message}", param="messages"
+            ) from exc
         except (DeviceTimeout, ConnectionLost) as exc:
             raise BackendUnavailable(f"the device stopped answering: {exc}") from exc
         except DeviceError as exc:
@@ -108,17 +105,6 @@ class StackFlowChatBackend:
 
     @asynccontextmanager
     async def lease(self, settings: UnitSettings) -> AsyncIterator[_DeviceChatUnit]:
-        try:
-            lease = self.pool.lease(self.model, _setup_for(self.model, settings), pool_size=self.pool_size)
-            unit = await lease.__aenter__()
-        except PoolBusy as exc:
-            raise BackendBusy(str(exc), retry_after=exc.retry_after) from exc
-        except PoolUnavailable as exc:
-            raise BackendUnavailable(str(exc)) from exc
-        try:
+        setup = _setup_for(self.model, settings)
+        async with device_lease(self.pool, self.model, setup, pool_size=self.pool_size) as unit:
             yield _DeviceChatUnit(unit, self.info.vision, self.idle_timeout)
-        except BaseException as exc:
-            await lease.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        else:
-            await lease.__aexit__(None, None, None)

@@ -1,1 +1,102 @@
-"""The StackFlow device client: codec, connection, sys calls and unit handles."""
+"""The StackFlow device client: codec, connection, sys calls and unit handles.
+
+`DeviceClient` talks to one device (sys calls on a shared connection); `DeviceClient.open_unit`
+returns a `Unit`, one live instance on its own connection. Every wait has a timeout and every
+device error code maps to a named exception (`errors.py`).
+"""
+
+from .client import DeviceClient, HwInfo
+from .codec import Reply, ReplyDecoder, dump_reply, encode_request, encode_value
+from .connection import INFERENCE_ERROR_CODES, Connection
+from .errors import (
+    ActionMatchFalse,
+    Base64DecodeError,
+    ConnectionLost,
+    DeviceError,
+    DeviceTimeout,
+    FileError,
+    InferencePushFalse,
+    JsonFormatError,
+    LinkFalse,
+    ModelLoadFailed,
+    ModelRunFailed,
+    NotAvailable,
+    NoUnitAction,
+    ReaceReset,
+    StackFlowError,
+    StreamIndexError,
+    TaskFull,
+    UnitCallFalse,
+    UnitDoesNotExist,
+    UnitError,
+    error_for_code,
+)
+from .models import CmmInfo, ModelDescriptor, TaskInfo, unit_for_model
+from .setups import (
+    ASR_STREAM_INPUT,
+    LLM_TEXT_INPUT,
+    TTS_TEXT_INPUT,
+    VLM_IMAGE_INPUT,
+    VLM_TEXT_INPUT,
+    WHISPER_STREAM_INPUT,
+    asr_setup,
+    llm_setup,
+    melotts_setup,
+    tts_setup,
+    vlm_setup,
+    whisper_setup,
+)
+from .unit import PAUSABLE_UNITS, Unit, UnitBroken, reply_text
+
+__all__ = [
+    "ASR_STREAM_INPUT",
+    "INFERENCE_ERROR_CODES",
+    "LLM_TEXT_INPUT",
+    "PAUSABLE_UNITS",
+    "TTS_TEXT_INPUT",
+    "VLM_IMAGE_INPUT",
+    "VLM_TEXT_INPUT",
+    "WHISPER_STREAM_INPUT",
+    "ActionMatchFalse",
+    "Base64DecodeError",
+    "CmmInfo",
+    "Connection",
+    "ConnectionLost",
+    "DeviceClient",
+    "DeviceError",
+    "DeviceTimeout",
+    "FileError",
+    "HwInfo",
+    "InferencePushFalse",
+    "JsonFormatError",
+    "LinkFalse",
+    "ModelDescriptor",
+    "ModelLoadFailed",
+    "ModelRunFailed",
+    "NoUnitAction",
+    "NotAvailable",
+    "ReaceReset",
+    "Reply",
+    "ReplyDecoder",
+    "StackFlowError",
+    "StreamIndexError",
+    "TaskFull",
+    "TaskInfo",
+    "Unit",
+    "UnitBroken",
+    "UnitCallFalse",
+    "UnitDoesNotExist",
+    "UnitError",
+    "asr_setup",
+    "dump_reply",
+    "encode_request",
+    "encode_value",
+    "error_for_code",
+    "llm_setup",
+    "melotts_setup",
+    "reply_text",
+    "tts_setup",
+    "unit_for_model",
+    "vlm_setup",
+    "whisper_setup",
+]

@@ -90,8 +90,12 @@ class DevicePool:
     # ---- introspection -------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         busy = sum(1 for s in self._slots if s.busy)
-        return {"instances": len(self._slots), "busy": busy, "idle": len(self._slots) - busy,
-                "waiting": self._waiting}
+        return {
+            "instances": len(self._slots),
+            "busy": busy,
+            "idle": len(self._slots) - busy,
+            "waiting": self._waiting,
+        }
 
     def work_ids(self) -> list[str]:
         return [s.unit.work_id for s in self._slots if s.unit is not None]
@@ -125,14 +129,18 @@ class DevicePool:
             slot, victim = self._pick(model, signature, pool_size)
             if slot is None and victim is None:
                 if self._waiting >= self.queue_limit:
-                    raise PoolBusy(f"all {model.mode} units are busy and the queue is full", self._retry_after())
+                    raise PoolBusy(
+                        f"all {model.mode} units are busy and the queue is full", self._retry_after()
+                    )
                 self._waiting += 1
                 try:
                     while slot is None and victim is None:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
-                            raise PoolBusy(f"no {model.mode} unit became free in {self.queue_timeout:g} s",
-                                           self._retry_after())
+                            raise PoolBusy(
+                                f"no {model.mode} unit became free in {self.queue_timeout:g} s",
+                                self._retry_after(),
+                            )
                         try:
                             await asyncio.wait_for(self._cond.wait(), remaining)
                         except TimeoutError:
@@ -159,7 +167,9 @@ class DevicePool:
             raise
         return slot
 
-    def _pick(self, model: ModelDescriptor, signature: str, pool_size: int) -> tuple[_Slot | None, _Slot | None]:
+    def _pick(
+        self, model: ModelDescriptor, signature: str, pool_size: int
+    ) -> tuple[_Slot | None, _Slot | None]:
         """(slot, victim): an idle match, or a new reserved slot, or an idle instance to evict."""
         for s in self._slots:
             if not s.busy and s.model == model.mode and s.signature == signature and s.unit is not None:
@@ -206,7 +216,8 @@ class DevicePool:
             raise PoolUnavailable(f"device unreachable: {exc}") from exc
         if info.remain < model.cmm_size:
             raise PoolUnavailable(
-                f"not enough device memory for {model.mode}: needs {model.cmm_size} KiB, {info.remain} KiB free"
+                f"not enough device memory for {model.mode}: "
+                f"needs {model.cmm_size} KiB, {info.remain} KiB free"
             )
 
     async def _release(self, slot: _Slot, *, discard: bool) -> None:

@@ -1,0 +1,34 @@
+"""A pool lease with the pool's errors translated into backend errors (one translation point)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from stackflow_openai.stackflow.models import ModelDescriptor
+from stackflow_openai.stackflow.pool import DevicePool, PoolBusy, PoolUnavailable
+from stackflow_openai.stackflow.unit import Unit
+
+from .base import BackendBusy, BackendUnavailable
+
+__all__ = ["device_lease"]
+
+
+@asynccontextmanager
+async def device_lease(
+    pool: DevicePool, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None
+) -> AsyncIterator[Unit]:
+    lease = pool.lease(model, setup, pool_size=pool_size)
+    try:
+        unit = await lease.__aenter__()
+    except PoolBusy as exc:
+        raise BackendBusy(str(exc), retry_after=exc.retry_after) from exc
+    except PoolUnavailable as exc:
+        raise BackendUnavailable(str(exc)) from exc
+    try:
+        yield unit
+    except BaseException as exc:
+        await lease.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    await lease.__aexit__(None, None, None)

@@ -1,0 +1,37 @@
+"""A StackFlow device emulator: llm-sys on TCP plus the llm, vlm, melotts, tts, whisper and asr units.
+
+It follows `stackflow-protocol.md` (§8 checklist) down to the device's bugs: brace-counted framing
+with the `reace reset` line, the dispatch error codes, one global work_id counter from 1000, per-unit
+instance limits, CMM memory, output that follows the last connection to speak to an instance,
+instances that survive a disconnect, and the units' own ways of reading requests (substring
+extraction; see `rawjson`). Engines compute the answers; `ScriptedEngine` is a deterministic test
+tool, not a model.
+
+    emu = Emulator(engine=ScriptedEngine(timing=Timing()), hwinfo_delay=0.05)
+    await emu.start(host="127.0.0.1", port=0)   # emu.host, emu.port
+    ...
+    await emu.stop()
+
+PRIVATE TEST EXTENSION - NOT PART OF STACKFLOW. A real device answers both actions with -3.
+
+- `{"request_id":"1","work_id":"sys","action":"x_emulator_instances"}` →
+  `object` "sys.x_emulator_instances", `data`: the list `Emulator.live_instances()` returns, one
+  `{"work_id","unit","model","state","prefill_overflows"}` per registered instance (state is
+  loading, ready, busy or exiting), and an extra top-level key `totals`:
+  `{"prefill_overflows","next_work_id","cmm_used","connections"}` (`Emulator.totals()`).
+- `{"request_id":"2","work_id":"sys","action":"x_emulator_faults","data":{...}}` sets fields of
+  `Faults` (drop_finish, hang_setup, fail_setup, fail_setup_code, close_mid_stream,
+  close_after_deltas, token_delay); the reply's `data` is every fault field after the update.
+  Unknown fields or bad values: -2 and nothing changes. In-process: `emu.faults.drop_finish = 2`.
+
+Known simplifications: no microphone, speaker, camera, kws or vad (link/unlink only bookkeep),
+no RAW/BON binary framing, no ctx-style LLM conversation memory, and a connection whose reader
+stalls does not stall the unit (the device may block up to 3 s per message).
+"""
+
+from stackflow_openai.emulator.catalogue import load_catalogue
+from stackflow_openai.emulator.engines.scripted import ScriptedEngine, Timing
+from stackflow_openai.emulator.faults import Faults
+from stackflow_openai.emulator.server import Emulator, run_emulator
+
+__all__ = ["Emulator", "Faults", "ScriptedEngine", "Timing", "load_catalogue", "run_emulator"]

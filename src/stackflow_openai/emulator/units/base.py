@@ -1,0 +1,416 @@
+"""What every emulated unit shares: the StackFlow base class of the device (`StackFlow.cpp`).
+
+A unit (`UnitService`) handles control actions one at a time, in arrival order, on its own worker:
+while a setup loads, everything else for that unit type waits behind it. Replies made by the unit's
+generic `send` carry the request_id of the last control request the unit handled and go to that
+request's connection; that is also where inference-time errors (-23, -25) of *any* instance go.
+
+An instance (`Instance`) owns its output route (the "push URL"): set at setup, replaced by every
+inference it receives and by every control action naming it. Its output carries the request_id of
+the latest inference it received. User input reaches it only if its `input` named the unit's tag.
+Input is taken from an inbox by one receiver task, like the device's ZMQ receive thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from stackflow_openai.emulator.rawjson import (
+    StreamIndexError,
+    c_stoi,
+    decode_base64,
+    decode_stream,
+    extract,
+)
+from stackflow_openai.emulator.replies import build_reply
+from stackflow_openai.emulator.units.setup_fields import SetupError, check_setup
+from stackflow_openai.stackflow.models import ModelDescriptor
+
+if TYPE_CHECKING:
+    from stackflow_openai.emulator.connection import ClientConnection
+    from stackflow_openai.emulator.state import DeviceState
+
+__all__ = ["CONTROL_ACTIONS", "Instance", "SetupError", "UnitService", "work_id_number"]
+
+CONTROL_ACTIONS = frozenset({"setup", "pause", "work", "exit", "link", "unlink", "taskinfo"})
+_INSTANCE_ID = re.compile(r"\w+\.\d+")
+_log = logging.getLogger(__name__)
+
+
+def work_id_number(work_id: str) -> int | None:
+    """`sample_get_work_id_num`: the number after the first '.', None for a bare unit name.
+
+    Raises ValueError for a non-numeric suffix (the device unit would crash on it).
+    """
+    dot = work_id.find(".")
+    if dot < 0 or dot == len(work_id) - 1:
+        return None
+    return c_stoi(work_id[dot + 1 :])
+
+
+class Instance:
+    """One set-up instance (the device's channel plus task objects)."""
+
+    def __init__(self, unit: UnitService, number: int, conn: ClientConnection, request_id: str) -> None:
+        self.unit = unit
+        self.number = number
+        self.work_id = f"{unit.name}.{number}"
+        self.push_conn: ClientConnection | None = conn
+        self.request_id = request_id
+        self.state = "loading"  # loading → ready ⇄ busy → exiting
+        self.model: ModelDescriptor | None = None
+        self.config: dict[str, Any] = {}  # setup data
+        self.params: dict[str, Any] = {}  # descriptor mode_param overridden by setup data
+        self.response_format = ""
+        self.enoutput = False
+        self.enstream = False
+        self.inputs: list[str] = []
+        self.user_subscribed = False
+        self.cmm_kib = 0
+        self.prefill_overflows = 0
+        self._inbox: asyncio.Queue[tuple[ClientConnection, str]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ----------------------------------------------------------------- set-up hooks (override)
+    def configure(self, config: dict[str, Any], params: dict[str, Any], model: ModelDescriptor) -> None:
+        """Take the validated setup: common fields here, unit-specific ones in subclasses."""
+        self.model = model
+        self.config = config
+        self.params = params
+        self.response_format = config["response_format"]
+        self.enoutput = config["enoutput"]
+        self.enstream = "stream" in self.response_format
+        raw_input = config.get("input")
+        if isinstance(raw_input, str):
+            self.inputs = [raw_input]
+        elif isinstance(raw_input, list):
+            self.inputs = list(raw_input)
+        self.user_subscribed = any(self.unit.subscribes_user_input(i) for i in self.inputs)
+
+    async def open(self) -> None:
+        """Load the model through the engine (the setup delay happens here)."""
+
+    async def on_user_data(self, object: str, data: str) -> None:
+        """One inference message, with `object` and `data` as the raw extracted strings."""
+
+    async def finish_for_exit(self) -> None:
+        """`exit`: what must still happen before the acknowledgement (e.g. llm's finish message)."""
+
+    async def close_session(self) -> None:
+        """Release engine resources."""
+
+    # ----------------------------------------------------------------- output
+    def emit(self, data: Any, *, object: str | None = None, code: int = 0) -> None:
+        """The channel's `send`: latest inference request_id, instance work_id, only if `enoutput`.
+
+        May raise UnicodeEncodeError, as the device's `dump()` throws on invalid text.
+        """
+        line = build_reply(
+            self.request_id,
+            self.work_id,
+            object=self.response_format if object is None else object,
+            data=data,
+            code=code,
+        )
+        if self.enoutput and self.push_conn is not None:
+            self.push_conn.send(line)
+
+    def next_stream_index(self, *, finish: bool) -> int:
+        """The unit process's `static int count`: shared by every instance, reset by any finish."""
+        index = self.unit.out_index
+        self.unit.out_index = 0 if finish else index + 1
+        return index
+
+    # ----------------------------------------------------------------- input
+    def deliver(self, conn: ClientConnection, raw: str) -> None:
+        """An inference published by llm-sys; dropped unless this instance listens to user input."""
+        if self.state in ("ready", "busy") and self.user_subscribed:
+            self._inbox.put_nowait((conn, raw))
+
+    async def _receive_loop(self) -> None:
+        while True:
+            conn, raw = await self._inbox.get()
+            # `subscriber_event_call`: the envelope retargets output and restamps request_id.
+            self.push_conn = conn
+            self.request_id = extract(raw, "request_id")
+            try:
+                await self.on_user_data(extract(raw, "object"), extract(raw, "data"))
+            except Exception:  # the device logs and carries on with the next message
+                _log.exception("%s: inference failed", self.work_id)
+
+    def decode_common(self, object: str, data: str) -> bytes | str | None:
+        """Stream reassembly then base64, with the unit-level -25/-23 errors; None: nothing to do."""
+        text = data
+        if "stream" in object:
+            try:
+                joined = decode_stream(data, self.unit.stream_chunks)
+            except StreamIndexError:
+                self.unit.stream_chunks.clear()
+                self.unit.send_error(-25)
+                return None
+            if joined is None:
+                return None
+            text = joined
+        if "base64" in object:
+            payload = decode_base64(text)
+            if payload is None:
+                self.unit.send_error(-23)
+                return None
+            return payload
+        return text
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self.state = "ready"
+        self.spawn(self._receive_loop())
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=f"emulator-{self.work_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def kill(self) -> None:
+        """Stop everything now (exit after draining, reset, emulator stop)."""
+        self.state = "exiting"
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.close_session()
+        except Exception:
+            _log.exception("%s: closing the engine session failed", self.work_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "work_id": self.work_id,
+            "unit": self.unit.name,
+            "model": self.model.mode if self.model else self.config.get("model"),
+            "state": self.state,
+            "prefill_overflows": self.prefill_overflows,
+        }
+
+
+class UnitService:
+    """One unit process (llm-llm, llm-melotts, ...): its control worker and its instances."""
+
+    name: ClassVar[str] = ""
+    limit: ClassVar[int] = 1  # MAX_TASK_NUM / task_count_
+    user_tag: ClassVar[str] = ""
+    instance_class: ClassVar[type[Instance]] = Instance
+    parse_error_work_id: ClassVar[str | None] = None  # -2 copy-paste bug: llm/vlm say "kws"
+    load_error_work_id: ClassVar[str | None] = None  # -5 copy-paste bug: whisper says "asr"
+    has_pause: ClassVar[bool] = True
+    has_work: ClassVar[bool] = False
+    link_tags: ClassVar[tuple[str, ...]] = ()  # what `link` accepts in its data
+
+    def __init__(self, state: DeviceState) -> None:
+        self.state = state
+        self.channels: dict[int, Instance] = {}  # registered, loading included
+        self.instances: dict[int, Instance] = {}  # set up successfully
+        self.last_request_id = ""
+        self.last_conn: ClientConnection | None = None
+        self.stream_chunks: dict[int, str] = {}  # `static stream_buff`: shared by all instances
+        self.out_index = 0
+        self._queue: asyncio.Queue[tuple[ClientConnection, str, str]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    def subscribes_user_input(self, source: str) -> bool:
+        return self.user_tag in source
+
+    # ----------------------------------------------------------------- RPC entry
+    def submit(self, conn: ClientConnection, raw: str) -> None:
+        """A control request relayed by llm-sys. Actions without a handler get no reply at all."""
+        action = extract(raw, "action")
+        if action not in CONTROL_ACTIONS:
+            return
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work_loop(), name=f"emulator-unit-{self.name}")
+        self._queue.put_nowait((conn, raw, action))
+
+    async def _work_loop(self) -> None:
+        while True:
+            conn, raw, action = await self._queue.get()
+            self.last_request_id = extract(raw, "request_id")
+            self.last_conn = conn
+            try:
+                if action == "setup":
+                    await self._setup(conn, extract(raw, "data"))
+                else:
+                    await self._control(action, conn, extract(raw, "work_id"), extract(raw, "data"))
+            except Exception:
+                _log.exception("unit %s: %s failed", self.name, action)
+
+    def reply(
+        self,
+        work_id: str,
+        *,
+        code: int = 0,
+        object: str = "None",
+        data: Any = "None",
+        message: str | None = None,
+    ) -> None:
+        """`StackFlow::send`: last control request's id, to that request's connection."""
+        if self.last_conn is not None:
+            line = build_reply(
+                self.last_request_id, work_id, object=object, data=data, code=code, message=message
+            )
+            self.last_conn.send(line)
+
+    def send_error(self, code: int) -> None:
+        """Inference-time errors: bare unit name, routed like control replies (protocol §2.4)."""
+        self.reply(self.name, code=code)
+
+    # ----------------------------------------------------------------- setup
+    async def _setup(self, conn: ClientConnection, data: str) -> None:
+        number = self.state.allocate_work_id()
+        instance = self.instance_class(self, number, conn, self.last_request_id)
+        self.channels[number] = instance
+        self.state.register(instance)
+        try:
+            await self._load(instance, data)
+        except SetupError as err:
+            await self._discard(instance)
+            self.reply(self._error_work_id(err.code), code=err.code, message=err.message)
+            return
+        except asyncio.CancelledError:
+            await self._discard(instance)
+            raise
+        except Exception:
+            _log.exception("%s: model load failed", instance.work_id)
+            await self._discard(instance)
+            self.reply(self._error_work_id(-5), code=-5)
+            return
+        self.instances[number] = instance
+        instance.start()
+        self.reply(instance.work_id)
+
+    def _error_work_id(self, code: int) -> str:
+        if code == -2 and self.parse_error_work_id:
+            return self.parse_error_work_id
+        if code == -5 and self.load_error_work_id:
+            return self.load_error_work_id
+        return self.name
+
+    async def _load(self, instance: Instance, data: str) -> None:
+        if len(self.channels) - 1 == self.limit:
+            raise SetupError(-21)
+        faults = self.state.faults
+        if faults.take("fail_setup"):
+            code = faults.fail_setup_code
+            raise SetupError(code, "json format error." if code == -2 else None)
+        try:
+            config = json.loads(data, parse_constant=_reject_constant)
+        except ValueError:
+            raise SetupError(-2, "json format error.") from None
+        if faults.take("hang_setup"):
+            await asyncio.Future()  # never completes: only reset/stop cancel it
+        model, params = check_setup(self.name, config, self.state.find_model)
+        need = model.cmm_size or 0
+        if need > self.state.cmm_remain_kib():
+            raise SetupError(-5)
+        instance.cmm_kib = need
+        instance.configure(config, params, model)
+        await instance.open()
+
+    async def _discard(self, instance: Instance) -> None:
+        self.channels.pop(instance.number, None)
+        self.instances.pop(instance.number, None)
+        self.state.release(instance)
+        await instance.kill()
+
+    # ----------------------------------------------------------------- other control actions
+    async def _control(self, action: str, conn: ClientConnection, work_id: str, data: str) -> None:
+        try:
+            number = work_id_number(work_id)
+        except ValueError:
+            number = -1  # never an instance number: answered like an unknown instance
+        channel = self.channels.get(number) if number is not None else None
+        if channel is not None:
+            channel.push_conn = conn  # every control action retargets the instance's output
+        instance = self.instances.get(number) if number is not None else None
+        if action == "taskinfo":
+            self._taskinfo(work_id, number, instance)
+        elif (action == "pause" and not self.has_pause) or (action == "work" and not self.has_work):
+            self.reply(work_id, code=-18)
+        elif instance is None:
+            self.reply(work_id, code=-6)
+        elif action == "exit":
+            await self._exit(instance)
+        elif action == "pause":
+            await self.pause(instance)
+            self.reply(work_id)
+        elif action == "work":
+            self.reply(work_id)  # resumes microphone capture: nothing to do without a microphone
+        elif action == "link":
+            self._link(instance, data)
+        else:
+            self._unlink(instance, data)
+
+    async def pause(self, instance: Instance) -> None:
+        """Unit-specific effect of `pause` (llm/vlm stop generating; whisper/asr stop the mic)."""
+
+    def _taskinfo(self, work_id: str, number: int | None, instance: Instance | None) -> None:
+        if number is None:
+            live = [self.channels[n].work_id for n in sorted(self.channels)]
+            self.reply(work_id, object=f"{self.name}.tasklist", data=live)
+        elif instance is None:
+            self.reply(work_id, code=-6)
+        else:
+            info = {
+                "enoutput": instance.enoutput,
+                "inputs": list(instance.inputs),
+                "model": instance.config.get("model"),
+                "response_format": instance.response_format,
+            }
+            self.reply(work_id, object=f"{self.name}.taskinfo", data=info)
+
+    async def _exit(self, instance: Instance) -> None:
+        instance.state = "exiting"
+        await instance.finish_for_exit()
+        await instance.kill()
+        self.channels.pop(instance.number, None)
+        self.instances.pop(instance.number, None)
+        self.reply(instance.work_id)
+        self.state.release(instance)  # after the ack, like `sys_release_unit`
+
+    def _link(self, instance: Instance, data: str) -> None:
+        # Minimal: no data actually flows between linked instances in the emulator.
+        accepted = any(tag in data for tag in self.link_tags)
+        if accepted and _INSTANCE_ID.fullmatch(data) and data not in self.state.registry:
+            accepted = False  # the target's `.out_port` is unknown
+        if not accepted:
+            self.reply(instance.work_id, code=-20)
+            return
+        instance.inputs.append(data)
+        self.reply(instance.work_id)
+
+    def _unlink(self, instance: Instance, data: str) -> None:
+        if not _INSTANCE_ID.fullmatch(data):
+            # Device quirk: anything that is not an instance id maps to subscription 0, the
+            # user-input one, which is then torn down.
+            instance.user_subscribed = False
+        instance.inputs = [i for i in instance.inputs if i != data]
+        self.reply(instance.work_id)
+
+    # ----------------------------------------------------------------- shutdown
+    async def shutdown(self) -> None:
+        """Service restart or emulator stop: drop the queue, kill every instance."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        for instance in list(self.channels.values()):
+            await instance.kill()
+        self.channels.clear()
+        self.instances.clear()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # nlohmann rejects NaN/Infinity; json.loads would not

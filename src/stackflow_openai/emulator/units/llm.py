@@ -1,0 +1,259 @@
+"""The llm and vlm units (`main_llm`, `main_vlm`, runner `LLM::Run`; protocol §5.2, §5.3, §6).
+
+Generation follows the device's decode loop:
+- the templated prompt must fit the prefill window; if it does not, the device runs on an empty
+  embedding and produces garbage with no error. The emulator emits `!` tokens and counts the event
+  (`prefill_overflows`) so tests can assert it never happens;
+- `max_token_len` caps prompt + generated positions: at most `1 + max_token_len - prompt` tokens;
+- tokens are pushed in groups of at least 3 (held while the text ends in U+FFFD). The group still
+  held when the loop ends by length or by `pause` is never sent in stream mode (only an EOS flushes
+  it), while the non-stream text always has every token;
+- then exactly one finish: the `{"delta":"","finish":true}` terminator, or the whole text.
+
+llm queues at most 3 waiting requests (more are dropped) and runs them on its own task; the vlm
+generates inside its receive loop, so its next message waits. The llm unescapes JSON escapes in the
+text it receives; the vlm gets the raw, still-escaped characters from between the quotes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from stackflow_openai.emulator.engines.base import LlmSession, LlmSettings
+from stackflow_openai.emulator.rawjson import unescape
+from stackflow_openai.emulator.units.base import Instance, UnitService
+
+__all__ = ["LlmInstance", "LlmUnit", "VlmInstance", "VlmUnit"]
+
+DEFAULT_MAX_TOKEN_LEN = 127  # LLMAttrType default; no descriptor sets it (protocol §6)
+DEFAULT_PREFILL = 128
+LLM_QUEUE_DEPTH = 3
+GROUP_TOKENS = 3
+_log = logging.getLogger(__name__)
+
+
+def _as_text(payload: bytes | str) -> str:
+    return payload if isinstance(payload, str) else payload.decode("utf-8", errors="replace")
+
+
+class LlmInstance(Instance):
+    unit: LlmUnit
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session: LlmSession | None = None
+        self.max_token_len = DEFAULT_MAX_TOKEN_LEN
+        self.prefill_len = DEFAULT_PREFILL
+        self._pending: deque[str] = deque()  # requests waiting behind the running one
+        self._busy = False  # the llm worker is working off requests
+        self._stop_requested = False
+        self._generating = False
+        self._idle = asyncio.Event()  # nothing generating and nothing queued
+        self._idle.set()
+
+    def configure(self, config: dict[str, Any], params: dict[str, Any], model: Any) -> None:
+        super().configure(config, params, model)
+        capacity = model.kv_cache_len or 1023
+        self.max_token_len = min(int(params.get("max_token_len", DEFAULT_MAX_TOKEN_LEN)), capacity)
+        self.prefill_len = model.prefill_len or DEFAULT_PREFILL
+
+    def settings(self) -> LlmSettings:
+        p = self.params
+        return LlmSettings(
+            system_prompt=self.config["prompt"],
+            max_token_len=self.max_token_len,
+            temperature=float(p.get("temperature", 0.7)) if p.get("enable_temperature") else None,
+            top_p=float(p.get("top_p", 0.9)) if p.get("enable_top_p_sampling") else None,
+            top_k=int(p.get("top_k", 10)) if p.get("enable_top_k_sampling", True) else None,
+        )
+
+    async def open(self) -> None:
+        assert self.model is not None
+        engine = self.unit.state.engine_for(self.model)
+        self.session = await engine.open_llm(self.model, self.settings())
+
+    async def close_session(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # ----------------------------------------------------------------- input
+    async def on_user_data(self, object: str, data: str) -> None:
+        payload = self.decode_common(object, data)
+        if payload is None:
+            return
+        text = unescape(_as_text(payload))
+        if not text or self.state == "exiting":
+            return  # empty input is ignored, with no reply
+        if not self._busy:
+            # The worker thread blocks in get(): an idle one takes the request at once, so it
+            # does not occupy one of the three queue places.
+            self._busy = True
+            self._idle.clear()
+            self.spawn(self._work_off(text))
+        elif len(self._pending) < LLM_QUEUE_DEPTH:
+            self._pending.append(text)
+        # else: the queue is full and the request is dropped silently
+
+    async def _work_off(self, text: str) -> None:
+        try:
+            while True:
+                await self.generate(text, [])
+                if not self._pending:
+                    return
+                text = self._pending.popleft()
+        finally:
+            self._busy = False
+            self._idle.set()
+
+    # ----------------------------------------------------------------- control
+    def request_stop(self) -> None:
+        """`pause`: stops the running generation; lost if none runs (Run() clears the flag)."""
+        if self._generating:
+            self._stop_requested = True
+
+    async def finish_for_exit(self) -> None:
+        # llm_task::stop(): stop the current generation, then let the queued ones run to the
+        # end before the worker thread exits; only then is the exit acknowledged.
+        self.request_stop()
+        await self._idle.wait()
+
+    # ----------------------------------------------------------------- generation
+    async def generate(self, text: str, images: list[bytes]) -> None:
+        assert self.session is not None
+        self._generating, self._stop_requested = True, False
+        if self.state == "ready":
+            self.state = "busy"
+        try:
+            await self._run(self.session, text, images)
+        except UnicodeEncodeError:
+            pass  # dump() threw: the generation ends with no finish message at all
+        except Exception:
+            _log.exception("%s: generation failed", self.work_id)  # device: no output either
+        finally:
+            self._generating = False
+            if self.state == "busy":
+                self.state = "ready"
+
+    def image_tokens(self, images: list[bytes]) -> int:
+        return 0
+
+    async def _run(self, session: LlmSession, text: str, images: list[bytes]) -> None:
+        faults = self.unit.state.faults
+        drop_finish = faults.take("drop_finish")
+        close_after = faults.close_after_deltas if self.enstream and faults.take("close_mid_stream") else None
+        prompt_tokens = session.prompt_tokens(text) + self.image_tokens(images)
+        max_new = 1 + max(0, self.max_token_len - prompt_tokens)
+        if prompt_tokens > self.prefill_len:
+            self.prefill_overflows += 1
+            self.unit.state.prefill_overflows += 1
+            pieces: AsyncIterator[str] = _garbage(max_new)
+        else:
+            pieces = session.generate(text, images=images, max_new_tokens=max_new)
+        produced: list[str] = []
+        held: list[str] = []
+        deltas = 0
+        stopped = False
+        async for piece in pieces:
+            produced.append(piece)
+            held.append(piece)
+            joined = "".join(held)
+            if len(held) >= GROUP_TOKENS and joined and not joined.endswith("\ufffd"):
+                deltas += self._delta(joined)
+                held.clear()
+                if close_after is not None and deltas >= close_after and self.push_conn is not None:
+                    self.push_conn.close()
+                    close_after = None
+            if self._stop_requested:
+                stopped = True
+                break
+            if faults.token_delay:
+                await asyncio.sleep(faults.token_delay)
+        if not stopped and len(produced) < max_new and held:
+            self._delta("".join(held))  # EOS flushes the held group; length/pause do not
+        if drop_finish:
+            return
+        if self.enstream:
+            self.emit({"delta": "", "finish": True, "index": self.next_stream_index(finish=True)})
+        else:
+            self.emit("".join(produced))
+
+    def _delta(self, text: str) -> int:
+        if self.enstream:
+            self.emit({"delta": text, "finish": False, "index": self.next_stream_index(finish=False)})
+            return 1
+        return 0
+
+
+async def _garbage(count: int) -> AsyncIterator[str]:
+    """What a prompt beyond the prefill window yields on the device: no error, just nonsense."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+        yield "!"
+
+
+class VlmInstance(LlmInstance):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.image: bytes | None = None
+
+    def image_tokens(self, images: list[bytes]) -> int:
+        # InternVL-style: one token per 28x28 pixels of the vision input, per image.
+        width, height = int(self.params.get("vpm_width", 0)), int(self.params.get("vpm_height", 0))
+        return (width // 28) * (height // 28) * len(images)
+
+    async def on_user_data(self, object: str, data: str) -> None:
+        payload = self.decode_common(object, data)
+        if payload is None or self.state == "exiting":
+            return
+        if "jpeg" in object:
+            # Held, without a reply, until the next text; a newer image replaces it.
+            self.image = payload if isinstance(payload, bytes) else payload.encode("utf-8", "surrogatepass")
+            return
+        images: list[bytes] = []
+        if self.image is not None:
+            if not await asyncio.to_thread(_decodable_image, self.image):
+                return  # the request ends with no output, and the bad image stays (device bug)
+            images, self.image = [self.image], None
+        self._idle.clear()  # the vlm generates inside its receive loop: no queue of its own
+        try:
+            await self.generate(_as_text(payload), images)  # raw text: the vlm does not unescape
+        finally:
+            self._idle.set()
+
+
+def _decodable_image(data: bytes) -> bool:
+    """`cv::imdecode` succeeds: Pillow can open and decode it."""
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+        return True
+    except Exception:
+        return False
+
+
+class LlmUnit(UnitService):
+    name = "llm"
+    limit = 2
+    user_tag = "llm"
+    instance_class = LlmInstance
+    parse_error_work_id = "kws"
+    link_tags: ClassVar[tuple[str, ...]] = ("asr", "kws")
+
+    async def pause(self, instance: Instance) -> None:
+        assert isinstance(instance, LlmInstance)
+        instance.request_stop()
+
+
+class VlmUnit(LlmUnit):
+    name = "vlm"
+    limit = 2
+    user_tag = "vlm"
+    instance_class = VlmInstance
+    link_tags = ("asr", "kws", "camera")

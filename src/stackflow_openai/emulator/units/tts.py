@@ -1,0 +1,200 @@
+"""The melotts and tts (SummerTTS) units (`main_melotts`, `main_tts`; protocol §5.4).
+
+Both cut the text after each of `, . ! ? ; ，、。！？；` and synthesize every segment on its own;
+what remains when the input finishes gets a `.` appended. Audio goes out as base64 s16le mono.
+Neither buffers `.stream` input by index: each delta is spoken as it arrives, and bad base64 is
+dropped without an error. Their output quirks are the device's:
+
+- melotts, stream: one `finish:false` message per segment, then a `finish:true` one holding the
+  remainder's audio, or `""` when the text ended on punctuation;
+- melotts, non-stream: only that final message is sent (so punctuated text returns `""`);
+- tts, stream: every segment is flagged `finish:true` with an empty delta, so no audio arrives;
+- tts, non-stream: one message per segment and no end marker.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import sys
+from array import array
+from typing import Any
+
+from stackflow_openai.emulator.engines.base import TtsSession
+from stackflow_openai.emulator.rawjson import decode_base64, extract, unescape
+from stackflow_openai.emulator.units.base import Instance, UnitService
+
+__all__ = ["MeloInstance", "MeloUnit", "SummerInstance", "TtsUnit"]
+
+BREAKPOINTS = frozenset(",.!?;，、。！？；")
+ENGINE_RATE = 16000
+_log = logging.getLogger(__name__)
+
+
+class SpeechInstance(Instance):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session: TtsSession | None = None
+        self.speed = 1.0
+        self.audio_rate = ENGINE_RATE
+        self.voice: str | None = None
+
+    def configure(self, config: dict[str, Any], params: dict[str, Any], model: Any) -> None:
+        super().configure(config, params, model)
+        self.speed = float(params.get("spacker_speed", 1.0)) or 1.0
+        self.audio_rate = int(params.get("audio_rate", ENGINE_RATE)) or ENGINE_RATE
+        role = params.get("spacker_role")
+        self.voice = None if role is None else str(role)
+
+    async def open(self) -> None:
+        assert self.model is not None
+        engine = self.unit.state.engine_for(self.model)
+        self.session = await engine.open_tts(self.model, self.voice)
+
+    async def close_session(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    @staticmethod
+    def finished(flag: str) -> bool:
+        raise NotImplementedError
+
+    def read_text(self, object: str, data: str) -> tuple[str, bool] | None:
+        """The text of one inference and whether it finishes the input; None to ignore it."""
+        if not data or data == "None":
+            return None
+        text, finish = data, True
+        if "stream" in object:
+            finish = self.finished(extract(data, "finish"))
+            text = extract(data, "delta")
+        if "base64" in object:
+            payload = decode_base64(text)
+            if payload is None:
+                return None  # no -23 from these units: the message just vanishes
+            text = payload.decode("utf-8", errors="replace")
+        return unescape(text), finish
+
+    async def synthesize(self, text: str) -> bytes | None:
+        """One segment to PCM at `audio_rate`; on engine failure emit -11 like the channel does."""
+        assert self.session is not None
+        try:
+            pcm = await self.session.synthesize(text, speed=self.speed)
+        except Exception:
+            _log.exception("%s: synthesis failed", self.work_id)
+            self.emit("None", object="None", code=-11)
+            return None
+        return resample_s16le(pcm, ENGINE_RATE, self.audio_rate)
+
+    def split(self, pending: str, text: str) -> tuple[list[str], str]:
+        """Complete segments (each ending on a breakpoint) and what is left over."""
+        segments: list[str] = []
+        for char in text:
+            pending += char
+            if char in BREAKPOINTS:
+                segments.append(pending)
+                pending = ""
+        return segments, pending
+
+
+class MeloInstance(SpeechInstance):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending = ""  # a member of the task object: per instance
+
+    @staticmethod
+    def finished(flag: str) -> bool:
+        return "true" in flag
+
+    async def on_user_data(self, object: str, data: str) -> None:
+        read = self.read_text(object, data)
+        if read is None:
+            return
+        text, finish = read
+        segments, self.pending = self.split(self.pending, text)
+        for segment in segments:
+            await self._speak(segment, finish=False)
+        if finish:
+            rest, self.pending = self.pending, ""
+            await self._speak(rest + "." if rest else "", finish=True)
+
+    async def _speak(self, text: str, *, finish: bool) -> None:
+        pcm = await self.synthesize(text) if text else b""
+        if pcm is None:
+            return
+        encoded = base64.b64encode(pcm).decode("ascii") if pcm else ""
+        if self.enstream:
+            self.emit({"delta": encoded, "finish": finish, "index": self.next_stream_index(finish=finish)})
+        elif finish:
+            self.emit(encoded)
+
+
+class SummerInstance(SpeechInstance):
+    unit: TtsUnit
+
+    @staticmethod
+    def finished(flag: str) -> bool:
+        return flag == "true"
+
+    async def on_user_data(self, object: str, data: str) -> None:
+        read = self.read_text(object, data)
+        if read is None:
+            return
+        text, finish = read
+        # `static faster_stream_buff`: the pending text belongs to the unit, not the instance.
+        segments, self.unit.pending = self.split(self.unit.pending, text)
+        for segment in segments:
+            await self._speak(segment)
+        if finish and self.unit.pending:
+            rest, self.unit.pending = self.unit.pending, ""
+            await self._speak(rest + ".")
+
+    async def _speak(self, text: str) -> None:
+        pcm = await self.synthesize(text)
+        if pcm is None:
+            return
+        if self.enstream:  # every segment is a "finish", and finish deltas are emptied
+            self.emit({"delta": "", "finish": True, "index": self.next_stream_index(finish=True)})
+        else:
+            self.emit(base64.b64encode(pcm).decode("ascii"))
+
+
+def resample_s16le(pcm: bytes, source_rate: int, target_rate: int) -> bytes:
+    """Linear-interpolation resampling of s16le mono (only used when `audio_rate` is not 16 kHz)."""
+    if source_rate == target_rate or not pcm:
+        return pcm
+    samples = array("h", pcm[: len(pcm) // 2 * 2])
+    if sys.byteorder == "big":
+        samples.byteswap()
+    count = max(1, int(len(samples) * target_rate / source_rate))
+    step = (len(samples) - 1) / max(1, count - 1)
+    out = array("h", bytes(2 * count))
+    for i in range(count):
+        pos = i * step
+        low = int(pos)
+        high = min(low + 1, len(samples) - 1)
+        out[i] = int(samples[low] + (samples[high] - samples[low]) * (pos - low))
+    if sys.byteorder == "big":
+        out.byteswap()
+    return out.tobytes()
+
+
+class MeloUnit(UnitService):
+    name = "melotts"
+    limit = 1
+    user_tag = "tts"  # "melotts.*" matches too: it contains "tts"
+    instance_class = MeloInstance
+    has_pause = False
+    link_tags = ("llm", "vlm", "kws")
+
+
+class TtsUnit(UnitService):
+    name = "tts"
+    limit = 1
+    user_tag = "tts"
+    instance_class = SummerInstance
+    has_pause = False
+    link_tags = ("llm", "vlm", "kws")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending = ""

@@ -1,0 +1,217 @@
+"""`image_url` parts → JPEG bytes for the VLM: data URLs, or http(s) fetches guarded against SSRF.
+
+The device's VLM takes JPEG as base64 (protocol §5.3); everything else is converted with Pillow.
+Fetching a URL named by a client is a classic server-side request forgery hole, so by default:
+- only http and https, no proxies from the environment, no connection reuse;
+- the host is resolved first and refused if ANY address is loopback, private, link-local, reserved,
+  multicast or unspecified (unless `allow_private`, or the host is listed in `allowed_hosts`);
+- the connection goes to the address that was checked (the Host header and TLS SNI keep the name),
+  so a second DNS answer cannot swap in another target;
+- redirects are followed by hand, each hop checked the same way;
+- one deadline for the whole fetch, the body is read with a byte cap, the content type must be image/*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from stackflow_openai.errors import InvalidRequestError
+
+from .prompt import ImageRef
+
+__all__ = ["MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "ImageLoader", "ImagePolicy", "Resolver", "to_jpeg"]
+
+MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
+MAX_IMAGE_SIDE = 1024  # the device's VLMs work at 364-448 px: larger only costs bandwidth and device memory
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePolicy:
+    max_bytes: int = 10 * 1024 * 1024
+    fetch_timeout: float = 10.0
+    allow_private: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    max_redirects: int = 3
+
+
+def _invalid(ref: ImageRef, message: str, code: str = "invalid_image") -> InvalidRequestError:
+    return InvalidRequestError(message, param=ref.param, code=code)
+
+
+async def _system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    blocked = ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved
+    return ip.is_global and not (blocked or ip.is_multicast or ip.is_unspecified)
+
+
+def to_jpeg(raw: bytes, ref: ImageRef) -> bytes:
+    """JPEG bytes for the device: JPEG input passes through untouched unless it is too large."""
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise _invalid(ref, f"The image is too large ({image.width}x{image.height} pixels).")
+            if image.format == "JPEG" and image.mode in ("RGB", "L") and max(image.size) <= MAX_IMAGE_SIDE:
+                image.load()  # decodes fully: a truncated or corrupt JPEG fails here, not on the device
+                return raw
+            image.load()
+            return _encode_jpeg(image)
+    except InvalidRequestError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise _invalid(ref, f"The image could not be decoded: {exc}") from exc
+
+
+def _encode_jpeg(image: Image.Image) -> bytes:
+    image = ImageOps.exif_transpose(image)  # phone photos: rotate now, the EXIF tag is not kept
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))  # transparency → white, not black
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        image = background
+    elif image.mode != "RGB":
+        image = image.convert("RGB")
+    if max(image.size) > MAX_IMAGE_SIDE:
+        image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+class ImageLoader:
+    def __init__(
+        self, policy: ImagePolicy, client: httpx.AsyncClient, resolver: Resolver | None = None
+    ) -> None:
+        self.policy = policy
+        self._client = client
+        self._resolve = resolver or _system_resolver
+
+    @staticmethod
+    def new_client() -> httpx.AsyncClient:
+        # No env proxies (they would bypass the address check), no redirects, no keep-alive (a pooled TLS
+        # connection to one name must not serve another name on the same address).
+        return httpx.AsyncClient(
+            trust_env=False, follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=0)
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def load(self, ref: ImageRef) -> bytes:
+        raw = self._decode_data_url(ref) if ref.url.startswith("data:") else await self._fetch(ref)
+        return await asyncio.to_thread(to_jpeg, raw, ref)
+
+    def _decode_data_url(self, ref: ImageRef) -> bytes:
+        header, sep, data = ref.url[5:].partition(",")
+        media_type = header.split(";", 1)[0].strip().lower()
+        if not sep or ";base64" not in header.lower():
+            raise _invalid(ref, "Image data URLs must be base64: data:image/<type>;base64,<data>.")
+        if media_type and not media_type.startswith("image/"):
+            raise _invalid(ref, f"The data URL has media type '{media_type}', not image/*.")
+        data = "".join(data.split())
+        if len(data) // 4 * 3 > self.policy.max_bytes:
+            raise _invalid(ref, f"The image is larger than {self.policy.max_bytes} bytes.", "image_too_large")
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _invalid(ref, f"The image data URL is not valid base64: {exc}") from exc
+
+    async def _fetch(self, ref: ImageRef) -> bytes:
+        try:
+            async with asyncio.timeout(self.policy.fetch_timeout):
+                return await self._fetch_hops(ref)
+        except TimeoutError as exc:
+            raise _invalid(
+                ref,
+                f"Fetching the image took longer than {self.policy.fetch_timeout} s.",
+                "image_fetch_failed",
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise _invalid(ref, f"The image could not be fetched: {exc}", "image_fetch_failed") from exc
+
+    async def _fetch_hops(self, ref: ImageRef) -> bytes:
+        url = httpx.URL(ref.url)
+        for _hop in range(self.policy.max_redirects + 1):
+            request = await self._pinned_request(url, ref)
+            response = await self._client.send(request, stream=True)
+            try:
+                if response.is_redirect and "location" in response.headers:
+                    url = url.join(response.headers["location"])
+                    continue
+                return await self._read_image(response, ref)
+            finally:
+                await response.aclose()
+        raise _invalid(ref, "The image URL redirected too many times.", "image_fetch_failed")
+
+    async def _pinned_request(self, url: httpx.URL, ref: ImageRef) -> httpx.Request:
+        if url.scheme not in ("http", "https") or not url.host:
+            raise _invalid(ref, "Image URLs must be http(s) or data: URLs.", "invalid_image_url")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            addresses = await self._resolve(url.host, port)
+        except OSError as exc:
+            raise _invalid(
+                ref, f"The image host '{url.host}' could not be resolved.", "image_fetch_failed"
+            ) from exc
+        if not addresses:
+            raise _invalid(ref, f"The image host '{url.host}' has no address.", "image_fetch_failed")
+        if not self._host_allowed(url, addresses):
+            raise _invalid(
+                ref,
+                f"The image host '{url.host}' resolves to a private or reserved address; fetching it is "
+                "not allowed (see images.allow_private / images.allowed_hosts).",
+                "image_url_forbidden",
+            )
+        pinned = sorted(addresses, key=lambda a: ":" in a)[0]  # prefer IPv4
+        host_header = url.netloc.decode("ascii")
+        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        timeout = httpx.Timeout(self.policy.fetch_timeout)
+        return self._client.build_request(
+            "GET",
+            url.copy_with(host=pinned),
+            headers={"Host": host_header, "Accept": "image/*"},
+            extensions=extensions,
+            timeout=timeout,
+        )
+
+    def _host_allowed(self, url: httpx.URL, addresses: list[str]) -> bool:
+        listed = {h.lower() for h in self.policy.allowed_hosts}
+        if url.host.lower() in listed or f"{url.host}:{url.port}".lower() in listed:
+            return True
+        return self.policy.allow_private or all(_is_public(a) for a in addresses)
+
+    async def _read_image(self, response: httpx.Response, ref: ImageRef) -> bytes:
+        if response.status_code != 200:
+            raise _invalid(
+                ref, f"Fetching the image failed: HTTP {response.status_code}.", "image_fetch_failed"
+            )
+        content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if not content_type.startswith("image/"):
+            raise _invalid(ref, f"The URL did not return an image (content type '{content_type}').")
+        limit = self.policy.max_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _invalid(ref, f"The image is larger than {limit} bytes.", "image_too_large")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise _invalid(ref, f"The image is larger than {limit} bytes.", "image_too_large")
+        return bytes(body)

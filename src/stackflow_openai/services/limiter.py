@@ -1,0 +1,104 @@
+"""Stop sequences and the max_tokens cap, applied by the gateway to a stream of text deltas.
+
+The device knows neither: it ends on EOS or at its own max_token_len (prompt + generated, protocol §6).
+So the gateway watches the text as it arrives, cuts it *before* the first stop sequence or at exactly
+`budget` tokens, and tells the caller to stop consuming (closing the generator pauses the unit).
+
+Streaming must never emit text that a later delta could turn into the start of a stop sequence. The
+limiter therefore holds back the longest tail of the text that is a prefix of some stop sequence, and
+releases it once it can no longer match (or when the generation ends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from stackflow_openai.tokens import TokenCounter, truncate_to_tokens
+
+__all__ = ["FinishReason", "OutputLimiter", "Step"]
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    text: str  # new text that is safe to send to the client now
+    done: bool  # the output is complete: stop consuming the generation
+
+
+class OutputLimiter:
+    def __init__(self, counter: TokenCounter, *, stops: Sequence[str], budget: int) -> None:
+        self._counter = counter
+        self._stops = [s for s in dict.fromkeys(stops) if s]  # "" would match everywhere: ignore it
+        self._longest_stop = max((len(s) for s in self._stops), default=0)
+        self._budget = budget
+        self._text = ""  # everything received so far
+        self._emitted = 0  # characters of _text already released
+        self._searched = 0  # stop sequences cannot start before this index (already searched)
+        self.final_text: str | None = None
+        self.finish_reason: FinishReason = "stop"
+
+    @property
+    def text(self) -> str:
+        """The output so far: final once `done` was returned or `finish()` was called."""
+        return self._text if self.final_text is None else self.final_text
+
+    def feed(self, delta: str) -> Step:
+        if self.final_text is not None:
+            return Step("", True)
+        self._text += delta
+        # Token by token, the generation would end after `budget` tokens whatever follows; only a stop
+        # sequence completed within those tokens counts. So cap first, then look for stops.
+        capped = self._counter.count(self._text) >= self._budget
+        text = truncate_to_tokens(self._counter, self._text, self._budget) if capped else self._text
+        cut = self._find_stop(text)
+        if cut is not None:
+            return self._end(text[:cut], "stop")
+        if capped:
+            return self._end(text, "length")
+        safe = len(self._text) - self._partial_stop_tail()
+        return Step(self._release(safe), False)
+
+    def finish(self) -> str:
+        """The generation ended on its own: release whatever was held back."""
+        if self.final_text is not None:
+            return ""
+        return self._end(self._text, "stop").text
+
+    def _end(self, text: str, reason: FinishReason) -> Step:
+        released = self._text[: self._emitted]
+        if not text.startswith(released):
+            # Tokenization at the cut can differ from a shorter text's; never take back sent text.
+            text = released
+        self.final_text = text
+        self.finish_reason = reason
+        return Step(text[self._emitted :], True)
+
+    def _release(self, end: int) -> str:
+        if end <= self._emitted:
+            return ""
+        out = self._text[self._emitted : end]
+        self._emitted = end
+        return out
+
+    def _find_stop(self, text: str) -> int | None:
+        """Index of the first complete stop sequence in `text` (a prefix of the text received)."""
+        if not self._stops:
+            return None
+        start = self._searched
+        hits = [i for i in (text.find(s, start) for s in self._stops) if i >= 0]
+        # Next time, only a stop starting in the last (longest - 1) characters can be new.
+        self._searched = max(start, len(text) - self._longest_stop + 1)
+        return min(hits) if hits else None
+
+    def _partial_stop_tail(self) -> int:
+        """Length of the longest suffix of the text that is a proper prefix of a stop sequence."""
+        best = 0
+        for stop in self._stops:
+            for size in range(min(len(stop) - 1, len(self._text)), best, -1):
+                if self._text.endswith(stop[:size]):
+                    best = size
+                    break
+        return best

@@ -1,0 +1,82 @@
+"""Which request parameters the device cannot honour, and what to do about them.
+
+The gateway maps temperature/top_p to setup flags, emulates stop and max_tokens, runs n sequentially.
+Everything else a client sends is *ignored*, and honestly reported: the names go to the response header
+``X-Ignored-Params``; a model with ``strict_params`` refuses them with 400 ``unsupported_parameter``.
+A parameter set to its neutral value (``null``, ``frequency_penalty: 0``, ``response_format: {"type":
+"text"}``, ``tool_choice: "none"``, ...) changes nothing and is not reported: SDKs and frameworks send
+those on every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from stackflow_openai.errors import UnsupportedParameter
+
+__all__ = ["IGNORED_HEADER", "ignored_params", "reject_if_strict"]
+
+IGNORED_HEADER = "X-Ignored-Params"
+
+
+def _in(*values: Any) -> Callable[[Any, Mapping[str, Any]], bool]:
+    return lambda value, _body: value in values
+
+
+def _best_of_neutral(value: Any, body: Mapping[str, Any]) -> bool:
+    # best_of = n (or 1) means "return every candidate": exactly what running n choices does.
+    return value in (1, body.get("n") or 1)
+
+
+def _tool_choice_neutral(value: Any, body: Mapping[str, Any]) -> bool:
+    # "auto" with no tools means nothing; with tools, the tools themselves are reported.
+    return value == "none" or (value == "auto" and not body.get("tools"))
+
+
+# Neutral values of the parameters OpenAI defines that the gateway does not act on. A parameter missing
+# here is neutral only when null.
+_NEUTRAL: dict[str, Callable[[Any, Mapping[str, Any]], bool]] = {
+    "frequency_penalty": _in(0, 0.0),
+    "presence_penalty": _in(0, 0.0),
+    "logit_bias": _in({}),
+    "logprobs": _in(False, 0),
+    "top_logprobs": _in(0),
+    "tools": _in([]),
+    "functions": _in([]),
+    "tool_choice": _tool_choice_neutral,
+    "function_call": _in("none", "auto"),
+    "parallel_tool_calls": lambda _v, body: not body.get("tools"),
+    "response_format": _in({"type": "text"}),
+    "modalities": _in(["text"]),
+    "metadata": _in({}),
+    "store": _in(False),
+    "service_tier": _in("auto", "default"),
+    "user": _in(""),
+    "suffix": _in(""),
+    "best_of": _best_of_neutral,
+}
+
+
+def ignored_params(extra: Mapping[str, Any], body: Mapping[str, Any]) -> list[str]:
+    """Sorted names of the fields in `extra` (everything the request model does not act on) that would
+    change the result if the device could honour them."""
+    ignored = []
+    for name, value in extra.items():
+        if value is None:
+            continue
+        neutral = _NEUTRAL.get(name)
+        if neutral is not None and neutral(value, body):
+            continue
+        ignored.append(name)
+    return sorted(ignored)
+
+
+def reject_if_strict(ignored: list[str], *, strict: bool) -> None:
+    if strict and ignored:
+        names = ", ".join(ignored)
+        raise UnsupportedParameter(
+            f"This model does not support these parameters: {names}. "
+            "(The gateway is in strict mode; without it they would be ignored.)",
+            param=ignored[0],
+        )

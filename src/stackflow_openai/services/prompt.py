@@ -1,0 +1,177 @@
+"""A chat conversation → (system prompt, one user turn) that fits the device's prefill window.
+
+A StackFlow LLM/VLM unit fixes its system prompt at setup and answers ONE user turn per inference
+(protocol §5.2); the whole templated prompt must fit the prefill window, often 128 or 256 tokens (§6).
+
+Rendering. System and developer messages, in order, become the setup system prompt. Everything else is
+rendered into the single user turn:
+
+    Earlier conversation:
+    User: My name is Ann.
+    Assistant: Nice to meet you, Ann!
+
+    What is my name?
+
+Why this shape: a 0.5B-1.5B model shown a labelled transcript that *ends* with the bare question answers
+that question, instead of continuing the transcript with more "User:"/"Assistant:" lines; the labels cost
+about two tokens per turn, far less than re-creating chat-template markers per turn, and the user text
+never contains template special tokens. A lone user message is sent as is, with no decoration.
+
+Fitting drops the oldest turns first. It never drops the system prompt nor the last message; if those
+alone do not fit, the request is refused with 400 context_length_exceeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from stackflow_openai.backends.base import ChatModelInfo
+from stackflow_openai.errors import ContextLengthExceeded, InvalidRequestError
+from stackflow_openai.protocol import ChatMessage, ImageURL
+from stackflow_openai.tokens import PREFILL_MARGIN, Tokenizers
+
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "HISTORY_HEADER",
+    "Conversation",
+    "FittedPrompt",
+    "ImageRef",
+    "Turn",
+    "fit_prompt",
+    "parse_messages",
+    "render_user_text",
+]
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # what Qwen's own chat template falls back to
+HISTORY_HEADER = "Earlier conversation:"
+_LABELS = {"user": "User", "assistant": "Assistant", "tool": "Tool", "function": "Tool"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    url: str
+    param: str  # "messages[i].content[j].image_url", named in errors
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: str  # user | assistant | tool | function
+    text: str
+    images: tuple[ImageRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    system_prompt: str | None  # None: the request had no system/developer message
+    turns: list[Turn]
+
+
+@dataclass(frozen=True, slots=True)
+class FittedPrompt:
+    system_prompt: str
+    user_text: str
+    prompt_tokens: int  # templated prompt, image tokens included
+    turns: list[Turn]  # the turns kept
+    dropped: int  # oldest turns left out to fit
+
+
+def _part_text(message: ChatMessage, index: int, images: list[ImageRef]) -> str:
+    content = message.content
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for j, part in enumerate(content):
+        where = f"messages[{index}].content[{j}]"
+        if part.type in ("text", "refusal"):
+            value = part.text if part.type == "text" else part.refusal
+            if value is None:
+                raise InvalidRequestError(f"'{where}' has no {part.type}.", param=f"{where}.{part.type}")
+            texts.append(value)
+        elif part.type == "image_url" and part.image_url is not None and message.role == "user":
+            url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
+            images.append(ImageRef(url, f"{where}.image_url"))
+        else:
+            raise InvalidRequestError(
+                f"Content part type '{part.type}' is not supported in a {message.role} message here.",
+                param=f"{where}.type",
+                code="unsupported_content",
+            )
+    return "\n".join(texts)
+
+
+def _tool_calls_text(message: ChatMessage) -> str:
+    calls = []
+    for call in message.tool_calls or []:
+        function = call.get("function") or {}
+        calls.append(f"[called {function.get('name', '?')}({function.get('arguments', '')})]")
+    return " ".join(calls)
+
+
+def parse_messages(messages: Sequence[ChatMessage]) -> Conversation:
+    system: list[str] = []
+    turns: list[Turn] = []
+    for index, message in enumerate(messages):
+        images: list[ImageRef] = []
+        text = _part_text(message, index, images)
+        if message.role in ("system", "developer"):
+            system.append(text)
+            continue
+        if message.role == "assistant" and not text:
+            text = _tool_calls_text(message)
+        turns.append(Turn(message.role, text, tuple(images)))
+    if not turns:
+        raise InvalidRequestError("messages must contain a user message.", param="messages")
+    joined = "\n\n".join(s for s in system if s.strip())
+    return Conversation(joined or None, turns)
+
+
+def render_user_text(turns: Sequence[Turn]) -> str:
+    if not turns:
+        return ""
+    *history, last = turns
+    if not history and last.role == "user":
+        return last.text
+    lines = [f"{_LABELS[t.role]}: {t.text}" for t in history]
+    if last.role == "user":
+        return f"{HISTORY_HEADER}\n" + "\n".join(lines) + f"\n\n{last.text}"
+    lines.append(f"{_LABELS[last.role]}: {last.text}")
+    return f"{HISTORY_HEADER}\n" + "\n".join(lines)
+
+
+def fit_prompt(
+    tokenizers: Tokenizers,
+    info: ChatModelInfo,
+    system_prompt: str,
+    turns: Sequence[Turn],
+    *,
+    image_tokens: int = 0,
+    param: str = "messages",
+) -> FittedPrompt:
+    """Keep the newest turns whose templated prompt fits `info.prefill_len` minus the margin.
+
+    Dropping turns only ever shortens the prompt, so a binary search over the number dropped needs
+    O(log n) counts even for long conversations."""
+    window = info.prefill_len - PREFILL_MARGIN
+
+    def cost(dropped: int) -> int:
+        kept = turns[dropped:]
+        images = sum(len(t.images) for t in kept)
+        return tokenizers.prompt_tokens(info, system_prompt, render_user_text(kept)) + images * image_tokens
+
+    lo, hi = 0, len(turns) - 1  # the last turn is never dropped
+    if cost(hi) > window:
+        raise ContextLengthExceeded(
+            f"This model's prefill window is {info.prefill_len} tokens and {PREFILL_MARGIN} are kept as a "
+            f"safety margin, but the system prompt and the last message alone need {cost(hi)} tokens. "
+            "Please shorten them.",
+            param=param,
+        )
+    while lo < hi:  # smallest number of dropped turns that fits
+        mid = (lo + hi) // 2
+        if cost(mid) <= window:
+            hi = mid
+        else:
+            lo = mid + 1
+    kept = list(turns[lo:])
+    return FittedPrompt(system_prompt, render_user_text(kept), cost(lo), kept, lo)

@@ -1,0 +1,148 @@
+"""Builders for the `setup` data of each unit (protocol §4.1, §5.4, §5.5).
+
+They encode the choices that are easy to get wrong: sampling values only work together with their
+`enable_*` flag, `None` must never be sent (the unit fails the setup with -5), melotts needs a
+stream format while tts needs a non-stream one, and `input` must carry the unit's tag or every
+inference is silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ASR_STREAM_INPUT",
+    "LLM_TEXT_INPUT",
+    "TTS_TEXT_INPUT",
+    "VLM_IMAGE_INPUT",
+    "VLM_TEXT_INPUT",
+    "WHISPER_STREAM_INPUT",
+    "asr_setup",
+    "llm_setup",
+    "melotts_setup",
+    "tts_setup",
+    "vlm_setup",
+    "whisper_setup",
+]
+
+# Inference `object` tags a client sends (the unit matches substrings only, protocol §5.1).
+LLM_TEXT_INPUT = "llm.utf-8"
+VLM_TEXT_INPUT = "vlm.utf-8"
+VLM_IMAGE_INPUT = "vlm.jpeg.base64"
+TTS_TEXT_INPUT = "tts.utf-8"
+# Audio is sent as one base64 string of 16 kHz mono s16le PCM, sliced into `.stream` chunks.
+WHISPER_STREAM_INPUT = "whisper.pcm.stream.base64"
+ASR_STREAM_INPUT = "asr.pcm.stream.base64"
+
+
+def _sampling(temperature: float | None, top_p: float | None, top_k: int | None) -> dict[str, Any]:
+    """Sampling fields with their enable flags; the device ignores a value whose flag is off."""
+    fields: dict[str, Any] = {"enable_temperature": temperature is not None}
+    if temperature is not None:
+        fields["temperature"] = float(temperature)
+    fields["enable_top_p_sampling"] = top_p is not None
+    if top_p is not None:
+        fields["top_p"] = float(top_p)
+    if top_k is not None:  # top-k is on by default (k=10); leave the default unless asked
+        fields["enable_top_k_sampling"] = True
+        fields["top_k"] = int(top_k)
+    return fields
+
+
+def _chat_setup(
+    tag: str,
+    model: str,
+    *,
+    system_prompt: str,
+    max_token_len: int,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    stream: bool,
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "response_format": f"{tag}.utf-8.stream" if stream else f"{tag}.utf-8",
+        "input": f"{tag}.utf-8",
+        "enoutput": True,
+        # `max_token_len` caps prompt + generated tokens and defaults to 127: always send it (§6).
+        "max_token_len": int(max_token_len),
+        "prompt": system_prompt,  # `prompt` is the system prompt of the instance
+        **_sampling(temperature, top_p, top_k),
+    }
+
+
+def llm_setup(
+    model: str,
+    *,
+    system_prompt: str,
+    max_token_len: int,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    stream: bool = True,
+) -> dict[str, Any]:
+    """Setup data for the llm unit; output object `llm.utf-8.stream` (or `llm.utf-8`)."""
+    return _chat_setup(
+        "llm", model, system_prompt=system_prompt, max_token_len=max_token_len,
+        temperature=temperature, top_p=top_p, top_k=top_k, stream=stream,
+    )  # fmt: skip
+
+
+def vlm_setup(
+    model: str,
+    *,
+    system_prompt: str,
+    max_token_len: int,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    stream: bool = True,
+) -> dict[str, Any]:
+    """Setup data for the vlm unit; images go as `vlm.jpeg.base64`, text as `vlm.utf-8`."""
+    return _chat_setup(
+        "vlm", model, system_prompt=system_prompt, max_token_len=max_token_len,
+        temperature=temperature, top_p=top_p, top_k=top_k, stream=stream,
+    )  # fmt: skip
+
+
+def melotts_setup(model: str, *, speed: float | None = None) -> dict[str, Any]:
+    """melotts: stream format, because its non-stream format returns only the last segment (§5.4)."""
+    setup: dict[str, Any] = {
+        "model": model,
+        "response_format": "tts.pcm.stream.base64",
+        "input": TTS_TEXT_INPUT,
+        "enoutput": True,
+    }
+    if speed is not None:
+        setup["spacker_speed"] = float(speed)  # sic: the unit's spelling
+    return setup
+
+
+def tts_setup(model: str) -> dict[str, Any]:
+    """tts (SummerTTS): non-stream format, because its stream format carries no audio (§5.4).
+
+    Output is one message per text segment with no end marker: count segments or use a timeout.
+    """
+    return {"model": model, "response_format": "tts.pcm.base64", "input": TTS_TEXT_INPUT, "enoutput": True}
+
+
+def whisper_setup(model: str, language: str) -> dict[str, Any]:
+    """whisper: chunked PCM in, exactly one `asr.utf-8` message out per inference (§5.5)."""
+    return {
+        "model": model,
+        "response_format": "asr.utf-8",
+        "input": WHISPER_STREAM_INPUT,
+        "language": language,
+        "enoutput": True,
+    }
+
+
+def asr_setup(model: str, *, stream: bool = True) -> dict[str, Any]:
+    """asr (sherpa / sense-voice): chunked PCM in; stream output ends with a `finish:true` message."""
+    return {
+        "model": model,
+        "response_format": "asr.utf-8.stream" if stream else "asr.utf-8",
+        "input": ASR_STREAM_INPUT,
+        "enoutput": True,
+    }
