@@ -7,11 +7,13 @@ import array
 import asyncio
 import base64
 import contextlib
+import io
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from stackflow_openai.emulator import Emulator, ScriptedEngine, Timing
 from stackflow_openai.emulator.engines.scripted import scripted_answer
@@ -27,8 +29,8 @@ from stackflow_openai.stackflow import (
     LinkFalse,
     ModelLoadFailed,
     ModelRunFailed,
-    NoUnitAction,
     NotAvailable,
+    NoUnitAction,
     ReaceReset,
     StreamIndexError,
     TaskFull,
@@ -55,7 +57,9 @@ async def make_emulator() -> AsyncIterator[MakeEmulator]:
 
     async def make(timing: Timing | None = None, **kwargs: Any) -> Emulator:
         kwargs.setdefault("hwinfo_delay", 0.05)
-        emu = Emulator(engine=kwargs.pop("engine", None) or ScriptedEngine(timing=timing or Timing()), **kwargs)
+        emu = Emulator(
+            engine=kwargs.pop("engine", None) or ScriptedEngine(timing=timing or Timing()), **kwargs
+        )
         await emu.start(host="127.0.0.1", port=0)
         started.append(emu)
         return emu
@@ -77,8 +81,16 @@ async def dev(emu: Emulator) -> AsyncIterator[DeviceClient]:
 
 
 def pcm_tone(seconds: float, freq: float = 440.0) -> bytes:
-    samples = array.array("h", (int(8000 * math.sin(2 * math.pi * freq * i / 16000)) for i in range(int(16000 * seconds))))
+    samples = array.array(
+        "h", (int(8000 * math.sin(2 * math.pi * freq * i / 16000)) for i in range(int(16000 * seconds)))
+    )
     return samples.tobytes()
+
+
+async def wait_until(condition: Callable[[], bool], limit: float = 2.0) -> None:
+    async with asyncio.timeout(limit):
+        while not condition():  # noqa: ASYNC110 - polling emulator state, no event to wait on
+            await asyncio.sleep(0.01)
 
 
 # ---- sys ---------------------------------------------------------------------------------------
@@ -106,7 +118,9 @@ async def test_pipelined_sys_calls_complete_out_of_order(make_emulator: MakeEmul
             await call
             finished.append(name)
 
-        await asyncio.gather(run("hwinfo", dev.hwinfo()), run("ping", dev.ping()), run("version", dev.version()))
+        await asyncio.gather(
+            run("hwinfo", dev.hwinfo()), run("ping", dev.ping()), run("version", dev.version())
+        )
         assert finished[-1] == "hwinfo"  # sent first, answered last, on the same connection
 
 
@@ -153,7 +167,9 @@ async def test_uninstalled_unit_is_unit_call_false(make_emulator: MakeEmulator) 
 # ---- llm -----------------------------------------------------------------------------------------
 
 
-async def test_llm_lifecycle_with_braces_in_prompt_and_system_prompt(emu: Emulator, dev: DeviceClient) -> None:
+async def test_llm_lifecycle_with_braces_in_prompt_and_system_prompt(
+    emu: Emulator, dev: DeviceClient
+) -> None:
     unit = await dev.open_unit("llm", SETUP)
     assert unit.work_id.startswith("llm.") and await dev.tasklist("llm") == [unit.work_id]
     prompt = 'def f(x): { return "\\\\" } — ünï 😀'
@@ -182,8 +198,7 @@ async def test_pause_mid_generation_then_reuse(emu: Emulator, dev: DeviceClient)
             pieces.append(piece)
 
     consumer = asyncio.create_task(consume())
-    while not pieces:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: bool(pieces))
     await unit.pause(timeout=2)
     await asyncio.wait_for(consumer, 2)
     assert 0 < len("".join(pieces)) < len(scripted_answer(long_prompt))
@@ -254,7 +269,9 @@ async def test_missing_finish_is_an_idle_timeout(emu: Emulator, dev: DeviceClien
     assert emu.live_instances() == []
 
 
-async def test_exited_behind_the_handles_back_is_inference_push_false(emu: Emulator, dev: DeviceClient) -> None:
+async def test_exited_behind_the_handles_back_is_inference_push_false(
+    emu: Emulator, dev: DeviceClient
+) -> None:
     unit = await dev.open_unit("llm", SETUP)
     await dev.exit_instance(unit.work_id)
     with pytest.raises(InferencePushFalse):  # -4
@@ -287,7 +304,9 @@ async def test_stream_index_gap_is_stream_index_error(emu: Emulator, dev: Device
     await unit.exit()
 
 
-async def test_instance_limit_is_task_full_and_failed_setups_leak_nothing(emu: Emulator, dev: DeviceClient) -> None:
+async def test_instance_limit_is_task_full_and_failed_setups_leak_nothing(
+    emu: Emulator, dev: DeviceClient
+) -> None:
     first = await dev.open_unit("llm", SETUP)
     second = await dev.open_unit("llm", SETUP)
     with pytest.raises(TaskFull):  # -21: llm allows 2
@@ -312,8 +331,7 @@ async def test_cancelled_setup_leaks_nothing(make_emulator: MakeEmulator) -> Non
     emu = await make_emulator(Timing(setup_delay=0.3))
     dev = DeviceClient("127.0.0.1", emu.port, timeout=2.0)
     opening = asyncio.create_task(dev.open_unit("llm", SETUP))
-    while not emu.live_instances():
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: bool(emu.live_instances()))  # the setup reached the device
     opening.cancel()
     with pytest.raises(asyncio.CancelledError):
         await opening
@@ -421,9 +439,10 @@ async def test_asr_stream_ends_with_finish(emu: Emulator, dev: DeviceClient) -> 
 
 async def test_vlm_image_then_text(emu: Emulator, dev: DeviceClient) -> None:
     unit = await dev.open_unit("vlm", vlm_setup(VLM, system_prompt="x", max_token_len=1023))
-    jpeg = base64.b64encode(b"\xff\xd8\xff\xe0fake jpeg\xff\xd9").decode()
-    await unit.infer(jpeg, object="vlm.jpeg.base64")
-    text = "".join([p async for p in unit.generate("Describe it", object="vlm.utf-8")])
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(buffer, format="JPEG")
+    await unit.infer(base64.b64encode(buffer.getvalue()).decode(), object="vlm.jpeg.base64")
+    text = "".join([p async for p in unit.generate("Describe it", object="vlm.utf-8", idle_timeout=2)])
     assert text == scripted_answer("Describe it", image_count=1)
     await unit.exit()
 
@@ -447,3 +466,16 @@ async def test_tts_engine_failure_is_model_run_failed(make_emulator: MakeEmulato
             async for _ in unit.outputs(idle_timeout=2):
                 pass
         await unit.exit()
+
+
+async def test_whisper_silence_in_chinese_is_no_message(emu: Emulator, dev: DeviceClient) -> None:
+    unit = await dev.open_unit("whisper", whisper_setup("whisper-tiny", "zh"))
+    await unit.infer_base64_stream(
+        base64.b64encode(b"\0\0" * 16000).decode(), object="whisper.pcm.stream.base64"
+    )
+    with pytest.raises(DeviceTimeout):
+        async for _ in unit.outputs(idle_timeout=0.3, silence_ends=True):
+            pass
+    assert not unit.broken
+    await unit.exit()
+    assert emu.live_instances() == []

@@ -426,3 +426,17 @@ async def test_pause_while_idle_only_waits_for_the_ack(rig: Rig) -> None:
     pausing = asyncio.create_task(unit.pause(timeout=1))
     await (await rig.device.next("pause")).ok()
     assert await pausing == "" and not unit.broken
+
+
+async def test_whisper_silence_can_end_an_inference_without_breaking_the_unit(rig: Rig) -> None:
+    unit, link = await rig.open("whisper", whisper_setup("whisper-tiny", "zh"))
+    await unit.infer_chunks(["AAAA"], object="whisper.pcm.stream.base64")
+    await rig.device.next("inference")
+    with pytest.raises(DeviceTimeout):  # an empty zh transcript produces no message (§5.5)
+        async for _ in unit.outputs(idle_timeout=0.2, silence_ends=True):
+            pass
+    assert not unit.broken and not unit.busy
+    await unit.infer_chunks(["AAAA"], object="whisper.pcm.stream.base64")
+    req = await rig.device.next("inference")
+    await link.send(out(req, "你好。", object="asr.utf-8"))
+    assert [r.data async for r in unit.outputs(idle_timeout=1)] == ["你好。"]

@@ -17,8 +17,9 @@ from emulator_helpers import (
     tone_pcm,
     wav_bytes,
 )
-from stackflow_openai.emulator import Emulator
-from stackflow_openai.emulator.engines.scripted import render_speech, transcribe_scripted
+from stackflow_openai.emulator import Emulator, ScriptedEngine
+from stackflow_openai.emulator.engines.scripted import ScriptedTtsSession, render_speech, transcribe_scripted
+from stackflow_openai.stackflow.models import ModelDescriptor
 
 RATE = 16000
 
@@ -268,3 +269,37 @@ async def test_asr_input_finish_does_not_flush(client: RawClient) -> None:
     )
     assert (await client.recv())["data"]["finish"] is False
     await client.expect_silence()
+
+
+class FailingTtsEngine(ScriptedEngine):
+    """Synthesis always throws, as a broken TTS model would."""
+
+    async def open_tts(self, model: ModelDescriptor, voice: str | None) -> ScriptedTtsSession:
+        session = await super().open_tts(model, voice)
+
+        async def broken(text: str, *, speed: float = 1.0) -> bytes:
+            raise RuntimeError("synthesis failed")
+
+        session.synthesize = broken  # type: ignore[method-assign]
+        return session
+
+
+@pytest.mark.parametrize("unit", ["melotts", "tts"])
+async def test_synthesis_failure_is_minus_11_on_the_instance(unit: str) -> None:
+    async with started_emulator(engine=FailingTtsEngine()) as emu, client_for(emu) as client:
+        work_id = await client.setup(unit)
+        rid = await client.send(work_id, "inference", "tts.utf-8", "Hi. There")
+        failures = [await client.recv(), await client.recv()]  # one per segment, and no finish
+        assert {(m["error"]["code"], m["work_id"], m["request_id"]) for m in failures} == {
+            (-11, work_id, rid)
+        }
+        assert failures[0]["error"]["message"] == "Model run failed."
+        await client.expect_silence()
+
+
+async def test_setup_speed_overrides_the_descriptor(client: RawClient) -> None:
+    work_id = await client.setup("melotts", spacker_speed=2.0)  # the descriptor says 1.0
+    await client.send(work_id, "inference", "tts.utf-8", "Hello there.")
+    fast = pcm_of((await client.stream())[0])
+    assert fast == render_speech("Hello there.", speed=2.0)
+    assert len(fast) < len(render_speech("Hello there."))

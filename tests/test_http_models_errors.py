@@ -147,3 +147,15 @@ async def test_unexpected_errors_in_any_route_are_a_logged_500(caplog: pytest.Lo
     assert_error(response, 500, code="internal_error")
     assert "hidden detail" not in response.text
     assert any("ZeroDivisionError" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_the_app_serves_every_openai_resource() -> None:
+    paths = set(make_app(entries()).openapi()["paths"])
+    assert {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/models/{model_id}",
+        "/v1/audio/speech",
+        "/v1/audio/transcriptions",
+    } <= paths

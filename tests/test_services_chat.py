@@ -87,13 +87,14 @@ async def test_backend_error_releases_the_lease_with_the_error() -> None:
     assert backend.leases[0].exit_error is BackendUnavailable and backend.leases[0].cleanup_done
 
 
-async def test_temperature_top_p_and_budget_reach_the_unit_settings() -> None:
+async def test_temperature_top_p_reach_the_unit_settings_and_max_tokens_does_not() -> None:
     backend = FakeChatBackend()
-    await chat_service(backend).create(body(temperature=0, top_p=0.5, max_tokens=10))
-    prompt_tokens = tokenizers().prompt_tokens(QWEN_P256, "You are a helpful assistant.", "Hi")
-    assert backend.leases[0].settings == UnitSettings(
-        "You are a helpful assistant.", prompt_tokens + 10, 0.0, 0.5
-    )
+    service = chat_service(backend)
+    await service.create(body(temperature=0, top_p=0.5, max_tokens=10))
+    await service.create(body(temperature=0, top_p=0.5, max_tokens=20))
+    # Both requests need the same setup, so a pool can reuse one unit for both (docs/decisions.md).
+    expected = UnitSettings("You are a helpful assistant.", QWEN_P256.max_token_len, 0.0, 0.5)
+    assert [lease.settings for lease in backend.leases] == [expected, expected]
 
 
 async def test_generate_choices_events_in_order() -> None:

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stackflow_openai import __version__
 from stackflow_openai.backends.base import BackendError
 from stackflow_openai.errors import APIError, error_body, to_openai_error, validation_error
-from stackflow_openai.routers import chat_router, completions_router, models_router
+from stackflow_openai.routers import audio_router, chat_router, completions_router, models_router
 from stackflow_openai.services import (
     ChatService,
     CompletionService,
@@ -153,4 +153,5 @@ def create_app(
     app.include_router(chat_router)
     app.include_router(completions_router)
     app.include_router(models_router)
+    app.include_router(audio_router)  # written by the audio helper (routers/audio.py)
     return app

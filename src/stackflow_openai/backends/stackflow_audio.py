@@ -121,7 +121,7 @@ class StackFlowTranscriptionBackend:
         await unit.infer_base64_stream(base64.b64encode(audio).decode("ascii"), object=obj)
         text = ""
         try:
-            async for reply in unit.outputs(idle_timeout=self.result_timeout):
+            async for reply in unit.outputs(idle_timeout=self.result_timeout, silence_ends=True):
                 text = reply_text(reply)  # asr partials are cumulative: the last one is the whole text
         except DeviceTimeout:
             if self.model.unit == "whisper" and language not in _SILENT_WHEN_EMPTY:

@@ -42,6 +42,11 @@ class ClientConnection:
         else:
             self._writer_task.cancel()
 
+    def abort(self) -> None:
+        """Close now, even if a flush is under way (emulator shutdown)."""
+        self._closing = True
+        self._writer_task.cancel()
+
     async def wait_closed(self, grace: float = 2.0) -> None:
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(self._writer_task), grace)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
@@ -51,7 +52,7 @@ class Emulator:
     def __init__(
         self,
         engine: Engine | None = None,
-        catalogue_dirs: Iterable[str] = (),
+        catalogue_dirs: Iterable[str | os.PathLike[str]] = (),
         cmm_total_kib: int = DEFAULT_CMM_TOTAL_KIB,
         installed_units: Iterable[str] | None = None,
         hwinfo_delay: float = 1.0,
@@ -104,7 +105,7 @@ class Emulator:
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
-            conn.close(flush=False)  # closing the transport ends each reader with EOF
+            conn.abort()  # closing the transport ends each reader with EOF
         clients = list(self._client_tasks)
         if clients:
             _, late = await asyncio.wait(clients, timeout=2.0)
@@ -255,7 +256,7 @@ def _reject_constant(name: str) -> Any:
 
 
 async def run_emulator(
-    host: str, port: int, *, realistic: bool = False, catalogue_dirs: Iterable[str] = ()
+    host: str, port: int, *, realistic: bool = False, catalogue_dirs: Iterable[str | os.PathLike[str]] = ()
 ) -> None:
     """Serve in the foreground until cancelled (the CLI runs it under asyncio.run)."""
     engine = ScriptedEngine(Timing.realistic() if realistic else Timing())

@@ -10,7 +10,7 @@ from stackflow_openai.emulator.faults import Faults
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 if TYPE_CHECKING:
-    from stackflow_openai.emulator.units.base import Instance
+    from stackflow_openai.emulator.units.instance import Instance
 
 __all__ = ["FIRST_WORK_ID", "DeviceState"]
 

@@ -3,8 +3,10 @@
 What the device cannot do natively is done here (see design.md "Honesty about parameters"):
 - the conversation becomes a setup system prompt plus one user turn that fits the prefill window
   (services/prompt.py);
-- `max_tokens`/`max_completion_tokens` set the unit's max_token_len (prompt + budget, protocol §6) and are
-  also enforced here token by token; `stop` is emulated (services/limiter.py);
+- `max_tokens`/`max_completion_tokens` are clamped to what the device can hold after the prompt
+  (max_token_len counts prompt + generated, protocol §6) and enforced here token by token; the unit
+  itself is set up with the model's full max_token_len (docs/decisions.md); `stop` is emulated
+  (services/limiter.py);
 - `n` choices run one after another on the same unit;
 - images are fetched/converted to JPEG here; the backend sends them (and, for the VLM, which does not
   unescape text (protocol §5.3), the text as base64) — nothing about escaping is done at this layer.
@@ -107,6 +109,7 @@ class ChatService:
                 param=refs[0].param,
                 code="images_not_supported",
             )
+        require_text(conversation.turns[-1].text, param=f"messages[{len(request.messages) - 1}].content")
         system = conversation.system_prompt or entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
         fit = partial(
             fit_prompt,
@@ -119,13 +122,12 @@ class ChatService:
         fitted = await anyio.to_thread.run_sync(fit)  # tokenizing a long conversation is CPU work
         if fitted.dropped:
             log.info("%s: dropped the %d oldest turns to fit the prefill window", entry.id, fitted.dropped)
-        require_text(fitted.user_text, param="messages")
         images = [await self._images.load(ref) for turn in fitted.turns for ref in turn.images]
         max_tokens = request.max_completion_tokens or request.max_tokens
         budget = token_budget(info, fitted.prompt_tokens, max_tokens, param="messages")
         settings = UnitSettings(
             system_prompt=system,
-            max_token_len=fitted.prompt_tokens + budget,
+            max_token_len=info.max_token_len,  # one setup signature per model (docs/decisions.md)
             temperature=request.temperature,
             top_p=request.top_p,
         )

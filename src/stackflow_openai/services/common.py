@@ -92,8 +92,9 @@ def stop_list(stop: str | list[str] | None) -> list[str]:
 def token_budget(info: ChatModelInfo, prompt_tokens: int, max_tokens: int | None, *, param: str) -> int:
     """Generated tokens allowed: max_tokens, clamped to what the device can hold after the prompt.
 
-    The device's max_token_len counts prompt + generated positions (protocol §6), so the unit is set up
-    with prompt_tokens + budget (see `device_max_token_len`)."""
+    The device's max_token_len counts prompt + generated positions (protocol §6), so the budget is what
+    is left of the model's capacity after the prompt. The unit is set up with the full capacity and
+    the gateway cuts at the budget: a setup per distinct prompt length would reload the model."""
     room = info.max_token_len - prompt_tokens
     if room < 1:
         raise ContextLengthExceeded(

@@ -90,7 +90,7 @@ class CompletionService:
         prompts = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
         system = entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
         jobs: list[Job] = []
-        prompt_tokens = device_len = 0
+        prompt_tokens = 0
         for i, prompt in enumerate(prompts):
             param = "prompt" if isinstance(request.prompt, str) else f"prompt[{i}]"
             require_text(prompt, param=param)
@@ -98,11 +98,10 @@ class CompletionService:
             fitted = await anyio.to_thread.run_sync(fit)
             budget = token_budget(info, fitted.prompt_tokens, request.max_tokens, param=param)
             prompt_tokens += fitted.prompt_tokens
-            device_len = max(device_len, fitted.prompt_tokens + budget)
             jobs.extend(Job(prompt, [], budget) for _ in range(n))
         settings = UnitSettings(
             system_prompt=system,
-            max_token_len=device_len,
+            max_token_len=info.max_token_len,  # one signature per model (docs/decisions.md)
             temperature=request.temperature,
             top_p=request.top_p,
         )

@@ -57,7 +57,8 @@ def encode_request(message: Mapping[str, Any]) -> bytes:
     extra = [k for k in message if k not in _ENVELOPE_ORDER]
     keys = known + extra + (["data"] if "data" in message else [])
     body = ",".join(f"{_encode_string(k)}:{encode_value(message[k])}" for k in keys)
-    return ("{" + body + "}\n").encode("utf-8")
+    # A lone surrogate (JSON allows "\ud800") cannot be UTF-8; the device would refuse the line (-2).
+    return ("{" + body + "}\n").encode("utf-8", "replace")
 
 
 def dump_reply(message: Mapping[str, Any]) -> bytes:

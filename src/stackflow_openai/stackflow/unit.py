@@ -177,7 +177,7 @@ class Unit:
 
     # ---- output --------------------------------------------------------------------------------
 
-    async def _next_output(self, idle_timeout: float | None) -> Reply:
+    async def _next_output(self, idle_timeout: float | None, *, silence_ends: bool = False) -> Reply:
         """The next message for this instance; maps errors and marks the handle broken when needed."""
         if self._failure is not None:
             raise self._failure
@@ -186,7 +186,10 @@ class Unit:
                 async with asyncio.timeout(idle_timeout):
                     item = await self._queue.get()
             except TimeoutError:
-                self._broken = True
+                if silence_ends:
+                    self._busy = False  # a late message would be dropped as stale
+                else:
+                    self._broken = True
                 raise DeviceTimeout(f"{self.work_id}: no output for {idle_timeout} s") from None
             if self._busy or not _is_unit_wide_error(item):
                 break
@@ -210,13 +213,18 @@ class Unit:
             return True
         return isinstance(reply.data, dict) and bool(reply.data.get("finish"))
 
-    async def outputs(self, *, idle_timeout: float) -> AsyncGenerator[Reply, None]:
+    async def outputs(
+        self, *, idle_timeout: float, silence_ends: bool = False
+    ) -> AsyncGenerator[Reply, None]:
         """Every output message of the current inference, up to and including its end.
 
         Stream mode ends with the message whose `data.finish` is true; non-stream mode yields one
         message (call again for the next, e.g. one per tts segment). Raises `DeviceTimeout` (and
         marks the unit broken) after `idle_timeout` seconds without a message, the mapped
         `DeviceError` on an error reply, `ConnectionLost` if the connection drops.
+
+        `silence_ends=True` is for units whose silence is an answer (whisper sends nothing for an
+        empty non-en/ja transcript, §5.5): the timeout still raises, but the unit stays usable.
         """
         generation = self._generation
         finished = False
@@ -225,7 +233,7 @@ class Unit:
                 async with self._read_lock:
                     if generation != self._generation:
                         return  # pause or a newer inference ended this one
-                    reply = await self._next_output(idle_timeout)
+                    reply = await self._next_output(idle_timeout, silence_ends=silence_ends)
                     finished = self._is_final(reply)
                     if finished:
                         self._busy = False

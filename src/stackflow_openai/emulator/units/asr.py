@@ -23,6 +23,7 @@ from typing import Any
 from stackflow_openai.emulator.engines.base import AsrSession
 from stackflow_openai.emulator.rawjson import strip_wav_header
 from stackflow_openai.emulator.units.base import Instance, UnitService
+from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = ["AsrInstance", "AsrUnit", "WhisperInstance", "WhisperUnit"]
 
@@ -66,7 +67,7 @@ class AudioInstance(Instance):
 
 
 class WhisperInstance(AudioInstance):
-    def configure(self, config: dict[str, Any], params: dict[str, Any], model: Any) -> None:
+    def configure(self, config: dict[str, Any], params: dict[str, Any], model: ModelDescriptor) -> None:
         super().configure(config, params, model)
         self.language = config["language"]
 
@@ -91,7 +92,7 @@ class AsrInstance(AudioInstance):
         self._utterance = bytearray()
         self._speech_flags: list[bool] = []
 
-    def configure(self, config: dict[str, Any], params: dict[str, Any], model: Any) -> None:
+    def configure(self, config: dict[str, Any], params: dict[str, Any], model: ModelDescriptor) -> None:
         super().configure(config, params, model)
         self.streaming = model.mode.startswith(("sherpa-ncnn", "sherpa-onnx"))
         self.rule1 = float(config.get("rule1", params.get("endpoint_config.rule1.min_trailing_silence", 2.4)))

@@ -4,11 +4,7 @@ A unit (`UnitService`) handles control actions one at a time, in arrival order, 
 while a setup loads, everything else for that unit type waits behind it. Replies made by the unit's
 generic `send` carry the request_id of the last control request the unit handled and go to that
 request's connection; that is also where inference-time errors (-23, -25) of *any* instance go.
-
-An instance (`Instance`) owns its output route (the "push URL"): set at setup, replaced by every
-inference it receives and by every control action naming it. Its output carries the request_id of
-the latest inference it received. User input reaches it only if its `input` named the unit's tag.
-Input is taken from an inbox by one receiver task, like the device's ZMQ receive thread.
+Instances themselves live in `instance.py`.
 """
 
 from __future__ import annotations
@@ -17,19 +13,12 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from stackflow_openai.emulator.rawjson import (
-    StreamIndexError,
-    c_stoi,
-    decode_base64,
-    decode_stream,
-    extract,
-)
+from stackflow_openai.emulator.rawjson import c_stoi, extract
 from stackflow_openai.emulator.replies import build_reply
+from stackflow_openai.emulator.units.instance import Instance
 from stackflow_openai.emulator.units.setup_fields import SetupError, check_setup
-from stackflow_openai.stackflow.models import ModelDescriptor
 
 if TYPE_CHECKING:
     from stackflow_openai.emulator.connection import ClientConnection
@@ -51,150 +40,6 @@ def work_id_number(work_id: str) -> int | None:
     if dot < 0 or dot == len(work_id) - 1:
         return None
     return c_stoi(work_id[dot + 1 :])
-
-
-class Instance:
-    """One set-up instance (the device's channel plus task objects)."""
-
-    def __init__(self, unit: UnitService, number: int, conn: ClientConnection, request_id: str) -> None:
-        self.unit = unit
-        self.number = number
-        self.work_id = f"{unit.name}.{number}"
-        self.push_conn: ClientConnection | None = conn
-        self.request_id = request_id
-        self.state = "loading"  # loading → ready ⇄ busy → exiting
-        self.model: ModelDescriptor | None = None
-        self.config: dict[str, Any] = {}  # setup data
-        self.params: dict[str, Any] = {}  # descriptor mode_param overridden by setup data
-        self.response_format = ""
-        self.enoutput = False
-        self.enstream = False
-        self.inputs: list[str] = []
-        self.user_subscribed = False
-        self.cmm_kib = 0
-        self.prefill_overflows = 0
-        self._inbox: asyncio.Queue[tuple[ClientConnection, str]] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    # ----------------------------------------------------------------- set-up hooks (override)
-    def configure(self, config: dict[str, Any], params: dict[str, Any], model: ModelDescriptor) -> None:
-        """Take the validated setup: common fields here, unit-specific ones in subclasses."""
-        self.model = model
-        self.config = config
-        self.params = params
-        self.response_format = config["response_format"]
-        self.enoutput = config["enoutput"]
-        self.enstream = "stream" in self.response_format
-        raw_input = config.get("input")
-        if isinstance(raw_input, str):
-            self.inputs = [raw_input]
-        elif isinstance(raw_input, list):
-            self.inputs = list(raw_input)
-        self.user_subscribed = any(self.unit.subscribes_user_input(i) for i in self.inputs)
-
-    async def open(self) -> None:
-        """Load the model through the engine (the setup delay happens here)."""
-
-    async def on_user_data(self, object: str, data: str) -> None:
-        """One inference message, with `object` and `data` as the raw extracted strings."""
-
-    async def finish_for_exit(self) -> None:
-        """`exit`: what must still happen before the acknowledgement (e.g. llm's finish message)."""
-
-    async def close_session(self) -> None:
-        """Release engine resources."""
-
-    # ----------------------------------------------------------------- output
-    def emit(self, data: Any, *, object: str | None = None, code: int = 0) -> None:
-        """The channel's `send`: latest inference request_id, instance work_id, only if `enoutput`.
-
-        May raise UnicodeEncodeError, as the device's `dump()` throws on invalid text.
-        """
-        line = build_reply(
-            self.request_id,
-            self.work_id,
-            object=self.response_format if object is None else object,
-            data=data,
-            code=code,
-        )
-        if self.enoutput and self.push_conn is not None:
-            self.push_conn.send(line)
-
-    def next_stream_index(self, *, finish: bool) -> int:
-        """The unit process's `static int count`: shared by every instance, reset by any finish."""
-        index = self.unit.out_index
-        self.unit.out_index = 0 if finish else index + 1
-        return index
-
-    # ----------------------------------------------------------------- input
-    def deliver(self, conn: ClientConnection, raw: str) -> None:
-        """An inference published by llm-sys; dropped unless this instance listens to user input."""
-        if self.state in ("ready", "busy") and self.user_subscribed:
-            self._inbox.put_nowait((conn, raw))
-
-    async def _receive_loop(self) -> None:
-        while True:
-            conn, raw = await self._inbox.get()
-            # `subscriber_event_call`: the envelope retargets output and restamps request_id.
-            self.push_conn = conn
-            self.request_id = extract(raw, "request_id")
-            try:
-                await self.on_user_data(extract(raw, "object"), extract(raw, "data"))
-            except Exception:  # the device logs and carries on with the next message
-                _log.exception("%s: inference failed", self.work_id)
-
-    def decode_common(self, object: str, data: str) -> bytes | str | None:
-        """Stream reassembly then base64, with the unit-level -25/-23 errors; None: nothing to do."""
-        text = data
-        if "stream" in object:
-            try:
-                joined = decode_stream(data, self.unit.stream_chunks)
-            except StreamIndexError:
-                self.unit.stream_chunks.clear()
-                self.unit.send_error(-25)
-                return None
-            if joined is None:
-                return None
-            text = joined
-        if "base64" in object:
-            payload = decode_base64(text)
-            if payload is None:
-                self.unit.send_error(-23)
-                return None
-            return payload
-        return text
-
-    # ----------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        self.state = "ready"
-        self.spawn(self._receive_loop())
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=f"emulator-{self.work_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def kill(self) -> None:
-        """Stop everything now (exit after draining, reset, emulator stop)."""
-        self.state = "exiting"
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        try:
-            await self.close_session()
-        except Exception:
-            _log.exception("%s: closing the engine session failed", self.work_id)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "work_id": self.work_id,
-            "unit": self.unit.name,
-            "model": self.model.mode if self.model else self.config.get("model"),
-            "state": self.state,
-            "prefill_overflows": self.prefill_overflows,
-        }
 
 
 class UnitService:
@@ -309,6 +154,8 @@ class UnitService:
             config = json.loads(data, parse_constant=_reject_constant)
         except ValueError:
             raise SetupError(-2, "json format error.") from None
+        if isinstance(config, dict):
+            instance.config = config  # lets introspection name the model while it loads
         if faults.take("hang_setup"):
             await asyncio.Future()  # never completes: only reset/stop cancel it
         model, params = check_setup(self.name, config, self.state.find_model)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from stackflow_openai.emulator.engines.base import LlmSession, LlmSettings
 from stackflow_openai.emulator.rawjson import unescape
 from stackflow_openai.emulator.units.base import Instance, UnitService
+from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = ["LlmInstance", "LlmUnit", "VlmInstance", "VlmUnit"]
 
@@ -56,7 +57,7 @@ class LlmInstance(Instance):
         self._idle = asyncio.Event()  # nothing generating and nothing queued
         self._idle.set()
 
-    def configure(self, config: dict[str, Any], params: dict[str, Any], model: Any) -> None:
+    def configure(self, config: dict[str, Any], params: dict[str, Any], model: ModelDescriptor) -> None:
         super().configure(config, params, model)
         capacity = model.kv_cache_len or 1023
         self.max_token_len = min(int(params.get("max_token_len", DEFAULT_MAX_TOKEN_LEN)), capacity)

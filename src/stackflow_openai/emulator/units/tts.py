@@ -23,6 +23,7 @@ from typing import Any
 from stackflow_openai.emulator.engines.base import TtsSession
 from stackflow_openai.emulator.rawjson import decode_base64, extract, unescape
 from stackflow_openai.emulator.units.base import Instance, UnitService
+from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = ["MeloInstance", "MeloUnit", "SummerInstance", "TtsUnit"]
 
@@ -39,7 +40,7 @@ class SpeechInstance(Instance):
         self.audio_rate = ENGINE_RATE
         self.voice: str | None = None
 
-    def configure(self, config: dict[str, Any], params: dict[str, Any], model: Any) -> None:
+    def configure(self, config: dict[str, Any], params: dict[str, Any], model: ModelDescriptor) -> None:
         super().configure(config, params, model)
         self.speed = float(params.get("spacker_speed", 1.0)) or 1.0
         self.audio_rate = int(params.get("audio_rate", ENGINE_RATE)) or ENGINE_RATE
