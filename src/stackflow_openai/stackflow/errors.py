@@ -119,9 +119,22 @@ class StreamIndexError(DeviceError):
 _BY_CODE: dict[int, type[DeviceError]] = {
     cls.code: cls
     for cls in (
-        ReaceReset, JsonFormatError, ActionMatchFalse, InferencePushFalse, ModelLoadFailed,
-        UnitDoesNotExist, UnitCallFalse, NotAvailable, ModelRunFailed, FileError, NoUnitAction,
-        LinkFalse, TaskFull, UnitError, Base64DecodeError, StreamIndexError,
+        ReaceReset,
+        JsonFormatError,
+        ActionMatchFalse,
+        InferencePushFalse,
+        ModelLoadFailed,
+        UnitDoesNotExist,
+        UnitCallFalse,
+        NotAvailable,
+        ModelRunFailed,
+        FileError,
+        NoUnitAction,
+        LinkFalse,
+        TaskFull,
+        UnitError,
+        Base64DecodeError,
+        StreamIndexError,
     )
 }
 
