@@ -28,9 +28,10 @@ class Harness:
         settings: Settings | None = None,
         timing: Timing | None = None,
         emulator_kwargs: dict[str, Any] | None = None,
+        engine: Any = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.timing = timing or Timing()
+        self.engine = engine or ScriptedEngine(timing=timing or Timing())
         self.emulator_kwargs = emulator_kwargs or {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -57,10 +58,8 @@ class Harness:
         return self
 
     async def _start(self) -> None:
-        self.emulator = Emulator(
-            engine=ScriptedEngine(timing=self.timing), hwinfo_delay=0.05, **self.emulator_kwargs
-        )
-        await self.emulator.start(host="127.0.0.1", port=0)
+        if not hasattr(self, "emulator"):  # a test may start the emulator first (orphans)
+            await self.start_emulator()
         self.settings.devices = [DeviceSettings(name="emu", host="127.0.0.1", port=self.emulator.port)]
         self.settings.server.port = 0
         self.registry = GatewayRegistry(self.settings)
@@ -78,20 +77,28 @@ class Harness:
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
+    async def start_emulator(self) -> None:
+        self.emulator = Emulator(engine=self.engine, hwinfo_delay=0.05, **self.emulator_kwargs)
+        await self.emulator.start(host="127.0.0.1", port=0)
+
     def live_instances(self) -> list[dict[str, Any]]:
         return self.call(self.emulator.live_instances)
 
     def pool_work_ids(self) -> list[str]:
         return self.call(lambda: [w for d in self.registry.devices for w in d.pool.work_ids()])
 
-    def stop(self) -> None:
+    def stop_gateway(self) -> None:
         async def _stop() -> None:
             self.server.should_exit = True
             await asyncio.wait_for(self._serve_task, 15)
-            await self.emulator.stop()
 
-        try:
+        if not self._serve_task.done():
             self.call(_stop)
+
+    def stop(self) -> None:
+        try:
+            self.stop_gateway()
+            self.call(self.emulator.stop)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)

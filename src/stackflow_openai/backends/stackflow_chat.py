@@ -65,6 +65,7 @@ class _DeviceChatUnit:
     async def generate(self, prompt: str, *, images: list[bytes]) -> AsyncIterator[str]:
         if images and not self._vision:
             raise BackendInvalidRequest("this model does not accept images", param="messages")
+        answered = False
         try:
             for image in images:
                 # The image goes first and is consumed by the next text (protocol §5.3).
@@ -82,6 +83,7 @@ class _DeviceChatUnit:
                 self._unit.generate(data, object=obj, idle_timeout=self._idle_timeout)
             ) as deltas:
                 async for delta in deltas:
+                    answered = True
                     yield delta
         except Base64DecodeError as exc:
             raise BackendInvalidRequest(
@@ -91,6 +93,10 @@ class _DeviceChatUnit:
             raise BackendUnavailable(f"the device stopped answering: {exc}") from exc
         except DeviceError as exc:
             raise BackendUnavailable(f"the device failed the generation: {exc}") from exc
+        finally:
+            if images and not answered:
+                # An image may still wait on the device for its text: this unit must not serve again.
+                self._unit.mark_broken()
 
 
 class StackFlowChatBackend:

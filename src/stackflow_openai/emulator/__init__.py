@@ -12,6 +12,10 @@ tool, not a model.
     ...
     await emu.stop()
 
+Other keyword arguments: `catalogue_dirs` (extra `mode_*.json` folders), `cmm_total_kib`,
+`installed_units` (others answer -9), `engines={"name": engine}` (picked by a descriptor field
+`emulator_engine`), `include_builtin_catalogue`, `neon_framing` (the ARM framer quirk, on by default).
+
 PRIVATE TEST EXTENSION - NOT PART OF STACKFLOW. A real device answers both actions with -3.
 
 - `{"request_id":"1","work_id":"sys","action":"x_emulator_instances"}` →

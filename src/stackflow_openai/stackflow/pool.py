@@ -107,17 +107,16 @@ class DevicePool:
     ) -> AsyncIterator[Unit]:
         """An instance of `model` set up with `setup`, held for the block.
 
-        Leaving the block normally returns the instance to the pool (the caller must leave it idle,
-        e.g. paused); leaving it with an exception, or with the unit marked broken, exits it.
+        The instance goes back to the pool when the block ends with the unit idle and healthy, even
+        if the block raised (a client that went away leaves a paused, clean unit: worth keeping). A
+        unit that is broken, or still busy with output nobody consumed, is exited.
         """
         slot = await self._acquire(model, setup, pool_size or self._limit(model.unit))
-        failed = True
         try:
             assert slot.unit is not None
             yield slot.unit
-            failed = False
         finally:
-            await self._release(slot, discard=failed)
+            await self._release(slot)
 
     async def _acquire(self, model: ModelDescriptor, setup: Mapping[str, Any], pool_size: int) -> _Slot:
         signature = _signature(setup)
@@ -220,9 +219,9 @@ class DevicePool:
                 f"needs {model.cmm_size} KiB, {info.remain} KiB free"
             )
 
-    async def _release(self, slot: _Slot, *, discard: bool) -> None:
+    async def _release(self, slot: _Slot) -> None:
         unit = slot.unit
-        if discard or unit is None or unit.broken or unit.busy:
+        if unit is None or unit.broken or unit.busy:
             if unit is not None:
                 await self._exit_quietly(unit)
             await self._forget(slot)

@@ -109,6 +109,10 @@ class Unit:
     def connection(self) -> Connection:
         return self._conn
 
+    def mark_broken(self) -> None:
+        """The owner knows the instance is in an unknown state (e.g. an image sent, its text not)."""
+        self._broken = True
+
     def _check_usable(self) -> None:
         if self._exited:
             raise UnitBroken(f"{self.work_id} was exited")

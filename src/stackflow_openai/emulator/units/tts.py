@@ -84,7 +84,8 @@ class SpeechInstance(Instance):
             _log.exception("%s: synthesis failed", self.work_id)
             self.emit("None", object="None", code=-11)
             return None
-        return resample_s16le(pcm, ENGINE_RATE, self.audio_rate)
+        # Engines promise 16 kHz, but trusting their declared rate costs nothing.
+        return resample_s16le(pcm, int(getattr(self.session, "sample_rate", ENGINE_RATE)), self.audio_rate)
 
     def split(self, pending: str, text: str) -> tuple[list[str], str]:
         """Complete segments (each ending on a breakpoint) and what is left over."""
