@@ -377,3 +377,15 @@ def test_models_list_and_get(harness):
     raw = httpx.get(f"{harness.base_url}/models", timeout=10).json()
     assert json.dumps(raw)  # plain JSON
     assert raw["object"] == "list"
+
+
+def test_image_tokens_count_against_the_vlm_prefill_window(harness):
+    data_url = "data:image/jpeg;base64," + base64.b64encode(_jpeg("green")).decode()
+    text = " ".join(f"word{i}" for i in range(60))  # fits 256 alone, not with a 169-token image
+    c = client(harness)
+    reply = c.chat.completions.create(model=VLM, messages=[{"role": "user", "content": text}])
+    assert reply.choices[0].finish_reason == "stop"
+    content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": data_url}}]
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(model=VLM, messages=[{"role": "user", "content": content}])
+    assert err.value.code == "context_length_exceeded"

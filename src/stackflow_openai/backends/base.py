@@ -72,6 +72,7 @@ class ChatModelInfo:
     tokenizer: str  # "qwen" (exact BPE) or "estimate" (conservative char-based count)
     template: str  # chat template family used to count template tokens: "qwen" | "llama" | "generic"
     vision: bool = False
+    image_tokens: int = 0  # prefill positions one image takes (VLM)
 
 
 @dataclass(frozen=True, slots=True)

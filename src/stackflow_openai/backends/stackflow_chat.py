@@ -34,6 +34,16 @@ _QWEN_FAMILIES = ("qwen", "deepseek-r1", "internvl", "openbuddy")
 _IMAGE_CHUNK_CHARS = 64 * 1024  # keeps each JSON line well under the ~1 MB the protocol advises
 
 
+def _image_tokens(model: ModelDescriptor) -> int:
+    """Prefill positions of one image: InternVL cuts 14 px patches and merges 2x2 (pixel shuffle)."""
+    if model.unit != "vlm":
+        return 0
+    width, height = model.mode_param.get("vpm_width"), model.mode_param.get("vpm_height")
+    if isinstance(width, int) and isinstance(height, int):
+        return (width // 28) * (height // 28)
+    return 256  # InternVL's 448 px default: unknown geometry, count the common case
+
+
 def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
     qwen = model.mode.lower().startswith(_QWEN_FAMILIES)
     return ChatModelInfo(
@@ -42,6 +52,7 @@ def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
         tokenizer="qwen" if qwen else "estimate",
         template="qwen" if qwen else "generic",
         vision=model.unit == "vlm",
+        image_tokens=_image_tokens(model),
     )
 
 

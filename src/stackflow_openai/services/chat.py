@@ -117,7 +117,7 @@ class ChatService:
             info,
             system,
             conversation.turns,
-            image_tokens=int(entry.extra.get("image_tokens", 0)),
+            image_tokens=int(entry.extra.get("image_tokens", info.image_tokens)),
         )
         fitted = await anyio.to_thread.run_sync(fit)  # tokenizing a long conversation is CPU work
         if fitted.dropped:
