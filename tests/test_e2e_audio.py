@@ -1,0 +1,157 @@
+"""End to end audio: openai SDK → gateway → device backends → emulator's melotts/tts/whisper/asr units."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from audio_fakes import decode_file, encode_file, rms, tone
+from e2e_harness import Harness
+from stackflow_openai.config import ModelSettings, Settings
+from stackflow_openai.emulator import Timing
+
+ASR_RATE = 16000
+
+
+def assert_no_leak(h: Harness) -> None:
+    assert sorted(i["work_id"] for i in h.live_instances()) == sorted(h.pool_work_ids())
+
+
+@pytest.fixture
+def harness():
+    h = Harness().start()
+    h.call(lambda: setattr(h.registry.get("whisper-tiny").transcription, "result_timeout", 1.0))
+    yield h
+    try:
+        assert_no_leak(h)
+    finally:
+        h.stop()
+
+
+def client(h: Harness) -> openai.OpenAI:
+    return openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=60)
+
+
+def speech_like(seconds: float, *, pauses_every: float = 3.0) -> np.ndarray:
+    """Tones with short pauses, like sentences: something ASR hears and window splitting can cut."""
+    t = np.arange(int(seconds * ASR_RATE)) / ASR_RATE
+    wave = 0.3 * np.sin(2 * np.pi * (220 + 80 * np.sin(t)) * t)
+    wave[(t % pauses_every) > pauses_every - 0.6] = 0.0
+    return wave
+
+
+@pytest.mark.parametrize("model", ["melotts-en-us", "single-speaker-english-fast"])
+@pytest.mark.parametrize("fmt", ["mp3", "wav", "flac"])
+def test_speech_from_the_device_units(harness, model, fmt):
+    text = "Hello there. This is the gateway speaking, one sentence at a time!"
+    audio = client(harness).audio.speech.create(model=model, voice="alloy", input=text, response_format=fmt)
+    samples, rate = decode_file(audio.content)
+    assert rate == 24000
+    assert len(samples) / rate > 1.0  # the scripted engine gives ~0.05 s per character
+    assert rms(samples) > 0.01
+
+
+def test_speech_streams_before_the_last_sentence_is_synthesized():
+    h = Harness(timing=Timing(synthesis_seconds_per_char=0.02)).start()
+    try:
+        text = "First sentence here. " + "Then a much longer second sentence that takes a while to say. " * 3
+        started = time.monotonic()
+        with httpx.stream(
+            "POST", f"{h.base_url}/audio/speech", timeout=30,
+            json={"model": "melotts-en-us", "voice": "alloy", "input": text, "response_format": "pcm"},
+        ) as r:
+            assert r.status_code == 200
+            chunks = r.iter_bytes()
+            next(chunks)
+            first = time.monotonic() - started
+            for _ in chunks:
+                pass
+            total = time.monotonic() - started
+        assert first < total / 2, (first, total)
+        assert_no_leak(h)
+    finally:
+        h.stop()
+
+
+def test_tts_1_alias_and_voices(harness):
+    c = client(harness)
+    audio = c.audio.speech.create(model="tts-1", voice="nova", input="Hi.", response_format="pcm")
+    assert len(audio.content) > 1000
+    voices = httpx.get(f"{harness.base_url}/audio/voices", params={"model": "melotts-en-us"}, timeout=10).json()
+    assert "alloy" in [v["id"] for v in voices["voices"]]
+    with pytest.raises(openai.BadRequestError) as err:
+        c.audio.speech.create(model="melotts-en-us", voice="nobody", input="Hi.")
+    assert "alloy" in err.value.message
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "ogg", "webm", "m4a"])
+def test_transcription_on_whisper(harness, fmt):
+    data = encode_file(fmt, speech_like(4.0), ASR_RATE, stereo=True)
+    name = {"ogg": "a.ogg", "m4a": "a.m4a"}.get(fmt, f"a.{fmt}")
+    text = client(harness).audio.transcriptions.create(model="whisper-1", file=(name, io.BytesIO(data)))
+    assert text.text.strip() and not text.text.endswith(".")  # the device's trailing '.' is removed
+
+
+def test_transcription_formats_and_long_audio_windows(harness):
+    data = encode_file("wav", speech_like(75.0), ASR_RATE, stereo=False)
+    c = client(harness)
+    verbose = c.audio.transcriptions.create(
+        model="whisper-tiny", file=("long.wav", io.BytesIO(data)), response_format="verbose_json"
+    )
+    starts = [s.start for s in verbose.segments]
+    ends = [s.end for s in verbose.segments]
+    assert len(verbose.segments) >= 3 and starts == sorted(starts)
+    assert all(e - s <= 30 for s, e in zip(starts, ends, strict=True))
+    assert abs(verbose.duration - 75.0) < 0.5
+    srt = c.audio.transcriptions.create(
+        model="whisper-tiny", file=("long.wav", io.BytesIO(data)), response_format="srt"
+    )
+    assert "00:00:00,000 --> " in srt and srt.count("-->") == len(verbose.segments)
+
+
+def test_silence_in_a_non_english_language_is_an_empty_text_after_a_bounded_wait(harness):
+    data = encode_file("wav", np.zeros(ASR_RATE * 2), ASR_RATE, stereo=False)
+    started = time.monotonic()
+    text = client(harness).audio.transcriptions.create(
+        model="whisper-tiny", file=("s.wav", io.BytesIO(data)), language="de"
+    )
+    assert text.text == "" and time.monotonic() - started < 10
+
+
+def test_transcription_on_the_sherpa_asr_unit(harness):
+    data = encode_file("wav", speech_like(3.0), ASR_RATE, stereo=False)
+    text = client(harness).audio.transcriptions.create(
+        model="sherpa-ncnn-streaming-zipformer-20M-2023-02-17", file=("a.wav", io.BytesIO(data))
+    )
+    assert text.text.strip()
+
+
+def test_translation_refused_without_a_way_to_translate(harness):
+    data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
+    with pytest.raises(openai.BadRequestError):
+        client(harness).audio.translations.create(model="whisper-tiny", file=("a.wav", io.BytesIO(data)))
+
+
+def test_translation_through_a_configured_chat_model():
+    settings = Settings(
+        models={
+            "whisper-translate": ModelSettings(
+                type="transcription", device_model="whisper-tiny",
+                translation_chat_model="qwen2.5-0.5B-p256-ax630c",
+            )
+        }
+    )
+    h = Harness(settings=settings).start()
+    try:
+        data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
+        result = client(h).audio.translations.create(model="whisper-translate", file=("a.wav", io.BytesIO(data)))
+        # The scripted LLM answers "You said N words: ..." about the transcript it was given.
+        assert result.text.startswith("You said")
+        assert_no_leak(h)
+    finally:
+        h.stop()
