@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 ruff check src tests benchmarks
 ruff format --check src tests benchmarks
 mypy
-python -m pytest -q "$@"
+python -m pytest -q -m "not local" "$@"

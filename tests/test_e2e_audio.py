@@ -10,7 +10,7 @@ import numpy as np
 import openai
 import pytest
 
-from audio_fakes import decode_file, encode_file, rms, tone
+from audio_fakes import decode_file, encode_file, rms
 from e2e_harness import Harness
 from stackflow_openai.config import ModelSettings, Settings
 from stackflow_openai.emulator import Timing
@@ -62,7 +62,9 @@ def test_speech_streams_before_the_last_sentence_is_synthesized():
         text = "First sentence here. " + "Then a much longer second sentence that takes a while to say. " * 3
         started = time.monotonic()
         with httpx.stream(
-            "POST", f"{h.base_url}/audio/speech", timeout=30,
+            "POST",
+            f"{h.base_url}/audio/speech",
+            timeout=30,
             json={"model": "melotts-en-us", "voice": "alloy", "input": text, "response_format": "pcm"},
         ) as r:
             assert r.status_code == 200
@@ -82,7 +84,9 @@ def test_tts_1_alias_and_voices(harness):
     c = client(harness)
     audio = c.audio.speech.create(model="tts-1", voice="nova", input="Hi.", response_format="pcm")
     assert len(audio.content) > 1000
-    voices = httpx.get(f"{harness.base_url}/audio/voices", params={"model": "melotts-en-us"}, timeout=10).json()
+    voices = httpx.get(
+        f"{harness.base_url}/audio/voices", params={"model": "melotts-en-us"}, timeout=10
+    ).json()
     assert "alloy" in [v["id"] for v in voices["voices"]]
     with pytest.raises(openai.BadRequestError) as err:
         c.audio.speech.create(model="melotts-en-us", voice="nobody", input="Hi.")
@@ -141,7 +145,8 @@ def test_translation_through_a_configured_chat_model():
     settings = Settings(
         models={
             "whisper-translate": ModelSettings(
-                type="transcription", device_model="whisper-tiny",
+                type="transcription",
+                device_model="whisper-tiny",
                 translation_chat_model="qwen2.5-0.5B-p256-ax630c",
             )
         }
@@ -149,7 +154,9 @@ def test_translation_through_a_configured_chat_model():
     h = Harness(settings=settings).start()
     try:
         data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
-        result = client(h).audio.translations.create(model="whisper-translate", file=("a.wav", io.BytesIO(data)))
+        result = client(h).audio.translations.create(
+            model="whisper-translate", file=("a.wav", io.BytesIO(data))
+        )
         # The scripted LLM answers "You said N words: ..." about the transcript it was given.
         assert result.text.startswith("You said")
         assert_no_leak(h)

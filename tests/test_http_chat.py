@@ -202,7 +202,7 @@ async def test_long_conversation_is_truncated_to_the_p256_window() -> None:
     assert response.status_code == 200
     prompt = backend.generations[0].prompt
     assert "fact number 0 " not in prompt and "fact number 29 " in prompt  # oldest dropped, newest kept
-    assert prompt.endswith("\n\nWhich fact was first?")
+    assert prompt.endswith("\n\nNow answer the user's new message: Which fact was first?")
     usage = response.json()["usage"]
     assert usage["prompt_tokens"] == tokenizers().prompt_tokens(QWEN_P256, "You are terse.", prompt)
     assert usage["prompt_tokens"] <= QWEN_P256.prefill_len - PREFILL_MARGIN

@@ -9,6 +9,7 @@ from stackflow_openai.errors import ContextLengthExceeded, InvalidRequestError
 from stackflow_openai.protocol import ChatMessage
 from stackflow_openai.services.prompt import (
     HISTORY_HEADER,
+    NEW_MESSAGE_LEAD,
     ImageRef,
     Turn,
     fit_prompt,
@@ -51,7 +52,8 @@ def test_history_is_a_labelled_transcript_and_the_last_question_stands_alone() -
         )
     )
     assert render_user_text(conversation.turns) == (
-        f"{HISTORY_HEADER}\nUser: My name is Ann.\nAssistant: Nice to meet you, Ann!\n\nWhat is my name?"
+        f"{HISTORY_HEADER}\nUser: My name is Ann.\nAssistant: Nice to meet you, Ann!\n\n"
+        f"{NEW_MESSAGE_LEAD}What is my name?"
     )
 
 
@@ -142,7 +144,9 @@ def test_long_conversation_drops_the_oldest_turns_to_fit_p256() -> None:
     )
     assert fitted.dropped > 0
     assert fitted.turns == turns[fitted.dropped :]  # only the oldest went
-    assert fitted.user_text.endswith("\n\nAnd what was the first question?")
+    assert fitted.user_text.endswith(
+        "\n\nNow answer the user's new message: And what was the first question?"
+    )
     assert "Question number 0:" not in fitted.user_text
     # Keeping one more (older) turn would not have fitted: the window is used as far as it goes.
     bigger = tokenizers().prompt_tokens(

@@ -19,6 +19,7 @@ from stackflow_openai.emulator.catalogue import load_catalogue
 from stackflow_openai.emulator.connection import ClientConnection
 from stackflow_openai.emulator.engines.base import Engine
 from stackflow_openai.emulator.engines.scripted import ScriptedEngine, Timing
+from stackflow_openai.emulator.engines.select import EngineChoice, choose_engine
 from stackflow_openai.emulator.faults import Faults
 from stackflow_openai.emulator.framing import DeviceFramer, reace_reset_line
 from stackflow_openai.emulator.replies import build_reply
@@ -256,13 +257,19 @@ def _reject_constant(name: str) -> Any:
 
 
 async def run_emulator(
-    host: str, port: int, *, realistic: bool = False, catalogue_dirs: Iterable[str | os.PathLike[str]] = ()
+    host: str,
+    port: int,
+    *,
+    realistic: bool = False,
+    catalogue_dirs: Iterable[str | os.PathLike[str]] = (),
+    engine: EngineChoice = "scripted",
 ) -> None:
     """Serve in the foreground until cancelled (the CLI runs it under asyncio.run)."""
-    engine = ScriptedEngine(Timing.realistic() if realistic else Timing())
-    emulator = Emulator(engine=engine, catalogue_dirs=catalogue_dirs)
+    chosen, description = choose_engine(engine, realistic=realistic)
+    emulator = Emulator(engine=chosen, catalogue_dirs=catalogue_dirs)
     await emulator.start(host, port)
     print(f"StackFlow emulator listening on {emulator.host}:{emulator.port}", flush=True)
+    print(description, flush=True)
     try:
         await asyncio.Event().wait()
     finally:

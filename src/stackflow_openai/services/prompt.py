@@ -6,16 +6,18 @@ A StackFlow LLM/VLM unit fixes its system prompt at setup and answers ONE user t
 Rendering. System and developer messages, in order, become the setup system prompt. Everything else is
 rendered into the single user turn:
 
-    Earlier conversation:
+    Conversation so far:
     User: My name is Ann.
     Assistant: Nice to meet you, Ann!
 
-    What is my name?
+    Now answer the user's new message: What is my name?
 
-Why this shape: a 0.5B-1.5B model shown a labelled transcript that *ends* with the bare question answers
-that question, instead of continuing the transcript with more "User:"/"Assistant:" lines; the labels cost
-about two tokens per turn, far less than re-creating chat-template markers per turn, and the user text
-never contains template special tokens. A lone user message is sent as is, with no decoration.
+Why this shape: a small model shown a labelled transcript must be told plainly which part to answer,
+or it continues the transcript or comments on it. Measured with the local SmolLM2-135M engine on four
+"what did I tell you" conversations: this wording answered 3 of 4 from the earlier turn, a bare final
+question ("Earlier conversation: ... <question>") 1 of 4. The labels cost about two tokens per turn,
+far less than re-creating chat-template markers per turn, and the user text never contains template
+special tokens. A lone user message is sent as is, with no decoration.
 
 Fitting drops the oldest turns first. It never drops the system prompt nor the last message; if those
 alone do not fit, the request is refused with 400 context_length_exceeded.
@@ -34,6 +36,7 @@ from stackflow_openai.tokens import PREFILL_MARGIN, Tokenizers
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "HISTORY_HEADER",
+    "NEW_MESSAGE_LEAD",
     "Conversation",
     "FittedPrompt",
     "ImageRef",
@@ -44,7 +47,8 @@ __all__ = [
 ]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # what Qwen's own chat template falls back to
-HISTORY_HEADER = "Earlier conversation:"
+HISTORY_HEADER = "Conversation so far:"
+NEW_MESSAGE_LEAD = "Now answer the user's new message: "
 _LABELS = {"user": "User", "assistant": "Assistant", "tool": "Tool", "function": "Tool"}
 
 
@@ -134,7 +138,7 @@ def render_user_text(turns: Sequence[Turn]) -> str:
         return last.text
     lines = [f"{_LABELS[t.role]}: {t.text}" for t in history]
     if last.role == "user":
-        return f"{HISTORY_HEADER}\n" + "\n".join(lines) + f"\n\n{last.text}"
+        return f"{HISTORY_HEADER}\n" + "\n".join(lines) + f"\n\n{NEW_MESSAGE_LEAD}{last.text}"
     lines.append(f"{_LABELS[last.role]}: {last.text}")
     return f"{HISTORY_HEADER}\n" + "\n".join(lines)
 
