@@ -389,3 +389,12 @@ def test_image_tokens_count_against_the_vlm_prefill_window(harness):
     with pytest.raises(openai.BadRequestError) as err:
         c.chat.completions.create(model=VLM, messages=[{"role": "user", "content": content}])
     assert err.value.code == "context_length_exceeded"
+
+
+def test_vlm_text_arrives_verbatim_although_the_vlm_does_not_unescape(harness):
+    # The VLM unit takes the raw JSON string without unescaping (protocol §5.3): sent as plain text,
+    # "\n" and braces would reach the model as escape sequences. The backend sends base64 instead.
+    text = 'Line one\nLine "two" {with braces} \\ and 日本語 😀'
+    reply = client(harness).chat.completions.create(model=VLM, messages=[{"role": "user", "content": text}])
+    assert reply.choices[0].finish_reason == "stop"
+    assert harness.engine.prompts[-1][1] == text
