@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -398,3 +399,51 @@ def test_vlm_text_arrives_verbatim_although_the_vlm_does_not_unescape(harness):
     reply = client(harness).chat.completions.create(model=VLM, messages=[{"role": "user", "content": text}])
     assert reply.choices[0].finish_reason == "stop"
     assert harness.engine.prompts[-1][1] == text
+
+
+def test_pool_evicts_the_idle_unit_for_a_new_setup_but_never_a_busy_one():
+    settings = Settings(
+        models={"one": ModelSettings(device_model=LLM, pool_size=1)},
+        pool=PoolSettings(queue_limit=4, queue_timeout=1.0),
+    )
+    h = Harness(settings=settings, timing=Timing(tokens_per_second=20)).start()
+    try:
+        c = client(h)
+
+        def ask(system: str, words: int = 2) -> object:
+            return c.chat.completions.create(
+                model="one",
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": "w " * words}],
+            )
+
+        ask("Prompt A")
+        first = h.pool_work_ids()
+        ask("Prompt B")  # another setup signature: the idle A unit is exited to make room
+        second = h.pool_work_ids()
+        assert len(first) == len(second) == 1 and first != second
+        assert [i["work_id"] for i in h.live_instances()] == second
+
+        # While B's unit streams a long answer, a request needing setup A waits, then gets 503:
+        # the busy unit is not taken away from its client.
+        with ThreadPoolExecutor(2) as ex:
+            long_one = ex.submit(ask, "Prompt B", 60)  # ~3 s at 20 tokens/s
+            time.sleep(0.5)
+            with pytest.raises(openai.APIStatusError) as err:
+                ask("Prompt A")
+            assert err.value.status_code == 503 and err.value.response.headers.get("retry-after")
+            assert long_one.result(30).choices[0].finish_reason == "stop"
+        assert_no_leak(h)
+    finally:
+        h.stop()
+
+
+def test_not_enough_device_memory_is_a_clear_503():
+    h = Harness(emulator_kwargs={"cmm_total_kib": 100_000}).start()
+    try:
+        with pytest.raises(openai.APIStatusError) as err:
+            client(h).chat.completions.create(model=LLM, messages=[{"role": "user", "content": "hi"}])
+        assert err.value.status_code == 503
+        assert "memory" in err.value.message
+        assert h.live_instances() == []
+    finally:
+        h.stop()
