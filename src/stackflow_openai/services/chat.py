@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 from stackflow_openai.backends.base import ChatBackend, ModelEntry, UnitSettings
-from stackflow_openai.errors import InvalidRequestError, ServiceUnavailable
+from stackflow_openai.errors import InvalidRequestError
 from stackflow_openai.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -43,6 +43,7 @@ from .common import (
     ServiceResult,
     StreamResult,
     check_n,
+    forward_or_backend,
     new_id,
     parse_body,
     report_ignored,
@@ -86,14 +87,11 @@ class ChatService:
         entry = resolve_model(
             self._registry, request.model, kinds=("chat", "proxy"), endpoint="/v1/chat/completions"
         )
-        if entry.kind == "proxy":
-            if entry.proxy is None:
-                raise ServiceUnavailable(f"The model '{entry.id}' has no upstream configured.")
-            return ProxyResult(await entry.proxy.forward("/chat/completions", dict(body)))
-        if entry.chat is None:
-            raise ServiceUnavailable(f"The model '{entry.id}' has no chat backend.")
+        backend = await forward_or_backend(entry, "/chat/completions", body)
+        if isinstance(backend, ProxyResult):
+            return backend
         headers = report_ignored(request, body, entry)
-        plan = await self._plan(request, entry, entry.chat)
+        plan = await self._plan(request, entry, backend)
         if request.stream:
             return StreamResult(self._stream(plan), headers)
         return JsonResult(await self._collect(plan), headers)

@@ -9,10 +9,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from stackflow_openai.backends.base import ChatModelInfo, ModelEntry, ProxyResponse
+from stackflow_openai.backends.base import ChatBackend, ChatModelInfo, ModelEntry, ProxyResponse
 from stackflow_openai.errors import (
     ContextLengthExceeded,
     InvalidRequestError,
+    ServiceUnavailable,
     UnsupportedParameter,
     validation_error,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "ServiceResult",
     "StreamResult",
     "check_n",
+    "forward_or_backend",
     "new_id",
     "parse_body",
     "report_ignored",
@@ -109,3 +111,16 @@ def require_text(text: str, *, param: str) -> None:
     # The LLM unit silently ignores an empty input (protocol §5.2): the request would wait forever.
     if not text.strip():
         raise InvalidRequestError("The prompt is empty; the device needs some text to answer.", param=param)
+
+
+async def forward_or_backend(
+    entry: ModelEntry, path: str, body: Mapping[str, Any]
+) -> ProxyResult | ChatBackend:
+    """Proxy models are forwarded whole (the upstream does its own validation); others need a backend."""
+    if entry.kind == "proxy":
+        if entry.proxy is None:
+            raise ServiceUnavailable(f"The model '{entry.id}' has no upstream configured.")
+        return ProxyResult(await entry.proxy.forward(path, dict(body)))
+    if entry.chat is None:
+        raise ServiceUnavailable(f"The model '{entry.id}' has no chat backend.")
+    return entry.chat

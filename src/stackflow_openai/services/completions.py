@@ -23,7 +23,6 @@ from typing import Any
 import anyio
 
 from stackflow_openai.backends.base import ChatBackend, ModelEntry, UnitSettings
-from stackflow_openai.errors import ServiceUnavailable
 from stackflow_openai.protocol import Completion, CompletionChoice, CompletionRequest, Usage
 from stackflow_openai.tokens import TokenCounter, Tokenizers
 
@@ -33,6 +32,7 @@ from .common import (
     ServiceResult,
     StreamResult,
     check_n,
+    forward_or_backend,
     new_id,
     parse_body,
     report_ignored,
@@ -72,14 +72,11 @@ class CompletionService:
         entry = resolve_model(
             self._registry, request.model, kinds=("chat", "proxy"), endpoint="/v1/completions"
         )
-        if entry.kind == "proxy":
-            if entry.proxy is None:
-                raise ServiceUnavailable(f"The model '{entry.id}' has no upstream configured.")
-            return ProxyResult(await entry.proxy.forward("/completions", dict(body)))
-        if entry.chat is None:
-            raise ServiceUnavailable(f"The model '{entry.id}' has no chat backend.")
+        backend = await forward_or_backend(entry, "/completions", body)
+        if isinstance(backend, ProxyResult):
+            return backend
         headers = report_ignored(request, body, entry)
-        plan = await self._plan(request, entry, entry.chat)
+        plan = await self._plan(request, entry, backend)
         if request.stream:
             return StreamResult(self._stream(plan), headers)
         return JsonResult(await self._collect(plan), headers)

@@ -7,6 +7,15 @@ So the gateway watches the text as it arrives, cuts it *before* the first stop s
 Streaming must never emit text that a later delta could turn into the start of a stop sequence. The
 limiter therefore holds back the longest tail of the text that is a prefix of some stop sequence, and
 releases it once it can no longer match (or when the generation ends).
+
+Counting the whole text again on every delta made a long stream quadratic (a 900-token answer spent
+most of the gateway's CPU in the tokenizer: docs/performance.md). So the text is counted in two parts:
+a prefix counted once, up to a word boundary well behind the growing end, plus the tail after it.
+At a boundary between a letter and a following space or punctuation mark no token spans the cut,
+for Qwen's BPE (its pre-tokenizer never joins a letter with a following non-letter) and for the
+estimate counter (letter runs end there; each part rounds up, so the sum can only over-count). The
+sum is therefore exact or an upper bound, and the exact count of the whole text is taken only once
+the sum reaches the budget.
 """
 
 from __future__ import annotations
@@ -20,6 +29,10 @@ from stackflow_openai.tokens import TokenCounter, truncate_to_tokens
 __all__ = ["FinishReason", "OutputLimiter", "Step"]
 
 FinishReason = Literal["stop", "length"]
+
+_REBASE_AFTER = 256  # tail characters that trigger counting a longer prefix once
+_REBASE_KEEP = 64  # characters left in the tail: a boundary never sits at the growing end
+_CUT_AFTER_LETTER = frozenset(" ,.!?;:，。！？；：、")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +50,8 @@ class OutputLimiter:
         self._text = ""  # everything received so far
         self._emitted = 0  # characters of _text already released
         self._searched = 0  # stop sequences cannot start before this index (already searched)
+        self._counted = 0  # characters of _text in the counted prefix (always at a boundary)
+        self._counted_tokens = 0
         self.final_text: str | None = None
         self.finish_reason: FinishReason = "stop"
 
@@ -51,7 +66,7 @@ class OutputLimiter:
         self._text += delta
         # Token by token, the generation would end after `budget` tokens whatever follows; only a stop
         # sequence completed within those tokens counts. So cap first, then look for stops.
-        capped = self._counter.count(self._text) >= self._budget
+        capped = self._reaches_budget()
         text = truncate_to_tokens(self._counter, self._text, self._budget) if capped else self._text
         cut = self._find_stop(text)
         if cut is not None:
@@ -75,6 +90,26 @@ class OutputLimiter:
         self.final_text = text
         self.finish_reason = reason
         return Step(text[self._emitted :], True)
+
+    def _reaches_budget(self) -> bool:
+        """count(text) >= budget, counting only the tail in the common case (see the module doc)."""
+        text = self._text
+        if len(text) - self._counted > _REBASE_AFTER:
+            cut = self._boundary_before(len(text) - _REBASE_KEEP)
+            if cut > self._counted:
+                self._counted_tokens += self._counter.count(text[self._counted : cut])
+                self._counted = cut
+        if self._counted_tokens + self._counter.count(text[self._counted :]) < self._budget:
+            return False
+        return self._counter.count(text) >= self._budget
+
+    def _boundary_before(self, end: int) -> int:
+        """The last index k in (counted, end] with a letter before it and a space or punctuation at it."""
+        text = self._text
+        for k in range(end, self._counted, -1):
+            if text[k] in _CUT_AFTER_LETTER and text[k - 1].isalpha():
+                return k
+        return self._counted
 
     def _release(self, end: int) -> str:
         if end <= self._emitted:
