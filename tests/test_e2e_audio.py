@@ -81,6 +81,8 @@ def test_speech_streams_before_the_last_sentence_is_synthesized():
 
 
 def test_tts_1_alias_and_voices(harness):
+    assert harness.call(lambda: harness.registry.get("whisper-1").id).startswith("whisper-")
+    assert harness.call(lambda: harness.registry.get("tts-1").id) == "melotts-en-us"
     c = client(harness)
     audio = c.audio.speech.create(model="tts-1", voice="nova", input="Hi.", response_format="pcm")
     assert len(audio.content) > 1000

@@ -2,9 +2,13 @@
 
     app = create_app(registry, HttpSettings(...))
 
-``app.state`` holds: registry, settings, tokenizers, images (ImageLoader), chat_service,
+``app.state`` holds: registry, settings, tokenizers, images (ImageLoader), metrics, chat_service,
 completion_service, model_service. The lifespan starts the registry, loads the tokenizers its models
 need (in a thread), and on shutdown closes the image client and stops the registry.
+
+Middlewares, outermost first: CORS (only when origins are configured), request id + access log +
+metrics, API keys, body limits, and the last-resort 500. Routes: the OpenAI ones under /v1, and
+/health, /ready, /metrics (routers/health.py).
 """
 
 from __future__ import annotations
@@ -18,13 +22,20 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stackflow_openai import __version__
 from stackflow_openai.backends.base import BackendError
 from stackflow_openai.errors import APIError, error_body, to_openai_error, validation_error
+from stackflow_openai.ops.auth import ApiKeyAuth
+from stackflow_openai.ops.limits import BodyLimit
+from stackflow_openai.ops.metrics import Metrics
+from stackflow_openai.ops.observe import ObservedService
+from stackflow_openai.ops.reqlog import REQUEST_ID_HEADER, ObserveRequests
 from stackflow_openai.routers import audio_router, chat_router, completions_router, models_router
+from stackflow_openai.routers.health import router as health_router
 from stackflow_openai.services import (
     ChatService,
     CompletionService,
@@ -48,6 +59,13 @@ class HttpSettings:
     image_allow_private: bool = False  # SSRF guard: allow image URLs on loopback/private/link-local hosts
     image_allowed_hosts: tuple[str, ...] = ()  # host or host:port strings fetched whatever they resolve to
     max_body_bytes: int = 32 * 1024 * 1024
+    api_keys: tuple[str, ...] = ()  # empty: no authentication
+    protect_health: bool = False  # keys required on /health and /ready too
+    protect_metrics: bool = False  # keys required on /metrics too
+    cors_origins: tuple[str, ...] = ()  # empty: CORS off
+
+    def __repr__(self) -> str:  # never show the keys
+        return f"HttpSettings(api_keys={len(self.api_keys)} configured, cors_origins={self.cors_origins!r})"
 
 
 def _error_response(exc: BaseException) -> JSONResponse:
@@ -140,18 +158,45 @@ def create_app(
     app.state.settings = settings
     app.state.tokenizers = tokenizers
     app.state.images = images
-    app.state.chat_service = ChatService(registry, tokenizers, images)
-    app.state.completion_service = CompletionService(registry, tokenizers)
+    metrics = Metrics(lambda: getattr(registry, "devices", ()))
+    attach = getattr(registry, "attach", None)
+    if attach is not None:
+        attach(metrics)  # pool timings and device errors
+    app.state.metrics = metrics
+    app.state.chat_service = ObservedService(ChatService(registry, tokenizers, images), registry, metrics)
+    app.state.completion_service = ObservedService(CompletionService(registry, tokenizers), registry, metrics)
     app.state.model_service = ModelService(registry)
 
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(BackendError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_middleware(_UnexpectedErrors)
+    _add_middlewares(app, settings, metrics)
 
     app.include_router(chat_router)
     app.include_router(completions_router)
     app.include_router(models_router)
     app.include_router(audio_router)  # written by the audio helper (routers/audio.py)
+    app.include_router(health_router)
     return app
+
+
+def _add_middlewares(app: FastAPI, settings: HttpSettings, metrics: Metrics) -> None:
+    # add_middleware puts each new one outside the previous ones: innermost first.
+    app.add_middleware(_UnexpectedErrors)
+    app.add_middleware(BodyLimit, default=settings.max_body_bytes)
+    app.add_middleware(
+        ApiKeyAuth,
+        keys=settings.api_keys,
+        protect_health=settings.protect_health,
+        protect_metrics=settings.protect_metrics,
+    )
+    app.add_middleware(ObserveRequests, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER, "X-Ignored-Params", "Retry-After"],
+        )

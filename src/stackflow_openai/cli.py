@@ -1,10 +1,11 @@
-"""Command line: `stackflow-openai serve | emulator`."""
+"""Command line: `stackflow-openai serve | emulator | models | doctor | config check`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -15,28 +16,53 @@ __all__ = ["main"]
 
 log = logging.getLogger("stackflow_openai")
 
+_EPILOG = """\
+examples:
+  stackflow-openai serve --emulator                    try it without a device
+  stackflow-openai serve --device 192.168.20.186:10001 --host 0.0.0.0
+  stackflow-openai serve --config /etc/stackflow-openai/config.yaml
+  stackflow-openai doctor --device 192.168.20.186:10001
+  stackflow-openai config check config.yaml
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stackflow-openai",
-        description="OpenAI-compatible API for M5Stack StackFlow devices (Module LLM, LLM630, AI Pyramid).",
+Run `stackflow-openai COMMAND --help` for the options of one command.
+"""
+
+
+def _device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        metavar="HOST:PORT",
+        default="127.0.0.1:10001",
+        help="the device's llm-sys address (default 127.0.0.1:10001, i.e. this device)",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub = parser.add_subparsers(dest="command", required=True)
 
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve",
         help="run the OpenAI-compatible HTTP API",
-        description="Serve http://HOST:PORT/v1 in front of a StackFlow device (default 127.0.0.1:10001), "
-        "or in front of a built-in emulator with --emulator (no hardware needed).",
+        description="Serve http://HOST:PORT/v1 in front of one or more StackFlow devices (default: the "
+        "device at 127.0.0.1:10001), or in front of a built-in emulator with --emulator (no hardware "
+        "needed). Also serves /health, /ready and /metrics. Precedence: defaults < config file < "
+        "environment variables STACKFLOW_OPENAI__SECTION__FIELD < these options (docs/operations.md).",
     )
-    serve.add_argument("--config", metavar="FILE", help="YAML config file (see config.example.yaml)")
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file (see config.example.yaml); default $STACKFLOW_OPENAI_CONFIG",
+    )
     serve.add_argument(
         "--device",
         metavar="HOST:PORT",
         action="append",
-        help="StackFlow device to use (repeatable); overrides the config's devices",
+        help="StackFlow device to use (repeatable); replaces the config's devices",
+    )
+    serve.add_argument(
+        "--api-key",
+        metavar="KEY",
+        action="append",
+        help="accept this API key (repeatable); clients send Authorization: Bearer KEY. "
+        "Keys also come from the config and $STACKFLOW_OPENAI_API_KEYS",
     )
     serve.add_argument(
         "--emulator", action="store_true", help="start an in-process device emulator and serve its models"
@@ -46,14 +72,24 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --emulator: device-like timing (slow setups, ~10 tokens/s)",
     )
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument(
+        "--engine",
+        choices=["auto", "local", "scripted"],
+        default="auto",
+        help="with --emulator: what computes the answers. auto (default): real local CPU models when "
+        "scripts/install-local-engines.sh installed them, else the scripted test engine",
+    )
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the network)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks a free one)")
 
+
+def _tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     emulator = sub.add_parser(
         "emulator",
         help="run a StackFlow device emulator in the foreground",
         description="A TCP server that behaves like a StackFlow device's llm-sys daemon (port 10001), "
-        "with a deterministic scripted engine. Ctrl-C stops it.",
+        "with a deterministic scripted engine. Point `serve --device` or any StackFlow client at it. "
+        "Ctrl-C stops it.",
     )
     emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     emulator.add_argument("--port", type=int, default=10001, help="port (default 10001; 0 picks a free one)")
@@ -63,12 +99,72 @@ def _parser() -> argparse.ArgumentParser:
         help="device-like timing: slow setups, ~0.5 s to first token, ~10 tokens/s",
     )
     emulator.add_argument(
+        "--engine",
+        choices=["auto", "local", "scripted"],
+        default="scripted",
+        help="what computes the answers: scripted (default, deterministic test tool), local (real CPU "
+        "models, see scripts/install-local-engines.sh) or auto (local when installed)",
+    )
+    emulator.add_argument(
         "--catalogue",
         metavar="DIR",
         action="append",
         default=[],
         help="extra directory of mode_*.json model descriptors (repeatable)",
     )
+
+    models = sub.add_parser(
+        "models",
+        help="list the models a device offers",
+        description="Ask a device which models are installed (sys.lsmode) and say how the gateway serves "
+        "each one (chat, speech, transcription).",
+    )
+    _device_option(models)
+    models.add_argument("--json", action="store_true", help="print the device's raw descriptors as JSON")
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check a device: reachable, version, memory, models, a one-token generation",
+        description="Run the checks you would run by hand on a device, in order, and say what each found. "
+        "The generation check sets an LLM up (this can take 5-30 s on a device), asks for one token and "
+        "exits the unit again. Nothing is reset or rebooted. Exit status 0 when no check failed.",
+    )
+    _device_option(doctor)
+    doctor.add_argument("--model", help="LLM model for the generation check (default: the first one)")
+    doctor.add_argument("--no-generate", action="store_true", help="skip the generation check")
+    doctor.add_argument("--timeout", type=float, default=10.0, help="seconds per device call (default 10)")
+
+    config = sub.add_parser(
+        "config", help="work with config files", description="Work with gateway config files."
+    )
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser(
+        "check",
+        help="validate a config file",
+        description="Read FILE the way `serve --config FILE` would (with the STACKFLOW_OPENAI__* "
+        "environment overrides) and report every error with its key and line, or a summary. "
+        "The file is never modified.",
+    )
+    check.add_argument("file", metavar="FILE", help="the YAML config file")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stackflow-openai",
+        description="OpenAI-compatible API for M5Stack StackFlow devices (Module LLM, LLM630, AI Pyramid).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="debug also logs request bodies (prompts); default info",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serve_parser(sub)
+    _tool_parsers(sub)
     return parser
 
 
@@ -84,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from stackflow_openai.serve import serve
 
             return _run(serve(args))
+        if args.command == "models":
+            return _run(_models(args))
+        if args.command == "doctor":
+            return _run(_doctor(args))
+        if args.command == "config":
+            return _config_check(args.file)
     except Exception as exc:  # a clean one-line message for the usual mistakes (bad config, port in use)
         from stackflow_openai.config import ConfigError
 
@@ -95,12 +197,79 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(coro: object) -> int:
+    result: object = 0
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(coro)  # type: ignore[arg-type]
-    return 0
+        result = asyncio.run(coro)  # type: ignore[arg-type]
+    return result if isinstance(result, int) else 0
 
 
 async def _emulator(args: argparse.Namespace) -> None:
     from stackflow_openai.emulator import run_emulator
 
-    await run_emulator(args.host, args.port, realistic=args.realistic, catalogue_dirs=tuple(args.catalogue))
+    await run_emulator(
+        args.host,
+        args.port,
+        realistic=args.realistic,
+        catalogue_dirs=tuple(args.catalogue),
+        engine=args.engine,
+    )
+
+
+async def _models(args: argparse.Namespace) -> int:
+    from stackflow_openai.config import parse_device
+    from stackflow_openai.ops.doctor import describe_model, list_models
+    from stackflow_openai.stackflow.errors import StackFlowError
+
+    device = parse_device(args.device)
+    try:
+        models = await list_models(device.host, device.port)
+    except (StackFlowError, OSError) as exc:
+        print(f"stackflow-openai: {args.device}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([m.raw for m in models], indent=2, ensure_ascii=False))
+        return 0
+    width = max((len(m.mode) for m in models), default=5)
+    print(f"{'MODEL':<{width}}  {'UNIT':<8} SERVED AS")
+    for m in models:
+        print(f"{m.mode:<{width}}  {m.unit:<8} {describe_model(m)}")
+    return 0
+
+
+async def _doctor(args: argparse.Namespace) -> int:
+    from stackflow_openai.config import parse_device
+    from stackflow_openai.ops.doctor import run_doctor
+
+    device = parse_device(args.device)
+    ok = await run_doctor(
+        device.host, device.port, model=args.model, generate=not args.no_generate, call_timeout=args.timeout
+    )
+    return 0 if ok else 1
+
+
+def _config_check(path: str) -> int:
+    import os
+
+    from stackflow_openai.config import ENV_PREFIX, KEYS_ENV, ConfigError, load_settings
+
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(f"{path}: INVALID\n{exc}", file=sys.stderr)
+        return 2
+    overrides = sorted(n for n in os.environ if n.upper().startswith(ENV_PREFIX) or n == KEYS_ENV)
+    devices = ", ".join(f"{d.name} ({d.host}:{d.port})" for d in settings.devices) or "none"
+    keys = len(settings.auth.key_values())
+    print(f"{path}: OK")
+    print(f"  listen     {settings.server.host}:{settings.server.port}")
+    print(f"  devices    {devices}")
+    print(
+        f"  models     {', '.join(settings.models) or 'none configured'}; "
+        f"discovery {'on' if settings.discovery.enabled else 'off'}"
+    )
+    print(f"  aliases    {', '.join(f'{a}→{t}' for a, t in settings.aliases.items()) or 'defaults only'}")
+    print(f"  api keys   {keys or 'none (no authentication)'}")
+    print(f"  cors       {', '.join(settings.server.cors_origins) or 'off'}")
+    if overrides:
+        print(f"  overridden by the environment: {', '.join(overrides)}")
+    return 0

@@ -1,18 +1,54 @@
-"""The gateway's settings: one YAML file read by one function into pydantic models.
+"""The gateway's settings: one YAML file read by one function (`load_settings`) into pydantic models.
 
-Unknown keys are errors (a typo in a config file must not be silently ignored); the gateway never
-writes to the file. Command-line options override what the file says.
+Precedence, lowest first: defaults < the YAML file < environment variables < command-line options.
+
+- Unknown keys are errors that name the key and its line (a typo must not be silently ignored).
+- Every field carries a description (`stackflow-openai config check` and config.example.yaml use them).
+- Environment variables override single fields: `STACKFLOW_OPENAI__SERVER__PORT=9000` sets
+  `server.port`; list items are addressed by index (`STACKFLOW_OPENAI__DEVICES__0__HOST=10.0.0.5`);
+  values are read as YAML scalars (`9000`, `true`, `[a, b]`). `STACKFLOW_OPENAI_API_KEYS=k1,k2` adds
+  API keys; `STACKFLOW_OPENAI_CONFIG` names the file when `--config` is not given.
+- The gateway never writes to the file.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-__all__ = ["ConfigError", "DeviceSettings", "ModelSettings", "Settings", "load_settings", "parse_device"]
+__all__ = [
+    "CONFIG_ENV",
+    "ENV_PREFIX",
+    "KEYS_ENV",
+    "AuthSettings",
+    "ConfigError",
+    "DeviceSettings",
+    "DiscoverySettings",
+    "HealthSettings",
+    "ModelSettings",
+    "PoolSettings",
+    "ServerSettings",
+    "Settings",
+    "load_settings",
+    "parse_device",
+]
+
+ENV_PREFIX = "STACKFLOW_OPENAI__"
+CONFIG_ENV = "STACKFLOW_OPENAI_CONFIG"
+KEYS_ENV = "STACKFLOW_OPENAI_API_KEYS"
 
 
 class _Strict(BaseModel):
@@ -20,64 +56,149 @@ class _Strict(BaseModel):
 
 
 class ServerSettings(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="largest request body accepted")
+    host: str = Field("127.0.0.1", description="address to listen on; 0.0.0.0 for every interface")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port of the HTTP API (0 picks a free one)")
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="largest JSON request body (chat with images needs room)"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='browser origins allowed by CORS, e.g. ["http://localhost:3000"] or ["*"]; '
+        "empty: CORS off",
+    )
+
+
+class AuthSettings(_Strict):
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="accepted API keys (Authorization: Bearer KEY); empty and no file: no authentication",
+    )
+    api_keys_file: str | None = Field(
+        None,
+        description="file with one key per line (# comments); relative to the config file; "
+        "its keys are added to api_keys",
+    )
+    protect_health: bool = Field(False, description="require a key on /health and /ready too")
+    protect_metrics: bool = Field(False, description="require a key on /metrics too")
+
+    def key_values(self) -> list[str]:
+        return [k.get_secret_value() for k in self.api_keys if k.get_secret_value()]
 
 
 class DeviceSettings(_Strict):
-    name: str = "device"
-    host: str = "127.0.0.1"
-    port: int = Field(10001, ge=1, le=65535)
-    connect_timeout: float = 5.0
-    setup_timeout: float = Field(120.0, description="a model load may take minutes on a device")
-    idle_timeout: float = Field(30.0, description="longest silence between two messages of a generation")
+    name: str = Field("device", description="a short name used in logs, /ready and metrics")
+    host: str = Field("127.0.0.1", description="address of the StackFlow device (its llm-sys daemon)")
+    port: int = Field(10001, ge=1, le=65535, description="llm-sys TCP port")
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to open a connection or answer a sys call")
+    setup_timeout: float = Field(120.0, gt=0, description="a model load may take minutes on a device")
+    idle_timeout: float = Field(
+        30.0, gt=0, description="longest silence between two messages of a generation"
+    )
 
 
 class PoolSettings(_Strict):
     queue_limit: int = Field(32, ge=0, description="requests that may wait for a unit; more get 503")
     queue_timeout: float = Field(30.0, gt=0, description="seconds a request may wait for a unit")
-    cleanup_orphans: bool = Field(True, description="exit instances left on the device by an earlier run")
+    cleanup_orphans: bool = Field(
+        True, description="exit instances left on a device by an earlier run (at start and reconnect)"
+    )
+
+
+class HealthSettings(_Strict):
+    probe_interval: float = Field(5.0, gt=0, description="seconds between pings of a device that is up")
+    probe_timeout: float = Field(5.0, gt=0, description="a ping slower than this marks the device down")
+    max_backoff: float = Field(
+        60.0, gt=0, description="longest pause between probes of a down device (doubles from probe_interval)"
+    )
+    stats_interval: float = Field(
+        15.0, gt=0, description="seconds between memory (cmminfo) and temperature (hwinfo) samples"
+    )
+
+
+class DiscoverySettings(_Strict):
+    enabled: bool = Field(True, description="serve every model the devices list (lsmode) with defaults")
+    refresh_interval: float = Field(
+        300.0, ge=0, description="seconds between re-reads of the devices' model lists; 0: only at start"
+    )
+    default_aliases: bool = Field(
+        True, description="answer to names clients hard-code (gpt-4o-mini, whisper-1, tts-1, ...)"
+    )
 
 
 class ImageSettings(_Strict):
-    max_bytes: int = 10 * 1024 * 1024
-    fetch_timeout: float = 10.0
+    max_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest image accepted (bytes)")
+    fetch_timeout: float = Field(10.0, gt=0, description="seconds to download an image URL")
     allow_private: bool = Field(False, description="allow image URLs on loopback/private addresses")
     allowed_hosts: list[str] = Field(default_factory=list, description="hosts allowed even if private")
 
 
 class ModelSettings(_Strict):
-    """An explicit model entry. For device models `device_model` names the lsmode model to use."""
+    """An explicit model entry; it overrides a discovered model of the same name."""
 
-    type: Literal["chat", "openai_proxy", "speech", "transcription"] = "chat"
-    device_model: str | None = None
-    pool_size: int | None = Field(None, ge=1)
-    system_prompt: str | None = None
-    strict_params: bool = False
-    allow_n: bool = True
-    voices: dict[str, str] = Field(default_factory=dict, description="OpenAI voice name → device model")
-    translation_chat_model: str | None = None
-    # openai_proxy
-    base_url: str | None = None
-    api_key: str | None = None
-    model: str | None = None
-    timeout: float = 120.0
+    type: Literal["chat", "openai_proxy", "speech", "transcription"] = Field(
+        "chat", description="chat (llm/vlm unit), speech (melotts/tts), transcription (whisper/asr), "
+        "or openai_proxy (an upstream OpenAI-compatible server)"
+    )  # fmt: skip
+    device_model: str | None = Field(None, description="the lsmode model to run (default: the entry's name)")
+    devices: list[str] = Field(
+        default_factory=list, description="names of the devices that may serve it (default: all that have it)"
+    )
+    pool_size: int | None = Field(None, ge=1, description="most instances of this model per device")
+    system_prompt: str | None = Field(None, description="used when a request brings no system message")
+    strict_params: bool = Field(False, description="refuse (400) parameters the device cannot honour")
+    allow_n: bool = Field(True, description="accept n > 1 (choices run one after another)")
+    voices: dict[str, str] = Field(
+        default_factory=dict, description="speech: OpenAI voice name → device model"
+    )
+    translation_chat_model: str | None = Field(
+        None, description="transcription: chat model that translates transcripts for /v1/audio/translations"
+    )
+    base_url: str | None = Field(None, description="openai_proxy: upstream base URL, e.g. http://gpu:8000/v1")
+    api_key: SecretStr | None = Field(None, description="openai_proxy: key sent to the upstream")
+    model: str | None = Field(
+        None, description="openai_proxy: the upstream's model name (default: this name)"
+    )
+    timeout: float = Field(120.0, gt=0, description="openai_proxy: seconds to wait for the upstream")
 
     @field_validator("base_url")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
         return v.rstrip("/") if v else v
 
+    @model_validator(mode="after")
+    def _proxy_needs_url(self) -> ModelSettings:
+        if self.type == "openai_proxy" and not self.base_url:
+            raise ValueError("an openai_proxy model needs base_url")
+        if self.type == "speech" and not self.voices and not self.device_model:
+            raise ValueError("a speech model needs voices (or device_model)")
+        return self
+
 
 class Settings(_Strict):
-    server: ServerSettings = Field(default_factory=ServerSettings)
-    devices: list[DeviceSettings] = Field(default_factory=lambda: [DeviceSettings()])
-    pool: PoolSettings = Field(default_factory=PoolSettings)
-    images: ImageSettings = Field(default_factory=ImageSettings)
-    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    server: ServerSettings = Field(default_factory=ServerSettings, description="the HTTP API")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys")
+    devices: list[DeviceSettings] = Field(
+        default_factory=lambda: [DeviceSettings()], description="StackFlow devices (one or more)"
+    )
+    health: HealthSettings = Field(default_factory=HealthSettings, description="device probes")
+    pool: PoolSettings = Field(default_factory=PoolSettings, description="unit pools and wait queues")
+    discovery: DiscoverySettings = Field(default_factory=DiscoverySettings, description="lsmode discovery")
+    images: ImageSettings = Field(default_factory=ImageSettings, description="images for vision models")
+    models: dict[str, ModelSettings] = Field(default_factory=dict, description="explicit model entries")
     aliases: dict[str, str] = Field(default_factory=dict, description="client-facing name → model id")
-    strict_params: bool = False
+    strict_params: bool = Field(False, description="strict_params for every model")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [d.name for d in self.devices]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"device names must be unique: {', '.join(duplicates)}")
+        for model_id, model in self.models.items():
+            unknown = [d for d in model.devices if d not in names]
+            if unknown:
+                raise ValueError(f"model {model_id}: unknown device(s) {', '.join(unknown)}")
+        return self
 
 
 class ConfigError(ValueError):
@@ -86,46 +207,138 @@ class ConfigError(ValueError):
 
 def parse_device(text: str) -> DeviceSettings:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or not host:
         raise ConfigError(f"device must be HOST:PORT, got {text!r}")
     return DeviceSettings(name=host, host=host.strip("[]"), port=int(port))
 
 
-def load_settings(path: str | Path | None) -> Settings:
-    """Read a YAML config file (None → defaults). Errors name the key and, where known, the line."""
-    if path is None:
-        return Settings()
-    text = Path(path).read_text(encoding="utf-8")
+def load_settings(path: str | Path | None, *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read a YAML config file (None → defaults) and apply environment overrides.
+
+    Errors name the key and its line (or the environment variable that set it)."""
+    env = os.environ if environ is None else environ
+    text, raw = "", cast(dict[str, Any], {})
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    origins = _apply_env(raw, env)
     try:
-        raw: Any = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(path, text, exc)) from exc
+        raise ConfigError(_describe(path or "config", text, exc, origins)) from exc
+    base = Path(path).parent if path is not None else Path.cwd()
+    _add_keys(settings, base, env)
+    return settings
 
 
-def _describe(path: str | Path, text: str, exc: ValidationError) -> str:
+def _add_keys(settings: Settings, base: Path, env: Mapping[str, str]) -> None:
+    keys = list(settings.auth.api_keys)
+    if settings.auth.api_keys_file:
+        file = base / settings.auth.api_keys_file
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"auth.api_keys_file: cannot read {file}: {exc.strerror or exc}") from exc
+        keys += [SecretStr(s) for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+    keys += [SecretStr(k.strip()) for k in env.get(KEYS_ENV, "").split(",") if k.strip()]
+    settings.auth.api_keys = keys
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str | int, ...], str]:
+    """Set the fields named by STACKFLOW_OPENAI__A__B variables; returns path → variable name."""
+    origins: dict[tuple[str | int, ...], str] = {}
+    for name in sorted(env):
+        if not name.upper().startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if any(not p for p in parts):
+            raise ConfigError(f"{name}: empty path segment (use __ between field names)")
+        try:
+            value = yaml.safe_load(env[name]) if env[name].strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name}: not a valid value: {exc}") from exc
+        path = _set_path(raw, parts, value, name)
+        origins[path] = name
+    return origins
+
+
+def _set_path(raw: dict[str, Any], parts: list[str], value: Any, name: str) -> tuple[str | int, ...]:
+    node: Any = raw
+    path: list[str | int] = []
+    defaults: dict[str, Any] = {"devices": [DeviceSettings().model_dump()]}
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) > len(node):
+                raise ConfigError(f"{name}: {part!r} is not an index of {'.'.join(map(str, path))}")
+            index = int(part)
+            if index == len(node):
+                node.append({})
+            path.append(index)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{name}: {'.'.join(map(str, path))} is not a section")
+        path.append(part)
+        if last:
+            node[part] = value
+        else:
+            if part not in node or node[part] is None:
+                node[part] = defaults.get(part, {}) if depth == 0 else {}
+            node = node[part]
+    return tuple(path)
+
+
+def _describe(
+    path: str | Path, text: str, exc: ValidationError, origins: dict[tuple[str | int, ...], str]
+) -> str:
+    tree = _compose(text)
     lines = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        line = _line_of(text, err["loc"])
-        at = f" (line {line})" if line else ""
+        loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        source = next((var for p, var in origins.items() if loc[: len(p)] == p), None)
+        if source is not None:
+            at = f" (from {source})"
+        else:
+            line = _line_of(tree, loc)
+            at = f" (line {line})" if line else ""
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"{path}: {where}{at}: {msg}")
     return "\n".join(lines)
 
 
-def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
-    """The line where the last named key of `loc` appears (good enough to point a person at it)."""
-    keys = [k for k in loc if isinstance(k, str)]
-    if not keys:
+def _compose(text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text) if text else None
+    except yaml.YAMLError:
         return None
-    needle = f"{keys[-1]}:"
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip().startswith(needle) or line.strip().startswith(f"- {needle}"):
-            return number
-    return None
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[str | int, ...]) -> int | None:
+    """The 1-based line of the deepest key of `loc` found in the YAML node tree."""
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(key)), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

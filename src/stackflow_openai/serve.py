@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
 
 import uvicorn
+from pydantic import SecretStr
 
-from stackflow_openai.config import DeviceSettings, Settings, load_settings, parse_device
+from stackflow_openai.config import CONFIG_ENV, DeviceSettings, Settings, load_settings, parse_device
 
-__all__ = ["build_settings", "http_settings", "serve"]
+__all__ = ["build_settings", "config_path", "http_settings", "serve"]
 
 log = logging.getLogger("stackflow_openai")
 
 
+def config_path(args: argparse.Namespace) -> str | None:
+    """--config, else $STACKFLOW_OPENAI_CONFIG, else none (defaults)."""
+    return getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
+
+
 def build_settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(args.config)
-    if args.device:
+    """The file, then environment overrides (in load_settings), then command-line options."""
+    settings = load_settings(config_path(args))
+    if getattr(args, "device", None):
         settings.devices = [parse_device(d) for d in args.device]
-    if args.host:
+    if getattr(args, "host", None):
         settings.server.host = args.host
-    if args.port is not None:
+    if getattr(args, "port", None) is not None:
         settings.server.port = args.port
+    for key in getattr(args, "api_key", None) or ():
+        settings.auth.api_keys.append(SecretStr(key))
     return settings
 
 
@@ -34,6 +45,10 @@ def http_settings(settings: Settings):  # type: ignore[no-untyped-def]
         image_allow_private=settings.images.allow_private,
         image_allowed_hosts=tuple(settings.images.allowed_hosts),
         max_body_bytes=settings.server.max_body_bytes,
+        api_keys=tuple(settings.auth.key_values()),
+        protect_health=settings.auth.protect_health,
+        protect_metrics=settings.auth.protect_metrics,
+        cors_origins=tuple(settings.server.cors_origins),
     )
 
 
@@ -44,14 +59,17 @@ async def serve(args: argparse.Namespace) -> None:
     settings = build_settings(args)
     emulator = None
     if args.emulator:
-        from stackflow_openai.emulator import Emulator, ScriptedEngine, Timing
+        from stackflow_openai.emulator import Emulator
+        from stackflow_openai.emulator.engines.select import choose_engine
 
-        timing = Timing.realistic() if args.realistic else Timing()
-        emulator = Emulator(engine=ScriptedEngine(timing=timing))
+        engine, description = choose_engine(args.engine, realistic=args.realistic)
+        emulator = Emulator(engine=engine)
         await emulator.start(host="127.0.0.1", port=0)
         settings.devices = [DeviceSettings(name="emulator", host="127.0.0.1", port=emulator.port)]
-        print(f"StackFlow emulator (scripted test engine) on 127.0.0.1:{emulator.port}", flush=True)
+        print(f"StackFlow emulator on 127.0.0.1:{emulator.port}; {description}", flush=True)
     try:
+        keys = len(settings.auth.key_values())
+        log.info("API keys: %s", f"{keys} configured" if keys else "none (no authentication)")
         app = create_app(GatewayRegistry(settings), http_settings(settings))
         config = uvicorn.Config(
             app, host=settings.server.host, port=settings.server.port, log_level="warning", lifespan="on"
@@ -64,8 +82,6 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 async def _serve_and_announce(server: uvicorn.Server) -> None:
-    import asyncio
-
     task = asyncio.create_task(server.serve())
     # uvicorn offers no "started" event to await
     while not server.started and not task.done():  # noqa: ASYNC110

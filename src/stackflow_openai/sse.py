@@ -36,9 +36,13 @@ DONE_EVENT = b"data: [DONE]\n\n"
 _CLOSE_TIMEOUT = 30.0
 
 
+# Raw UTF-8 (no \\u escapes) and no spaces: what OpenAI sends, and the smallest frames. One encoder for
+# every event: json.dumps with options would build a new one per call (once per streamed delta).
+_EVENT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode_event(payload: Mapping[str, Any]) -> bytes:
-    # Raw UTF-8 (no \\u escapes) and no spaces: what OpenAI sends, and the smallest frames.
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _EVENT_JSON.encode(payload).encode() + b"\n\n"
 
 
 async def aclose_quietly(iterator: object) -> None:

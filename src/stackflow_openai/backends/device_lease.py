@@ -1,4 +1,7 @@
-"""A pool lease with the pool's errors translated into backend errors (one translation point)."""
+"""A pool lease with the pool's errors translated into backend errors (one translation point).
+
+`pool` is one device's `DevicePool` or a `DeviceRouter` over several devices (backends/devices.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from stackflow_openai.stackflow.models import ModelDescriptor
-from stackflow_openai.stackflow.pool import DevicePool, PoolBusy, PoolUnavailable
+from stackflow_openai.stackflow.pool import PoolBusy, PoolUnavailable, UnitSource
 from stackflow_openai.stackflow.unit import Unit
 
 from .base import BackendBusy, BackendUnavailable
@@ -17,7 +20,7 @@ __all__ = ["device_lease"]
 
 @asynccontextmanager
 async def device_lease(
-    pool: DevicePool, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None
+    pool: UnitSource, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None
 ) -> AsyncIterator[Unit]:
     lease = pool.lease(model, setup, pool_size=pool_size)
     try:

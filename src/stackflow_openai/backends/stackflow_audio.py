@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, DeviceTimeout
 from stackflow_openai.stackflow.models import ModelDescriptor
-from stackflow_openai.stackflow.pool import DevicePool
+from stackflow_openai.stackflow.pool import UnitSource
 from stackflow_openai.stackflow.setups import (
     ASR_STREAM_INPUT,
     TTS_TEXT_INPUT,
@@ -53,7 +53,7 @@ class StackFlowSpeechBackend:
     """One OpenAI speech model; each voice name maps to a device TTS model (melotts voices are models)."""
 
     def __init__(
-        self, pool: DevicePool, voices: Mapping[str, ModelDescriptor], *, idle_timeout: float
+        self, pool: UnitSource, voices: Mapping[str, ModelDescriptor], *, idle_timeout: float
     ) -> None:
         self.pool = pool
         self._voices = dict(voices)
@@ -90,7 +90,7 @@ class StackFlowTranscriptionBackend:
 
     def __init__(
         self,
-        pool: DevicePool,
+        pool: UnitSource,
         model: ModelDescriptor,
         *,
         default_language: str = "en",

@@ -14,7 +14,7 @@ from stackflow_openai.stackflow.errors import (
     DeviceTimeout,
 )
 from stackflow_openai.stackflow.models import ModelDescriptor
-from stackflow_openai.stackflow.pool import DevicePool
+from stackflow_openai.stackflow.pool import UnitSource
 from stackflow_openai.stackflow.setups import llm_setup, vlm_setup
 from stackflow_openai.stackflow.unit import Unit
 
@@ -112,7 +112,7 @@ class _DeviceChatUnit:
 
 class StackFlowChatBackend:
     def __init__(
-        self, pool: DevicePool, model: ModelDescriptor, *, pool_size: int | None, idle_timeout: float
+        self, pool: UnitSource, model: ModelDescriptor, *, pool_size: int | None, idle_timeout: float
     ) -> None:
         self.pool = pool
         self.model = model

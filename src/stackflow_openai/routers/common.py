@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -36,12 +37,53 @@ async def read_json_body(request: Request) -> dict[str, Any]:
         if len(raw) > limit:
             raise too_large
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError:
+        raise InvalidRequestError("The request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    # Only a \\uD800-\\uDFFF escape can smuggle in a lone surrogate (raw UTF-8 cannot encode one):
+    # look for the escape in the bytes first, so ordinary bodies pay one byte search.
+    if _SURROGATE_ESCAPE.search(raw):
+        where = _lone_surrogate_at(body)
+        if where is not None:
+            raise InvalidRequestError(
+                f"The request body contains an unpaired UTF-16 surrogate (a \\uD800-\\uDFFF escape "
+                f"without its pair) in '{where}': text must be valid Unicode.",
+                param=where,
+                code="invalid_json",
+            )
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); Python would accept them, and could not send them back.
+    raise ValueError(f"{name} is not a valid JSON value")
+
+
+def _lone_surrogate_at(body: Any) -> str | None:
+    """The location (`messages[0].content`) of the first key or string holding a lone surrogate."""
+    pending: list[tuple[str, Any]] = [("", body)]
+    while pending:  # iterative: the JSON parser already allowed deeper nesting than Python recursion
+        where, value = pending.pop()
+        if isinstance(value, str):
+            if _LONE_SURROGATE.search(value):
+                return where or "body"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{where}.{key}" if where else str(key)
+                if _LONE_SURROGATE.search(key):
+                    return where or "body"
+                pending.append((name, item))
+        elif isinstance(value, list):
+            pending.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 async def to_response(result: ServiceResult) -> Response:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import anyio
 from pydantic import BaseModel, ValidationError
 
 from stackflow_openai.backends.base import ChatBackend, ChatModelInfo, ModelEntry, ProxyResponse
@@ -18,7 +19,7 @@ from stackflow_openai.errors import (
     validation_error,
 )
 
-from .params import IGNORED_HEADER, ignored_params, reject_if_strict
+from .params import IGNORED_HEADER, header_list, ignored_params, reject_if_strict
 
 __all__ = [
     "JsonResult",
@@ -31,11 +32,17 @@ __all__ = [
     "parse_body",
     "report_ignored",
     "require_text",
+    "run_counting",
     "stop_list",
     "token_budget",
 ]
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+# Counting this many characters of prompt takes ~0.2 ms; a worker-thread round trip costs about as much,
+# and was a tenth of the gateway's added latency per request (docs/performance.md).
+INLINE_COUNT_CHARS = 2000
 
 
 @dataclass(slots=True)
@@ -75,7 +82,7 @@ def report_ignored(request: BaseModel, body: Mapping[str, Any], entry: ModelEntr
     if body.get("stream_options") is not None and not body.get("stream"):
         ignored = sorted([*ignored, "stream_options"])
     reject_if_strict(ignored, strict=entry.strict_params)
-    return {IGNORED_HEADER: ",".join(ignored)} if ignored else {}
+    return {IGNORED_HEADER: header_list(ignored)} if ignored else {}
 
 
 def check_n(n: int | None, entry: ModelEntry) -> int:
@@ -105,6 +112,14 @@ def token_budget(info: ChatModelInfo, prompt_tokens: int, max_tokens: int | None
             param=param,
         )
     return room if max_tokens is None else min(max_tokens, room)
+
+
+async def run_counting(count: Callable[[], T], *, chars: int) -> T:
+    """Run token counting (prompt fitting) inline when short, else in a worker thread: a long
+    conversation takes milliseconds to tokenize and must not stall other requests' streams."""
+    if chars <= INLINE_COUNT_CHARS:
+        return count()
+    return await anyio.to_thread.run_sync(count)
 
 
 def require_text(text: str, *, param: str) -> None:

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import anyio
-
 from stackflow_openai.backends.base import ChatBackend, ModelEntry, UnitSettings
 from stackflow_openai.protocol import Completion, CompletionChoice, CompletionRequest, Usage
 from stackflow_openai.tokens import TokenCounter, Tokenizers
@@ -37,6 +35,7 @@ from .common import (
     parse_body,
     report_ignored,
     require_text,
+    run_counting,
     stop_list,
     token_budget,
 )
@@ -92,7 +91,7 @@ class CompletionService:
             param = "prompt" if isinstance(request.prompt, str) else f"prompt[{i}]"
             require_text(prompt, param=param)
             fit = partial(fit_prompt, self._tokenizers, info, system, [Turn("user", prompt)], param=param)
-            fitted = await anyio.to_thread.run_sync(fit)
+            fitted = await run_counting(fit, chars=len(system) + len(prompt))
             budget = token_budget(info, fitted.prompt_tokens, request.max_tokens, param=param)
             prompt_tokens += fitted.prompt_tokens
             jobs.extend(Job(prompt, [], budget) for _ in range(n))

@@ -10,14 +10,17 @@ those on every call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from stackflow_openai.errors import UnsupportedParameter
 
-__all__ = ["IGNORED_HEADER", "ignored_params", "reject_if_strict"]
+__all__ = ["IGNORED_HEADER", "header_list", "ignored_params", "reject_if_strict"]
 
 IGNORED_HEADER = "X-Ignored-Params"
+_HEADER_SAFE_NAME = re.compile(r"[!-+\--~]+")  # visible ASCII but the comma that separates the names
 
 
 def _in(*values: Any) -> Callable[[Any, Mapping[str, Any]], bool]:
@@ -70,6 +73,13 @@ def ignored_params(extra: Mapping[str, Any], body: Mapping[str, Any]) -> list[st
             continue
         ignored.append(name)
     return sorted(ignored)
+
+
+def header_list(names: Iterable[str], separator: str = ",") -> str:
+    """The names as one HTTP header value. Names are client-chosen JSON keys: one with a comma, a space,
+    a control character (CR LF would split the header) or any non-ASCII character (headers are
+    Latin-1 on the wire) is sent JSON-quoted with \\u escapes, so the value is always valid."""
+    return separator.join(n if _HEADER_SAFE_NAME.fullmatch(n) else json.dumps(n) for n in names)
 
 
 def reject_if_strict(ignored: list[str], *, strict: bool) -> None:

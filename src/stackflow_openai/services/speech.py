@@ -34,6 +34,7 @@ from stackflow_openai.errors import (
     to_openai_error,
     validation_error,
 )
+from stackflow_openai.services.params import IGNORED_HEADER, header_list
 from stackflow_openai.services.registry import ModelRegistry, resolve_model
 from stackflow_openai.sse import aclose_quietly, encode_event
 
@@ -59,7 +60,7 @@ def ignored_or_refused(entry: ModelEntry, ignored: list[str]) -> dict[str, str]:
         raise UnsupportedParameter(
             f"The model '{entry.id}' does not support: {', '.join(ignored)}.", param=ignored[0]
         )
-    return {"X-Ignored-Params": ", ".join(ignored)}
+    return {IGNORED_HEADER: header_list(ignored, ", ")}
 
 
 class VoiceRef(BaseModel):

@@ -18,16 +18,24 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .client import DeviceClient
 from .errors import ConnectionLost, DeviceError, DeviceTimeout, ModelLoadFailed, TaskFull
 from .models import ModelDescriptor
 from .unit import Unit
 
-__all__ = ["UNIT_LIMITS", "DevicePool", "PoolBusy", "PoolError", "PoolUnavailable"]
+__all__ = [
+    "UNIT_LIMITS",
+    "DevicePool",
+    "PoolBusy",
+    "PoolError",
+    "PoolObserver",
+    "PoolUnavailable",
+    "UnitSource",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,22 @@ class PoolBusy(PoolError):
 
 class PoolUnavailable(PoolError):
     """The device cannot set the model up (unreachable, out of memory, load failure)."""
+
+
+class UnitSource(Protocol):
+    """What a backend leases units from: one device's pool, or a router over several devices."""
+
+    def lease(
+        self, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None = None
+    ) -> AbstractAsyncContextManager[Unit]: ...
+
+
+class PoolObserver(Protocol):
+    """Receives timings for metrics (wired by the gateway; the pool works without one)."""
+
+    def queue_wait(self, model: str, seconds: float) -> None: ...
+
+    def unit_setup(self, model: str, seconds: float) -> None: ...
 
 
 def _signature(setup: Mapping[str, Any]) -> str:
@@ -86,6 +110,11 @@ class DevicePool:
         self._cond = asyncio.Condition()
         self._waiting = 0
         self._closed = False
+        self.observer: PoolObserver | None = None
+        # Units whose connection was lost. After a device reset their work_ids may be handed to new
+        # instances, so they are exited (by work_id) before any new setup, never concurrently with one.
+        self._lost: list[Unit] = []
+        self._reap_lock = asyncio.Lock()
 
     # ---- introspection -------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -100,6 +129,36 @@ class DevicePool:
     def work_ids(self) -> list[str]:
         return [s.unit.work_id for s in self._slots if s.unit is not None]
 
+    def unit_states(self) -> dict[tuple[str, str], int]:
+        """(unit type, state) → instances; state is loading, busy or idle."""
+        counts: dict[tuple[str, str], int] = {}
+        for s in self._slots:
+            state = "loading" if s.unit is None else "busy" if s.busy else "idle"
+            counts[(s.unit_type, state)] = counts.get((s.unit_type, state), 0) + 1
+        return counts
+
+    def capacity(
+        self, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None = None
+    ) -> tuple[int, int]:
+        """(free places minus waiters, idle instances with this very setup): higher is better.
+
+        Free places are idle matching instances, plus new instances the limits allow, or else idle
+        instances of other setups that could be evicted. Used to pick among devices."""
+        signature = _signature(setup)
+        size = pool_size or self._limit(model.unit)
+        group = self._group(model.unit)
+        mine = [s for s in self._slots if s.model == model.mode]
+        in_group = [s for s in self._slots if self._group(s.unit_type) == group]
+        matching = sum(
+            1
+            for s in mine
+            if not s.busy and s.signature == signature and s.unit is not None and not s.unit.broken
+        )
+        new = max(0, min(size - len(mine), self._limit(model.unit) - len(in_group)))
+        evictable = sum(1 for s in in_group if not s.busy and s.unit is not None) - matching
+        free = matching + (new if new else max(0, evictable))
+        return free - self._waiting, matching
+
     # ---- leasing -------------------------------------------------------------------------------
     @asynccontextmanager
     async def lease(
@@ -111,17 +170,20 @@ class DevicePool:
         if the block raised (a client that went away leaves a paused, clean unit: worth keeping). A
         unit that is broken, or still busy with output nobody consumed, is exited.
         """
-        slot = await self._acquire(model, setup, pool_size or self._limit(model.unit))
+        started = time.monotonic()
+        slot = await self._acquire(model, setup, pool_size or self._limit(model.unit), started)
         try:
             assert slot.unit is not None
             yield slot.unit
         finally:
             await self._release(slot)
 
-    async def _acquire(self, model: ModelDescriptor, setup: Mapping[str, Any], pool_size: int) -> _Slot:
+    async def _acquire(
+        self, model: ModelDescriptor, setup: Mapping[str, Any], pool_size: int, started: float
+    ) -> _Slot:
         signature = _signature(setup)
-        deadline = time.monotonic() + self.queue_timeout
-        await self._drop_broken()
+        deadline = started + self.queue_timeout
+        await self.prune()
         async with self._cond:
             if self._closed:
                 raise PoolUnavailable("the gateway is shutting down")
@@ -149,6 +211,8 @@ class DevicePool:
                         slot, victim = self._pick(model, signature, pool_size)
                 finally:
                     self._waiting -= 1
+            if self.observer is not None:
+                self.observer.queue_wait(model.mode, time.monotonic() - started)
             if slot is not None and slot.unit is not None:
                 return slot  # an idle instance with the same setup
             if slot is None:  # make room: the victim's place becomes ours
@@ -191,9 +255,14 @@ class DevicePool:
         return None, None
 
     async def _setup(self, model: ModelDescriptor, setup: Mapping[str, Any]) -> Unit:
+        await self._reap_lost()
         await self._check_memory(model)
+        started = time.monotonic()
         try:
-            return await self.client.open_unit(model.unit, dict(setup), timeout=self.setup_timeout)
+            unit = await self.client.open_unit(model.unit, dict(setup), timeout=self.setup_timeout)
+            if self.observer is not None:
+                self.observer.unit_setup(model.mode, time.monotonic() - started)
+            return unit
         except TaskFull as exc:
             # Someone else (another gateway, a script) holds the device's instances.
             raise PoolBusy(f"the device has no free {model.unit} instance ({exc.message})", 5.0) from exc
@@ -223,7 +292,7 @@ class DevicePool:
         unit = slot.unit
         if unit is None or unit.broken or unit.busy:
             if unit is not None:
-                await self._exit_quietly(unit)
+                await self._discard(unit)
             await self._forget(slot)
             return
         async with self._cond:
@@ -231,8 +300,10 @@ class DevicePool:
             slot.last_used = time.monotonic()
             self._cond.notify_all()
 
-    async def _drop_broken(self) -> None:
-        """Idle instances whose connection died (device reset, network) are exited and forgotten."""
+    async def prune(self) -> int:
+        """Exit and forget idle instances that are broken (connection died: device reset, network).
+
+        Returns how many were dropped. Called before every lease and by the device monitor."""
         async with self._cond:
             broken = [s for s in self._slots if not s.busy and s.unit is not None and s.unit.broken]
             for s in broken:
@@ -241,7 +312,25 @@ class DevicePool:
                 self._cond.notify_all()
         for s in broken:
             assert s.unit is not None
-            await self._exit_quietly(s.unit)
+            await self._discard(s.unit)
+        return len(broken)
+
+    async def _discard(self, unit: Unit) -> None:
+        if unit.connection.closed:
+            self._lost.append(unit)
+            await self._reap_lost()
+        else:
+            await self._exit_quietly(unit)
+
+    async def _reap_lost(self) -> None:
+        """Exit every unit whose connection was lost, before any new setup (see `_lost`)."""
+        async with self._reap_lock:
+            lost = [s.unit for s in self._slots if s.unit is not None and s.unit.connection.closed]
+            lost += self._lost
+            self._lost = []
+            for unit in dict.fromkeys(lost):
+                if not unit.exited:
+                    await self._exit_quietly(unit)
 
     async def _forget(self, slot: _Slot) -> None:
         async with self._cond:

@@ -187,8 +187,11 @@ class Unit:
             raise self._failure
         while True:
             try:
-                async with asyncio.timeout(idle_timeout):
-                    item = await self._queue.get()
+                if self._queue.empty():
+                    async with asyncio.timeout(idle_timeout):
+                        item = await self._queue.get()
+                else:  # already here (deltas come in bursts): no timer to arm and cancel
+                    item = self._queue.get_nowait()
             except TimeoutError:
                 if silence_ends:
                     self._busy = False  # a late message would be dropped as stale

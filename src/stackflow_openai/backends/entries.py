@@ -1,0 +1,216 @@
+"""Which models the gateway serves: discovered on the devices (`lsmode`), merged with the config.
+
+Discovered models are served with defaults; an explicit `models:` entry of the same name overrides
+one. Each device model is served by a `DeviceRouter` over every device that lists it (or the devices
+an entry names), so the same model on several devices is one model to clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from stackflow_openai.config import ModelSettings, Settings
+from stackflow_openai.stackflow.models import ModelDescriptor
+
+from .base import ModelEntry
+from .devices import Device, DeviceRouter
+from .openai_proxy import OpenAIProxyBackend
+from .stackflow_audio import StackFlowSpeechBackend, StackFlowTranscriptionBackend
+from .stackflow_chat import StackFlowChatBackend
+
+__all__ = ["OPENAI_VOICES", "Catalogue", "EntryBuilder"]
+
+log = logging.getLogger(__name__)
+_CHAT_UNITS = ("llm", "vlm")
+_SPEECH_UNITS = ("melotts", "tts")
+_ASR_UNITS = ("whisper", "asr")
+# Clients hard-code OpenAI's names; a single-voice device model answers to all of them.
+OPENAI_VOICES = (
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "nova",
+    "onyx",
+    "sage",
+    "shimmer",
+    "verse",
+)
+# Names clients hard-code → the first model of that kind (text-only chat models first).
+# Config aliases win over these.
+_DEFAULT_ALIASES = {
+    "chat": ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-4.1", "gpt-3.5-turbo", "gpt-4"),
+    "transcription": ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"),
+    "speech": ("tts-1", "tts-1-hd", "gpt-4o-mini-tts"),
+}
+
+
+@dataclass
+class Catalogue:
+    """The result of one build: entries, aliases, and how to tell whether an entry is reachable."""
+
+    entries: dict[str, ModelEntry] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    reachable: dict[str, Callable[[], bool]] = field(default_factory=dict)
+
+
+class EntryBuilder:
+    def __init__(self, settings: Settings, devices: Sequence[Device], created: int) -> None:
+        self.settings = settings
+        self.devices = list(devices)
+        self.created = created
+        self._routers: dict[tuple[str, ...], DeviceRouter] = {}
+        self.proxies: dict[str, OpenAIProxyBackend] = {}  # built once: they hold HTTP clients
+
+    def router(self, names: Sequence[str] = ()) -> DeviceRouter:
+        key = tuple(names)
+        if key not in self._routers:
+            chosen = [d for d in self.devices if not names or d.name in names]
+            self._routers[key] = DeviceRouter(chosen)
+        return self._routers[key]
+
+    def build(self) -> Catalogue:
+        cat = Catalogue()
+        if self.settings.discovery.enabled:
+            for device in self.devices:
+                for model in device.models:
+                    if model.mode not in cat.entries:
+                        self._add_discovered(cat, model)
+        for model_id, conf in self.settings.models.items():
+            self._add_configured(cat, model_id, conf)
+        if self.settings.discovery.default_aliases:
+            cat.aliases.update(_default_aliases(cat.entries))
+        for alias, target in self.settings.aliases.items():
+            if target not in cat.entries:
+                log.warning("alias %s → %s: no such model (yet)", alias, target)
+            cat.aliases[alias] = target
+        return cat
+
+    # ---- discovered ------------------------------------------------------------------------------
+    def _add_discovered(self, cat: Catalogue, model: ModelDescriptor) -> None:
+        router = self.router()
+        common = {"id": model.mode, "owned_by": "stackflow", "created": self.created,
+                  "strict_params": self.settings.strict_params}  # fmt: skip
+        idle = self._idle_timeout(router)
+        if model.unit in _CHAT_UNITS:
+            chat = StackFlowChatBackend(router, model, pool_size=None, idle_timeout=idle)
+            entry = ModelEntry(kind="chat", chat=chat, **common)  # type: ignore[arg-type]
+        elif model.unit in _SPEECH_UNITS:
+            voices = dict.fromkeys(("default", *OPENAI_VOICES), model)
+            speech = StackFlowSpeechBackend(router, voices, idle_timeout=idle)
+            entry = ModelEntry(kind="speech", speech=speech, **common)  # type: ignore[arg-type]
+        elif model.unit in _ASR_UNITS:
+            asr = StackFlowTranscriptionBackend(router, model)
+            entry = ModelEntry(kind="transcription", transcription=asr, **common)  # type: ignore[arg-type]
+        else:
+            return
+        cat.entries[model.mode] = entry
+        cat.reachable[model.mode] = _reachable(router, [model.mode])
+
+    # ---- configured ------------------------------------------------------------------------------
+    def _add_configured(self, cat: Catalogue, model_id: str, conf: ModelSettings) -> None:
+        strict = conf.strict_params or self.settings.strict_params
+        common = {"id": model_id, "created": self.created, "strict_params": strict}
+        if conf.type == "openai_proxy":
+            proxy = self.proxies.get(model_id)
+            if proxy is None:
+                assert conf.base_url is not None  # checked by ModelSettings
+                key = conf.api_key.get_secret_value() if conf.api_key else None
+                proxy = OpenAIProxyBackend(conf.base_url, upstream_model=conf.model or model_id,
+                                           api_key=key, timeout=conf.timeout)  # fmt: skip
+                self.proxies[model_id] = proxy
+            cat.entries[model_id] = ModelEntry(kind="proxy", owned_by="openai_proxy", proxy=proxy, **common)  # type: ignore[arg-type]
+            cat.reachable[model_id] = lambda: True
+            return
+        router = self.router(conf.devices)
+        idle = self._idle_timeout(router)
+        if conf.type == "speech":
+            self._add_speech(cat, model_id, conf, router, common)
+            return
+        mode = conf.device_model or model_id
+        units = _CHAT_UNITS if conf.type == "chat" else _ASR_UNITS
+        model = self._find(router, mode, units)
+        if model is None:
+            if model_id not in cat.entries:
+                log.warning("model %s: device model %s is not on any device (yet)", model_id, mode)
+            return
+        if conf.type == "transcription":
+            extra = (
+                {"translation_chat_model": conf.translation_chat_model} if conf.translation_chat_model else {}
+            )
+            asr = StackFlowTranscriptionBackend(router, model)
+            entry = ModelEntry(kind="transcription", transcription=asr, extra=extra, **common)  # type: ignore[arg-type]
+        else:
+            chat = StackFlowChatBackend(router, model, pool_size=conf.pool_size, idle_timeout=idle)
+            extra = {"system_prompt": conf.system_prompt} if conf.system_prompt else {}
+            entry = ModelEntry(kind="chat", chat=chat, allow_n=conf.allow_n, extra=extra, **common)  # type: ignore[arg-type]
+        cat.entries[model_id] = entry
+        cat.reachable[model_id] = _reachable(router, [mode])
+
+    def _add_speech(
+        self,
+        cat: Catalogue,
+        model_id: str,
+        conf: ModelSettings,
+        router: DeviceRouter,
+        common: dict[str, object],
+    ) -> None:
+        wanted = conf.voices or dict.fromkeys(("default", *OPENAI_VOICES), conf.device_model or model_id)
+        voices: dict[str, ModelDescriptor] = {}
+        for voice, device_model in wanted.items():
+            model = self._find(router, device_model, _SPEECH_UNITS)
+            if model is None:
+                log.warning(
+                    "model %s: voice %s needs %s, which no device has (yet)", model_id, voice, device_model
+                )
+                continue
+            voices[voice] = model
+        if not voices:
+            return
+        speech = StackFlowSpeechBackend(router, voices, idle_timeout=self._idle_timeout(router))
+        cat.entries[model_id] = ModelEntry(kind="speech", speech=speech, **common)  # type: ignore[arg-type]
+        cat.reachable[model_id] = _reachable(router, sorted({m.mode for m in voices.values()}))
+
+    @staticmethod
+    def _find(router: DeviceRouter, mode: str, units: tuple[str, ...]) -> ModelDescriptor | None:
+        for device in router.devices:
+            model = device.model(mode)
+            if model is not None and model.unit in units:
+                return model
+        return None
+
+    @staticmethod
+    def _idle_timeout(router: DeviceRouter) -> float:
+        # One backend serves every device of its router: wait as long as the most patient one.
+        return max((d.settings.idle_timeout for d in router.devices), default=30.0)
+
+
+def _reachable(router: DeviceRouter, modes: list[str]) -> Callable[[], bool]:
+    return lambda: any(router.reachable(mode) for mode in modes)
+
+
+def _is_vision(entry: ModelEntry) -> bool:
+    return entry.chat is not None and entry.chat.info.vision
+
+
+def _default_aliases(entries: dict[str, ModelEntry]) -> dict[str, str]:
+    def first(kind: str) -> str | None:
+        ids = [e.id for e in entries.values() if e.kind == kind]
+        if kind == "chat":  # text-only models first: a vision model is slower and has a smaller window
+            ids.sort(key=lambda i: _is_vision(entries[i]))
+        elif kind == "transcription":  # whisper-1 should be a whisper model (sherpa sorts first by name)
+            ids.sort(key=lambda i: not i.startswith("whisper"))
+        elif kind == "speech":  # English melotts first: OpenAI's voices speak English
+            ids.sort(key=lambda i: (not i.startswith("melotts-en"), not i.startswith("melotts")))
+        return ids[0] if ids else None
+
+    aliases: dict[str, str] = {}
+    for kind, names in _DEFAULT_ALIASES.items():
+        target = first(kind)
+        if target is not None:
+            aliases.update(dict.fromkeys(names, target))
+    return aliases

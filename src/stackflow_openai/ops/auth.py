@@ -1,0 +1,82 @@
+"""API keys: `Authorization: Bearer KEY` on every route once keys are configured.
+
+/health, /ready and /metrics stay open unless `auth.protect_health` / `auth.protect_metrics` say
+otherwise, so that load balancers and Prometheus need no key. Keys are compared in constant time
+(`hmac.compare_digest`, against every key, without stopping at a match) and never logged or echoed.
+Failures are 401 in OpenAI's shape: type `invalid_request_error`, code `invalid_api_key`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from stackflow_openai.errors import error_body
+
+__all__ = ["ApiKeyAuth"]
+
+_HEALTH_PATHS = ("/health", "/ready")
+_METRICS_PATHS = ("/metrics",)
+_MISSING = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+_WRONG = "Incorrect API key provided."
+
+
+class ApiKeyAuth:
+    """Pure ASGI middleware (streaming responses pass through untouched)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: Sequence[str],
+        protect_health: bool = False,
+        protect_metrics: bool = False,
+    ) -> None:
+        self.app = app
+        self._keys = [k.encode("utf-8") for k in keys if k]
+        open_paths: list[str] = []
+        if not protect_health:
+            open_paths += _HEALTH_PATHS
+        if not protect_metrics:
+            open_paths += _METRICS_PATHS
+        self._open = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._keys or self._is_open(scope):
+            await self.app(scope, receive, send)
+            return
+        token = _bearer(scope)
+        if token is not None and self._valid(token):
+            await self.app(scope, receive, send)
+            return
+        message = _MISSING if token is None else _WRONG
+        body = error_body(message, "invalid_request_error", None, "invalid_api_key")
+        response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
+
+    def _is_open(self, scope: Scope) -> bool:
+        # CORS preflights carry no credentials; no route answers OPTIONS with data.
+        return scope.get("method") == "OPTIONS" or scope.get("path", "").rstrip("/") in self._open
+
+    def _valid(self, token: bytes) -> bool:
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(token, key)
+        return ok
+
+
+def _bearer(scope: Scope) -> bytes | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = bytes(value).partition(b" ")
+            token = token.strip()
+            if scheme.lower() == b"bearer" and token:
+                return token
+            return None
+    return None

@@ -1,0 +1,73 @@
+"""Request body limits per route, enforced before a byte reaches a parser.
+
+JSON routes take `server.max_body_bytes`; audio uploads OpenAI's 25 MB (plus room for the multipart
+framing). A declared Content-Length over the limit is refused at once; a chunked body is counted as
+it arrives and the read fails with the same 413 as soon as it passes the limit (so nothing large is
+spooled to disk by the multipart parser first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stackflow_openai.errors import APIError, to_openai_error
+from stackflow_openai.services.transcription import MAX_UPLOAD_BYTES, file_too_large
+
+__all__ = ["AUDIO_UPLOAD_LIMIT", "BodyLimit", "RequestTooLarge"]
+
+AUDIO_UPLOAD_LIMIT = MAX_UPLOAD_BYTES + 64 * 1024
+_AUDIO_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
+
+
+class RequestTooLarge(APIError):
+    status_code = 413
+    code = "request_too_large"
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, *, default: int, per_path: Mapping[str, int] | None = None) -> None:
+        self.app = app
+        self.default = default
+        self.per_path = (
+            dict(per_path) if per_path is not None else dict.fromkeys(_AUDIO_ROUTES, AUDIO_UPLOAD_LIMIT)
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.per_path.get(scope.get("path", "").rstrip("/"), self.default)
+        audio = scope.get("path", "").rstrip("/") in _AUDIO_ROUTES
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            status, body, headers = to_openai_error(_too_large(limit, declared, audio))
+            await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _too_large(limit, None, audio)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _too_large(limit: int, size: int | None, audio: bool) -> APIError:
+    if audio:  # the audio routes' own wording and code (file_too_large)
+        return file_too_large(size, what="request body")
+    return RequestTooLarge(f"The request body is larger than {limit} bytes.")
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None

@@ -1,0 +1,119 @@
+"""Prometheus metrics on a per-app `CollectorRegistry` (never the global default one).
+
+Counters and histograms are updated as requests run (by `ObserveRequests`, `ObservedService` and the
+device pools); device gauges (up, units by state, queue depth, memory, temperature) are read from the
+devices when /metrics is scraped, so they are never stale between samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_P = "stackflow_openai"
+# Device work is slow: a setup takes seconds to minutes, a generation seconds.
+_LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+_TTFT = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60)
+_WAIT = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
+_SETUP = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+class Metrics:
+    """Every metric of one app; also the devices' `DeviceObserver`."""
+
+    def __init__(self, devices: Callable[[], Sequence[Any]] = tuple) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            f"{_P}_requests", "HTTP requests answered", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(f"{_P}_request_duration_seconds", "time to the end of the response",
+                                 ["route"], buckets=_LATENCY, registry=r)  # fmt: skip
+        self.in_flight = Gauge(f"{_P}_requests_in_flight", "HTTP requests being served", registry=r)
+        self.errors = Counter(
+            f"{_P}_errors", "error responses by OpenAI error code", ["code", "status"], registry=r
+        )
+        self.ttft = Histogram(f"{_P}_time_to_first_token_seconds", "request start to first text (streams)",
+                              ["model"], buckets=_TTFT, registry=r)  # fmt: skip
+        self.tokens = Counter(f"{_P}_tokens", "prompt and completion tokens", ["model", "kind"], registry=r)
+        self.waits = Histogram(f"{_P}_queue_wait_seconds", "time a request waited for a unit",
+                               ["device", "model"], buckets=_WAIT, registry=r)  # fmt: skip
+        self.setups = Histogram(f"{_P}_unit_setup_seconds", "time to set a unit up (model load)",
+                                ["device", "model"], buckets=_SETUP, registry=r)  # fmt: skip
+        self.device_errors = Counter(f"{_P}_device_errors", "device failures by StackFlow error code",
+                                     ["device", "code"], registry=r)  # fmt: skip
+        r.register(_DeviceCollector(devices))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # ---- DeviceObserver --------------------------------------------------------------------------
+    def queue_wait(self, device: str, model: str, seconds: float) -> None:
+        self.waits.labels(device, model).observe(seconds)
+
+    def unit_setup(self, device: str, model: str, seconds: float) -> None:
+        self.setups.labels(device, model).observe(seconds)
+
+    def device_error(self, device: str, code: str) -> None:
+        self.device_errors.labels(device, code).inc()
+
+    # ---- services --------------------------------------------------------------------------------
+    def usage(self, model: str, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        for kind in ("prompt", "completion"):
+            value = usage.get(f"{kind}_tokens")
+            if isinstance(value, int) and value > 0:
+                self.tokens.labels(model, kind).inc(value)
+
+
+class _DeviceCollector(Collector):
+    """Gauges read from the devices at scrape time."""
+
+    def __init__(self, devices: Callable[[], Sequence[Any]]) -> None:
+        self._devices = devices
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # dynamic label sets: let the registry collect() to learn them
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(f"{_P}_device_up", "1 when the device answers its probes", labels=["device"])
+        models = GaugeMetricFamily(
+            f"{_P}_device_models", "models the device lists (lsmode)", labels=["device"]
+        )
+        units = GaugeMetricFamily(
+            f"{_P}_units", "unit instances by state", labels=["device", "unit", "state"]
+        )
+        queue = GaugeMetricFamily(f"{_P}_queue_depth", "requests waiting for a unit", labels=["device"])
+        memory = GaugeMetricFamily(
+            f"{_P}_device_memory_bytes", "NPU/CMM memory (cmminfo)", labels=["device", "kind"]
+        )
+        temp = GaugeMetricFamily(
+            f"{_P}_device_temperature_celsius", "SoC temperature (hwinfo)", labels=["device"]
+        )
+        cpu = GaugeMetricFamily(f"{_P}_device_cpu_load_percent", "CPU load (hwinfo)", labels=["device"])
+        for device in self._devices():
+            name = device.name
+            up.add_metric([name], 1.0 if device.up else 0.0)
+            models.add_metric([name], float(len(device.models)))
+            for (unit, state), count in sorted(device.pool.unit_states().items()):
+                units.add_metric([name, unit, state], float(count))
+            queue.add_metric([name], float(device.pool.stats()["waiting"]))
+            if device.cmm is not None:
+                for kind, kib in (
+                    ("total", device.cmm.total),
+                    ("used", device.cmm.used),
+                    ("free", device.cmm.remain),
+                ):
+                    memory.add_metric([name, kind], float(kib) * 1024)
+            if device.hw is not None:
+                temp.add_metric([name], device.hw.temperature / 1000.0)
+                cpu.add_metric([name], float(device.hw.cpu_loadavg))
+        yield from (up, models, units, queue, memory, temp, cpu)
