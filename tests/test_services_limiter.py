@@ -116,7 +116,12 @@ def test_streamed_output_equals_the_reference_cut(
     text: str, cuts: list[int], stops: list[str], budget: int
 ) -> None:
     """However the text is split into deltas, the released pieces join to what token-by-token generation
-    gives: the first `budget` tokens, cut before the first stop sequence complete within them."""
+    gives: the first `budget` tokens, cut before the first stop sequence complete within them.
+
+    The estimate counter rounds a fractional weight up, so a count can reach the budget and stay there
+    for another character ('<xzx' and '<xzx ' both count 4). A stream cannot know that the next delta
+    will not add a token, so it stops as soon as the budget is reached: then the output may be a
+    shorter prefix of the reference, but only one that already counts `budget` tokens."""
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
     deltas = [text[a:b] for a, b in itertools.pairwise(bounds)]
     limiter = OutputLimiter(EstimateCounter(), stops=stops, budget=budget)
@@ -125,5 +130,8 @@ def test_streamed_output_equals_the_reference_cut(
     expected = truncate_to_tokens(counter, text, budget) if counter.count(text) >= budget else text
     positions = [i for i in (expected.find(s) for s in stops) if i >= 0]
     expected = expected[: min(positions)] if positions else expected
-    assert "".join(pieces) == expected == limiter.text
-    assert not any(s in "".join(pieces) for s in stops)
+    output = "".join(pieces)
+    assert output == limiter.text and expected.startswith(output)
+    assert output == expected or counter.count(output) >= budget
+    assert counter.count(output) <= budget
+    assert not any(s in output for s in stops)
