@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from stackflow_openai.errors import InvalidRequestError
 from stackflow_openai.services.speech import list_voices, parse_speech_request, start_speech
@@ -21,7 +22,7 @@ from stackflow_openai.services.transcription import (
 )
 from stackflow_openai.sse import ClosingStreamingResponse, EventStreamResponse
 
-from .common import read_json_body
+from .common import client_gone, read_json_body
 
 __all__ = ["router"]
 
@@ -77,6 +78,8 @@ async def _read_form(request: Request) -> tuple[dict[str, list[str]], bytes | No
         raise InvalidRequestError("The request must be multipart/form-data.", code="invalid_content_type")
     try:
         form = await request.form(max_files=1, max_fields=100)
+    except ClientDisconnect:
+        raise client_gone() from None
     except HTTPException as exc:
         raise InvalidRequestError(
             f"Malformed multipart body: {exc.detail}", code="invalid_multipart"

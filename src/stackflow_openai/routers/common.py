@@ -9,17 +9,27 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from stackflow_openai.errors import APIError, InvalidRequestError
 from stackflow_openai.services import JsonResult, ProxyResult, ServiceResult, StreamResult
 from stackflow_openai.sse import ClosingStreamingResponse, EventStreamResponse, event_stream
 
-__all__ = ["read_json_body", "serve_json_request", "to_response"]
+__all__ = ["client_gone", "read_json_body", "serve_json_request", "to_response"]
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # nginx's "client closed request": nobody receives it, but logs show what happened
+
+
+def client_gone() -> APIError:
+    """The client closed the connection before its request was complete: answered (to nobody) as an
+    ordinary request error, so it is neither logged as a server failure nor counted as a 500."""
+    return APIError(
+        "The client closed the connection before the request body was complete.",
+        code="client_closed_request",
+        status_code=CLIENT_CLOSED,
+    )
 
 
 async def read_json_body(request: Request) -> dict[str, Any]:
@@ -32,10 +42,13 @@ async def read_json_body(request: Request) -> dict[str, Any]:
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise too_large
+    try:
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                raise too_large
+    except ClientDisconnect:
+        raise client_gone() from None
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError

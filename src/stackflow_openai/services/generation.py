@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import anyio
 
@@ -32,11 +33,13 @@ __all__ = [
     "ChoiceFinished",
     "ChoiceStarted",
     "ChoiceText",
+    "Detached",
     "Job",
     "generate_choices",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 CLEANUP_TIMEOUT = 30.0  # seconds allowed for pausing a unit and releasing the lease after a request ends
 
 
@@ -69,40 +72,59 @@ class ChoiceFinished:
 ChoiceEvent = ChoiceStarted | ChoiceText | ChoiceFinished
 
 
-async def _next_or_none(deltas: AsyncIterator[str]) -> str | None:
+async def _next_or_none(source: AsyncIterator[T]) -> T | None:
     try:
-        return await deltas.__anext__()
+        return await source.__anext__()
     except StopAsyncIteration:
         return None
 
 
-class _DeltaSource:
-    """Backend deltas, fetched in helper tasks so cancellation of the consumer stays outside."""
+class Detached(Generic[T]):
+    """An async iterator read in helper tasks, so that cancelling its consumer never cancels it mid-step.
 
-    def __init__(self, deltas: AsyncIterator[str]) -> None:
-        self._deltas = deltas
-        self._pending: asyncio.Task[str | None] | None = None
+    Under uvicorn a client that disconnects cancels the response task through an anyio cancel scope,
+    and such a scope cancels every later await of that task too. A backend generator cancelled and
+    closed in there cannot pause its unit nor release its pool lease (the speech unit's lease stayed
+    busy for good: found by scripts/soak.py). Each item is therefore fetched by a helper task awaited
+    through `asyncio.shield`; `aclose` cancels a pending fetch once, then closes the source, shielded
+    and with a deadline. Items must not be None (None means "no more").
+    """
 
-    async def next(self) -> str | None:
-        task = self._pending = asyncio.create_task(_next_or_none(self._deltas))
+    def __init__(self, source: AsyncIterator[T]) -> None:
+        self._source = source
+        self._pending: asyncio.Task[T | None] | None = None
+
+    def __aiter__(self) -> Detached[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        item = await self.next()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def next(self) -> T | None:
+        task = self._pending = asyncio.create_task(_next_or_none(self._source))
         result = await asyncio.shield(task)
         self._pending = None
         return result
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
             task, self._pending = self._pending, None
             if task is not None and not task.done():
                 task.cancel()  # one plain cancellation; the backend's clean-up then runs undisturbed
                 await asyncio.wait({task})
             if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
-                log.debug("generation failed while closing: %r", task.exception())
-            aclose = getattr(self._deltas, "aclose", None)
+                log.debug("source failed while closing: %r", task.exception())
+            aclose = getattr(self._source, "aclose", None)
             if aclose is not None:
                 try:
                     await aclose()
                 except Exception:
-                    log.warning("closing a generation failed", exc_info=True)
+                    log.warning("closing a backend stream failed", exc_info=True)
+
+    close = aclose
 
 
 @asynccontextmanager
@@ -123,7 +145,7 @@ async def _run_choice(
     unit: ChatUnit, index: int, job: Job, counter: TokenCounter, stops: Sequence[str]
 ) -> AsyncGenerator[ChoiceEvent, None]:
     limiter = OutputLimiter(counter, stops=stops, budget=job.budget)
-    source = _DeltaSource(unit.generate(job.prompt, images=job.images))
+    source = Detached(unit.generate(job.prompt, images=job.images))
     try:
         # The first delta is awaited before ChoiceStarted: a stream's first chunk (and so its HTTP
         # status) then comes after the device accepted the input, not before.

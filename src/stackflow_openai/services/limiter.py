@@ -30,8 +30,8 @@ __all__ = ["FinishReason", "OutputLimiter", "Step"]
 
 FinishReason = Literal["stop", "length"]
 
-_REBASE_AFTER = 256  # tail characters that trigger counting a longer prefix once
-_REBASE_KEEP = 64  # characters left in the tail: a boundary never sits at the growing end
+_REBASE_AFTER = 128  # tail characters that trigger counting a longer prefix once
+_REBASE_KEEP = 32  # characters left in the tail: a boundary never sits at the growing end
 _CUT_AFTER_LETTER = frozenset(" ,.!?;:，。！？；：、")
 
 
@@ -50,6 +50,7 @@ class OutputLimiter:
         self._text = ""  # everything received so far
         self._emitted = 0  # characters of _text already released
         self._searched = 0  # stop sequences cannot start before this index (already searched)
+        self._first_hit: tuple[int, int] | None = None  # (start, end) of the earliest stop found so far
         self._counted = 0  # characters of _text in the counted prefix (always at a boundary)
         self._counted_tokens = 0
         self.final_text: str | None = None
@@ -69,18 +70,22 @@ class OutputLimiter:
         capped = self._reaches_budget()
         text = truncate_to_tokens(self._counter, self._text, self._budget) if capped else self._text
         cut = self._find_stop(text)
-        if cut is not None:
+        # A longer stop that began before this one may still complete ('<' is found in '><', but the
+        # stop '><<' would cut at 0): decide once the text can no longer extend it, so the cut never
+        # depends on how the text was split into deltas.
+        if cut is not None and (capped or not self._partial_match_before(cut)):
             return self._end(text[:cut], "stop")
         if capped:
             return self._end(text, "length")
         safe = len(self._text) - self._partial_stop_tail()
-        return Step(self._release(safe), False)
+        return Step(self._release(safe if cut is None else min(safe, cut)), False)
 
     def finish(self) -> str:
         """The generation ended on its own: release whatever was held back."""
         if self.final_text is not None:
             return ""
-        return self._end(self._text, "stop").text
+        cut = self._find_stop(self._text)
+        return self._end(self._text if cut is None else self._text[:cut], "stop").text
 
     def _end(self, text: str, reason: FinishReason) -> Step:
         released = self._text[: self._emitted]
@@ -123,10 +128,18 @@ class OutputLimiter:
         if not self._stops:
             return None
         start = self._searched
-        hits = [i for i in (text.find(s, start) for s in self._stops) if i >= 0]
+        found = [(i, i + len(s)) for s in self._stops if (i := text.find(s, start)) >= 0]
+        if self._first_hit is not None:
+            found.append(self._first_hit)
+        hits = [hit for hit in found if hit[1] <= len(text)]  # a capped text may be shorter
         # Next time, only a stop starting in the last (longest - 1) characters can be new.
         self._searched = max(start, len(text) - self._longest_stop + 1)
-        return min(hits) if hits else None
+        self._first_hit = min(hits) if hits else self._first_hit
+        return min(hits)[0] if hits else None
+
+    def _partial_match_before(self, index: int) -> bool:
+        """Some stop sequence starts before `index` and could still be completed by later text."""
+        return len(self._text) - self._partial_stop_tail() < index
 
     def _partial_stop_tail(self) -> int:
         """Length of the longest suffix of the text that is a proper prefix of a stop sequence."""

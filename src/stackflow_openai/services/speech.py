@@ -34,6 +34,7 @@ from stackflow_openai.errors import (
     to_openai_error,
     validation_error,
 )
+from stackflow_openai.services.generation import Detached
 from stackflow_openai.services.params import IGNORED_HEADER, header_list
 from stackflow_openai.services.registry import ModelRegistry, resolve_model
 from stackflow_openai.sse import aclose_quietly, encode_event
@@ -148,11 +149,15 @@ async def start_speech(registry: ModelRegistry, request: SpeechRequest) -> Speec
             code="invalid_voice",
         )
     headers = ignored_or_refused(entry, request.ignored_params())
-    pieces = backend.synthesize(request.input, voice=voice)
+    # Read from helper tasks: a client that leaves must not cancel the backend's own clean-up (generation.py).
+    pieces = Detached(backend.synthesize(request.input, voice=voice))
     try:
         first: bytes | None = await anext(pieces)
     except StopAsyncIteration:
         first = None  # nothing to say (e.g. punctuation only): a valid, empty file
+    except BaseException:
+        await pieces.aclose()  # e.g. cancelled while waiting: the backend is still running
+        raise
     renderer = _Renderer(request.response_format, request.speed)
     audio = _render(pieces, first, renderer)
     if request.stream_format == "sse":

@@ -30,6 +30,7 @@ from stackflow_openai.audio import (
 )
 from stackflow_openai.backends.base import BackendError, ChatBackend, TranscriptionBackend, UnitSettings
 from stackflow_openai.errors import APIError, InvalidRequestError, ServiceUnavailable, to_openai_error
+from stackflow_openai.services.generation import Detached
 from stackflow_openai.services.registry import ModelRegistry, resolve_model
 from stackflow_openai.services.speech import ignored_or_refused
 from stackflow_openai.sse import aclose_quietly, encode_event
@@ -328,8 +329,13 @@ async def stream_transcript(job: TranscriptionJob) -> AsyncIterator[bytes]:
 
     The first segment is awaited before returning, so a busy device is still an HTTP error.
     """
-    segments = job.segments()
-    first = await anext(segments, None)
+    # Read from helper tasks: a client that leaves must not cancel the backend's own clean-up (generation.py).
+    segments = Detached(job.segments())
+    try:
+        first = await anext(segments, None)
+    except BaseException:
+        await segments.aclose()  # e.g. cancelled while waiting: the backend is still running
+        raise
     return _events(segments, first)
 
 

@@ -115,23 +115,34 @@ class ReplyDecoder:
     def feed(self, data: bytes) -> list[Reply]:
         self._buf += data
         replies: list[Reply] = []
-        while (newline := self._buf.find(b"\n")) >= 0:
-            line = bytes(self._buf[:newline])
-            del self._buf[: newline + 1]
-            replies.extend(self._decode_line(line, final=True))
+        if b"\n" in data:  # one split per read, not one search and copy per line (hot path)
+            *lines, rest = self._buf.split(b"\n")
+            self._buf = bytearray(rest)
+            for line in lines:
+                replies.extend(self._decode_line(line, final=True))
         # An unterminated tail is normally a line still in transit, but the `reace reset` line is
-        # never terminated: take whole objects from the tail as soon as they are complete.
-        if self._buf.rstrip().endswith(b"}"):
-            replies.extend(self._decode_line(bytes(self._buf), final=False))
+        # never terminated: take whole objects from the tail as soon as they are complete. (The
+        # brace count only skips hopeless attempts: that line has no braces inside strings.)
+        tail = self._buf
+        if tail.rstrip().endswith(b"}") and tail.count(b"{") == tail.count(b"}"):
+            replies.extend(self._decode_line(bytes(tail), final=False))
         return replies
 
-    def _decode_line(self, line: bytes, *, final: bool) -> list[Reply]:
+    def _decode_line(self, line: bytes | bytearray, *, final: bool) -> list[Reply]:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
             if final:
-                self.discarded.append(line)
+                self.discarded.append(bytes(line))
             return []  # not final: a character may still be in transit
+        if final:
+            try:  # the common case, one object per line, in one C call
+                obj = json.loads(text)
+            except ValueError:
+                pass  # glued objects, garbage, or an empty line: the careful loop below
+            else:
+                if isinstance(obj, dict):
+                    return [Reply.from_json(obj)]
         replies: list[Reply] = []
         pos = 0
         while True:

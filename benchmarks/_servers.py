@@ -1,0 +1,148 @@
+"""Processes the benchmarks measure: the emulator and the gateway, each alone in its own process.
+
+    python benchmarks/_servers.py emulator [--answer-tokens N] [--llm-limit N]
+    python benchmarks/_servers.py gateway --device 127.0.0.1:PORT [--queue-limit N] [--unit-limit N]
+
+Each prints `READY <port> ...` on stdout once it listens on 127.0.0.1, then serves until stdin closes
+(the benchmark that started it went away) or it gets SIGTERM. Not a benchmark itself.
+
+The gateway is built the way `stackflow-openai serve` builds it (settings → GatewayRegistry →
+create_app → uvicorn with the same options), so its CPU time and RSS are the product's.
+
+Benchmark-only knobs, neither of which a real device has:
+- `--answer-tokens N`: every LLM answer is N pieces of " hello" (one Qwen token each) instead of the
+  scripted engine's "You said ..." sentence, so one request streams N/3 deltas (the unit groups 3
+  tokens per delta). Relay throughput needs long streams.
+- `--llm-limit N` / `--unit-limit N`: raise the llm unit's instance limit on the emulator (device: 2)
+  and in the gateway's pool, for the "pools that allow 256 streams" configuration.
+
+Experiments (docs/performance.md): with httptools on the path uvicorn uses it instead of h11; with
+BENCH_UVLOOP=1 (and uvloop installed) the processes run on uvloop. The product installs neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+__all__ = ["main"]
+
+
+def _long_answer_engine(tokens: int) -> object:
+    from stackflow_openai.emulator import ScriptedEngine
+    from stackflow_openai.emulator.engines.scripted import ScriptedLlmSession
+
+    class LongSession(ScriptedLlmSession):
+        async def generate(
+            self, prompt: str, *, images: list[bytes], max_new_tokens: int
+        ) -> AsyncIterator[str]:
+            for _ in range(min(tokens, max_new_tokens)):
+                yield " hello"
+
+    class LongAnswerEngine(ScriptedEngine):
+        async def open_llm(self, model, settings):
+            session = await super().open_llm(model, settings)
+            return LongSession(model, settings, self.timing, session._encoder)
+
+    return LongAnswerEngine()
+
+
+async def _wait_for_exit() -> None:
+    """Until stdin reaches EOF (parent gone) or SIGTERM/SIGINT arrives."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def stdin_closed() -> None:
+        while await reader.read(1024):
+            pass
+        stop.set()
+
+    watcher = asyncio.ensure_future(stdin_closed())
+    await stop.wait()
+    watcher.cancel()
+
+
+async def run_emulator(args: argparse.Namespace) -> None:
+    from stackflow_openai.emulator import Emulator, ScriptedEngine
+
+    engine = _long_answer_engine(args.answer_tokens) if args.answer_tokens else ScriptedEngine()
+    emulator = Emulator(engine=engine, hwinfo_delay=0.05, cmm_total_kib=1 << 40)
+    if args.llm_limit:
+        emulator.units["llm"].limit = args.llm_limit  # a ClassVar on the unit class: shadowed here
+    await emulator.start("127.0.0.1", 0)
+    print(f"READY {emulator.port}", flush=True)
+    try:
+        await _wait_for_exit()
+    finally:
+        await emulator.stop()
+
+
+async def run_gateway(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from stackflow_openai.app import create_app
+    from stackflow_openai.backends.registry import GatewayRegistry
+    from stackflow_openai.config import PoolSettings, Settings, parse_device
+    from stackflow_openai.serve import http_settings
+
+    settings = Settings(
+        devices=[parse_device(args.device)],
+        pool=PoolSettings(queue_limit=args.queue_limit, queue_timeout=args.queue_timeout),
+    )
+    registry = GatewayRegistry(settings)
+    if args.unit_limit:
+        for device in registry.devices:
+            device.pool.unit_limits["llm"] = args.unit_limit
+    app = create_app(registry, http_settings(settings))
+    # The same uvicorn options as `stackflow-openai serve` (serve.py).
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # stop through stdin EOF / our own handlers
+    task = asyncio.ensure_future(server.serve())
+    for _ in range(3000):  # uvicorn has no "started" event; 60 s at most (tokenizer load included)
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.02)
+    if not server.started:
+        raise SystemExit("gateway did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    print(f"READY {port} http={config.http_protocol_class.__name__} loop={loop}", flush=True)
+    try:
+        await _wait_for_exit()
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(task, 15)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    emu = sub.add_parser("emulator")
+    emu.add_argument("--answer-tokens", type=int, default=0)
+    emu.add_argument("--llm-limit", type=int, default=0)
+    gw = sub.add_parser("gateway")
+    gw.add_argument("--device", required=True)
+    gw.add_argument("--queue-limit", type=int, default=32)
+    gw.add_argument("--queue-timeout", type=float, default=30.0)
+    gw.add_argument("--unit-limit", type=int, default=0)
+    args = parser.parse_args()
+    if os.environ.get("BENCH_UVLOOP") == "1":  # experiment: what uvloop would change (if installed)
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(run_emulator(args) if args.what == "emulator" else run_gateway(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Hot paths found by the benchmarks (docs/performance.md) stay fixed, and stay correct.
+
+The max_tokens limiter used to count the whole text on every delta, so a long stream cost time
+quadratic in its length; it now counts a prefix once and the tail per delta, which must give exactly
+the same cuts as counting everything every time.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fakes import tokenizers
+from stackflow_openai.services.limiter import OutputLimiter
+from stackflow_openai.tokens import EstimateCounter, TokenCounter
+
+QWEN = tokenizers().get("qwen")
+
+
+class CountingCounter:
+    """Wraps a counter and adds up how many characters it was asked to count."""
+
+    def __init__(self, inner: TokenCounter) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.chars = 0
+
+    def count(self, text: str) -> int:
+        self.chars += len(text)
+        return self.inner.count(text)
+
+
+class NaiveLimiter(OutputLimiter):
+    """The reference: the exact count of the whole text on every delta."""
+
+    def _reaches_budget(self) -> bool:
+        return self._counter.count(self._text) >= self._budget
+
+
+def run(limiter: OutputLimiter, deltas: list[str]) -> tuple[str, str, list[str]]:
+    released = []
+    for delta in deltas:
+        step = limiter.feed(delta)
+        released.append(step.text)
+        if step.done:
+            break
+    else:
+        released.append(limiter.finish())
+    return limiter.text, limiter.finish_reason, released
+
+
+def test_a_long_stream_is_counted_in_linear_time() -> None:
+    counter = CountingCounter(QWEN)
+    limiter = OutputLimiter(counter, stops=[], budget=5000)
+    deltas = [" hello world again"] * 600  # ~10,800 characters, ~1,800 tokens
+    text, reason, _ = run(limiter, deltas)
+    assert reason == "stop" and len(text) == 18 * 600
+    # Counting the whole text per delta would be ~3.2 million characters.
+    assert counter.chars < 20 * len(text), counter.chars
+
+
+def test_the_cap_still_lands_on_the_exact_token() -> None:
+    limiter = OutputLimiter(QWEN, stops=[], budget=1000)
+    text, reason, _ = run(limiter, [" hello"] * 1500)
+    assert reason == "length" and QWEN.count(text) == 1000 and text == " hello" * 1000
+
+
+ALPHABET = st.sampled_from(
+    [
+        "a",
+        "b",
+        "Z",
+        " ",
+        "  ",
+        "\n",
+        ",",
+        ".",
+        "!",
+        "?",
+        "'",
+        "'s",
+        "7",
+        "42",
+        "日本",
+        "。",
+        "😀",
+        "é",
+        "-",
+        "é",
+    ]
+)
+DELTAS = st.lists(st.lists(ALPHABET, min_size=1, max_size=12).map("".join), min_size=1, max_size=120)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(deltas=DELTAS, budget=st.integers(min_value=1, max_value=400), stops=st.lists(ALPHABET, max_size=2))
+def test_the_same_cuts_as_counting_everything_every_time(
+    deltas: list[str], budget: int, stops: list[str]
+) -> None:
+    for counter in (QWEN, EstimateCounter()):
+        fast = run(OutputLimiter(counter, stops=stops, budget=budget), deltas)
+        exact = run(NaiveLimiter(counter, stops=stops, budget=budget), deltas)
+        assert fast == exact
