@@ -121,11 +121,6 @@ def test_the_gateway_never_sends_a_stray_brace_even_for_brace_heavy_input(harnes
 # ---- device memory -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DevicePool checks cmminfo and refuses (503) instead of evicting idle instances to free device "
-    "memory, although its docstring says it evicts (stackflow/pool.py, owned by the operations work)",
-)
 def test_idle_units_are_evicted_to_free_device_memory(harness: Harness) -> None:
     # 3 GiB of CMM: two idle llm units (2 × 0.53 GiB) and an idle vlm (1.3 GiB) leave 0.63 GiB, too little
     # for a second vlm setup (another system prompt) unless an idle instance is exited first.

@@ -278,15 +278,32 @@ class DevicePool:
     async def _check_memory(self, model: ModelDescriptor) -> None:
         if model.cmm_size is None:
             return
-        try:
-            info = await self.client.cmminfo()
-        except (DeviceError, DeviceTimeout, ConnectionLost, OSError) as exc:
-            raise PoolUnavailable(f"device unreachable: {exc}") from exc
+        while True:
+            try:
+                info = await self.client.cmminfo()
+            except (DeviceError, DeviceTimeout, ConnectionLost, OSError) as exc:
+                raise PoolUnavailable(f"device unreachable: {exc}") from exc
+            if info.remain >= model.cmm_size or not await self._evict_idle():
+                break
         if info.remain < model.cmm_size:
             raise PoolUnavailable(
                 f"not enough device memory for {model.mode}: "
                 f"needs {model.cmm_size} KiB, {info.remain} KiB free"
             )
+
+    async def _evict_idle(self) -> bool:
+        """Exit the least recently used idle instance (any model) to free device memory."""
+        async with self._cond:
+            idle = [s for s in self._slots if not s.busy and s.unit is not None]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda s: s.last_used)
+            self._slots.remove(victim)
+            self._cond.notify_all()
+        assert victim.unit is not None
+        log.info("evicting idle %s to free device memory", victim.unit.work_id)
+        await self._exit_quietly(victim.unit)
+        return True
 
     async def _release(self, slot: _Slot) -> None:
         unit = slot.unit
