@@ -73,6 +73,14 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="with --emulator: device-like timing (slow setups, ~10 tokens/s)",
     )
     serve.add_argument(
+        "--catalogue",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="with --emulator: extra directory of mode_*.json model descriptors (repeatable); an entry's "
+        "emulator_local_model field points it at your own GGUF, piper voice or whisper directory",
+    )
+    serve.add_argument(
         "--engine",
         choices=["auto", "local", "scripted"],
         default="auto",

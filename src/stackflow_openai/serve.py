@@ -63,7 +63,7 @@ async def serve(args: argparse.Namespace) -> None:
         from stackflow_openai.emulator.engines.select import choose_engine
 
         engine, description = choose_engine(args.engine, realistic=args.realistic)
-        emulator = Emulator(engine=engine)
+        emulator = Emulator(engine=engine, catalogue_dirs=tuple(getattr(args, "catalogue", None) or ()))
         await emulator.start(host="127.0.0.1", port=0)
         settings.devices = [DeviceSettings(name="emulator", host="127.0.0.1", port=emulator.port)]
         print(f"StackFlow emulator on 127.0.0.1:{emulator.port}; {description}", flush=True)

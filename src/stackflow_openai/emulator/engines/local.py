@@ -37,6 +37,7 @@ __all__ = [
     "ENV_GGUF",
     "ENV_VOICE",
     "ENV_WHISPER",
+    "MODEL_PATH_FIELD",
     "LocalEngine",
     "LocalEngineError",
     "LocalEngineUnavailable",
@@ -117,6 +118,10 @@ def _pick(
     return default()
 
 
+# Descriptor field (in a catalogue `mode_*.json`) pointing that model at a local file or directory.
+MODEL_PATH_FIELD = "emulator_local_model"
+
+
 @dataclass(frozen=True, slots=True)
 class LocalModelPaths:
     """Where each kind of local model lives. `per_model` maps a device model name (`mode`) to its
@@ -151,6 +156,12 @@ class LocalModelPaths:
 
     def path_for(self, kind: Kind, mode: str) -> Path | None:
         return self.per_model.get(mode) or self.default_for(kind)
+
+
+def _own_model_path(model: ModelDescriptor) -> Path | None:
+    """A catalogue entry may name its own model file or directory (docs/local-engines.md)."""
+    own = model.raw.get(MODEL_PATH_FIELD)
+    return Path(own).expanduser() if isinstance(own, str) and own else None
 
 
 def _missing_modules(kind: Kind) -> list[str]:
@@ -233,7 +244,7 @@ class LocalEngine:
     async def open_llm(self, model: ModelDescriptor, settings: LlmSettings) -> LlmSession:
         from stackflow_openai.emulator.engines.local_llm import LocalLlmSession
 
-        llm: LlamaCppModel = await self._model("llm", model.mode)
+        llm: LlamaCppModel = await self._model("llm", model)
         if settings.max_token_len > llm.slot_context:
             logger.warning(
                 "%s: max_token_len %d exceeds the local slot context %d; generation stops at %d",
@@ -247,13 +258,13 @@ class LocalEngine:
     async def open_tts(self, model: ModelDescriptor, voice: str | None) -> TtsSession:
         from stackflow_openai.emulator.engines.local_tts import LocalTtsSession
 
-        tts: PiperTtsModel = await self._model("tts", model.mode)
+        tts: PiperTtsModel = await self._model("tts", model)
         return LocalTtsSession(tts, voice)
 
     async def open_asr(self, model: ModelDescriptor) -> AsrSession:
         from stackflow_openai.emulator.engines.local_asr import LocalAsrSession
 
-        asr: WhisperAsrModel = await self._model("asr", model.mode)
+        asr: WhisperAsrModel = await self._model("asr", model)
         return LocalAsrSession(asr)
 
     async def close(self) -> None:
@@ -266,8 +277,9 @@ class LocalEngine:
     def loaded_models(self) -> list[str]:
         return [f"{kind}:{path}" for kind, path in self._models]
 
-    async def _model(self, kind: Kind, mode: str) -> Any:
-        path = self.paths.path_for(kind, mode)
+    async def _model(self, kind: Kind, model: ModelDescriptor) -> Any:
+        mode = model.mode
+        path = _own_model_path(model) or self.paths.path_for(kind, mode)
         missing = _missing_modules(kind)
         if missing:
             raise LocalEngineUnavailable(
