@@ -2,15 +2,23 @@
 
 The max_tokens limiter used to count the whole text on every delta, so a long stream cost time
 quadratic in its length; it now counts a prefix once and the tail per delta, which must give exactly
-the same cuts as counting everything every time.
+the same cuts as counting everything every time. The per-delta chat chunk skips pydantic and must stay
+the same JSON.
 """
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fakes import tokenizers
+from fakes import FakeChatBackend, tokenizers
+from stackflow_openai.backends.base import UnitSettings
+from stackflow_openai.protocol import ChatChunkChoice
+from stackflow_openai.services.chat import ChatService, _Plan
+from stackflow_openai.services.generation import Job
 from stackflow_openai.services.limiter import OutputLimiter
 from stackflow_openai.tokens import EstimateCounter, TokenCounter
 
@@ -101,3 +109,25 @@ def test_the_same_cuts_as_counting_everything_every_time(
         fast = run(OutputLimiter(counter, stops=stops, budget=budget), deltas)
         exact = run(NaiveLimiter(counter, stops=stops, budget=budget), deltas)
         assert fast == exact
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_the_direct_text_chunk_is_the_models_chunk(include_usage: bool) -> None:
+    # The per-delta chunk is built without pydantic for speed; it must stay identical to the model's.
+    plan = _Plan(
+        id="chatcmpl-1",
+        created=1700000000,
+        model="m",
+        backend=FakeChatBackend(),
+        settings=UnitSettings(system_prompt="s", max_token_len=1023),
+        job=Job("p", [], 10),
+        n=1,
+        stops=[],
+        counter=QWEN,
+        prompt_tokens=3,
+        include_usage=include_usage,
+    )
+    for text in ("hello", "", '{"a": "\\u00e9"}', "日本 😀"):
+        expected = ChatService._chunk(plan, [ChatChunkChoice(index=2, delta={"content": text})])
+        assert ChatService._text_chunk(plan, 2, text) == expected
+        assert json.dumps(ChatService._text_chunk(plan, 2, text)) == json.dumps(expected)  # key order too

@@ -1,6 +1,6 @@
 """The gateway against a misbehaving wire and misbehaving clients: garbage and stray braces, a `reace reset`
-line or undecodable bytes on a unit's connection, and clients that leave while the device works. Also the
-pool's known gap with device memory. After each: the emulator holds exactly the pool's instances.
+line or undecodable bytes on a unit's connection, and clients that leave while the device works; and idle
+units evicted to free device memory. After each: the emulator holds exactly the pool's instances.
 
 Helpers and the harness come from test_reliability_faults.py (same stack, default device timeouts here).
 """
