@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -83,6 +84,14 @@ class Harness:
 
     def live_instances(self) -> list[dict[str, Any]]:
         return self.call(self.emulator.live_instances)
+
+    def wait_generating(self, timeout: float = 10.0) -> None:
+        """Block until some emulated unit is running an inference (instead of a sleep that races)."""
+        deadline = time.monotonic() + timeout
+        while not any(i["state"] == "busy" for i in self.live_instances()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("no unit started generating")
+            time.sleep(0.02)
 
     def pool_work_ids(self) -> list[str]:
         return self.call(lambda: [w for d in self.registry.devices for w in d.pool.work_ids()])

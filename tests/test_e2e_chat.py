@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -427,7 +426,7 @@ def test_pool_evicts_the_idle_unit_for_a_new_setup_but_never_a_busy_one():
         # the busy unit is not taken away from its client.
         with ThreadPoolExecutor(2) as ex:
             long_one = ex.submit(ask, "Prompt B", 60)  # ~3 s at 20 tokens/s
-            time.sleep(0.5)
+            h.wait_generating()
             with pytest.raises(openai.APIStatusError) as err:
                 ask("Prompt A")
             assert err.value.status_code == 503 and err.value.response.headers.get("retry-after")

@@ -273,7 +273,7 @@ def test_the_queue_deadline_is_honoured_when_every_unit_is_busy() -> None:
         body = {"model": "small", "messages": [{"role": "user", "content": "w " * 8}]}
         with ThreadPoolExecutor(2) as pool:
             slow = pool.submit(post, h, body)
-            time.sleep(0.3)  # the first request holds the only unit for ~1.5 s
+            h.wait_generating()  # the first request holds the only unit for ~1.5 s
             started = time.monotonic()
             queued = pool.submit(post, h, body).result(10)
             waited = time.monotonic() - started
@@ -315,7 +315,9 @@ def test_a_device_reset_under_load_fails_requests_cleanly_and_the_gateway_recove
         body = chat("w " * 30, stream=True)
         with ThreadPoolExecutor(6) as pool:
             running = [pool.submit(stream, h, body) for _ in range(6)]
-            time.sleep(0.4)  # two streams generating, four waiting for a unit
+            # Reset only once a stream is generating (a fixed sleep raced slow machines: CI once reset
+            # before any stream had started, and every request then succeeded).
+            h.wait_generating()
             h.call(partial(side_reset, h))
             outcomes = [f.result(15) for f in running]
         for status, events, done in outcomes:
