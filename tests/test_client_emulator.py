@@ -9,6 +9,7 @@ import base64
 import contextlib
 import io
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -342,10 +343,13 @@ async def test_cancelled_setup_leaks_nothing(make_emulator: MakeEmulator) -> Non
 async def test_setup_timeout_leaks_nothing(make_emulator: MakeEmulator) -> None:
     emu = await make_emulator(Timing(setup_delay=0.4))
     async with DeviceClient("127.0.0.1", emu.port, timeout=2.0) as dev:
+        started = time.monotonic()
         with pytest.raises(DeviceTimeout):
             await dev.open_unit("llm", SETUP, timeout=0.1)
-        assert emu.live_instances() == []  # cleaned up before open_unit raised
+        assert time.monotonic() - started < 0.35  # not held up by the clean-up
+        # The next setup of the unit waits for the clean-up (it holds the unit's setup lock).
         unit = await dev.open_unit("llm", SETUP)
+        assert [i["work_id"] for i in emu.live_instances()] == [unit.work_id]
         await unit.exit()
 
 

@@ -162,9 +162,9 @@ def test_a_hung_setup_is_a_503_after_the_setup_timeout_and_a_reset_recovers() ->
         r = post(h, chat())
         assert r.status_code == 503, r.text
         assert_openai_error(r.json(), code="device_unavailable")
-        # Bounded by the setup timeout plus the clean-up's task-list query (DeviceClient.timeout, which
-        # the gateway sets to connect_timeout + 5 s): that query waits behind the stuck setup too.
-        assert SETUP_TIMEOUT <= time.monotonic() - started < SETUP_TIMEOUT + 6 + 3
+        # Bounded by the setup timeout: the clean-up (a task-list query that waits behind the stuck
+        # setup) goes on in the background.
+        assert SETUP_TIMEOUT <= time.monotonic() - started < SETUP_TIMEOUT + 1.5
         # Other units still answer while the llm unit is stuck loading.
         r = httpx.post(
             f"{h.base_url}/chat/completions",

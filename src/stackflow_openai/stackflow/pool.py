@@ -176,7 +176,9 @@ class DevicePool:
             assert slot.unit is not None
             yield slot.unit
         finally:
-            await self._release(slot)
+            # Shielded: a cancelled caller (Starlette cancels a response whose client left through an
+            # anyio scope that cancels every later await too) must still give the place back.
+            await asyncio.shield(self._release(slot))
 
     async def _acquire(
         self, model: ModelDescriptor, setup: Mapping[str, Any], pool_size: int, started: float
@@ -220,13 +222,13 @@ class DevicePool:
                 self._slots.remove(victim)
                 slot = _Slot(model.mode, model.unit, signature)
                 self._slots.append(slot)
-        if victim is not None and victim.unit is not None:
-            log.info("evicting idle %s to set up %s", victim.unit.work_id, model.mode)
-            await self._exit_quietly(victim.unit)
         try:
+            if victim is not None and victim.unit is not None:
+                log.info("evicting idle %s to set up %s", victim.unit.work_id, model.mode)
+                await self._exit_quietly(victim.unit)
             slot.unit = await self._setup(model, setup)
         except BaseException:
-            await self._forget(slot)
+            await asyncio.shield(self._forget(slot))  # as in `lease`: even when cancelled
             raise
         return slot
 
