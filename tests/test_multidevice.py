@@ -138,9 +138,14 @@ def test_models_list_follows_reachability() -> None:
         with pytest.raises(openai.APIStatusError) as err:
             ask(client, "hi", model="only-a")
         assert err.value.status_code == 503 and "no reachable device" in str(err.value.message)
+        with pytest.raises(openai.APIStatusError) as err:
+            client.models.retrieve("only-a")  # as the list says: not available now (but not unknown)
+        assert err.value.status_code == 503 and "none of its devices" in str(err.value.message)
+        assert client.models.retrieve(LLM).id == LLM  # still on device b
         h.start_device("a")
         h.wait_for_state("a", "up")
         assert "only-a" in [m.id for m in client.models.list().data]
+        assert client.models.retrieve("only-a").id == "only-a"
         assert ask(client, "hi", model="only-a") == "You said 1 word: hi."
         h.assert_no_leak()
     finally:
