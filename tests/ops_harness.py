@@ -6,52 +6,41 @@ device monitor is tuned to probe every 0.1 s so that tests see state changes qui
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import httpx
 import openai
-import uvicorn
 
-from stackflow_openai.app import create_app
+from gateway_runner import BackgroundLoop, Gateway, start_gateway
 from stackflow_openai.backends.registry import GatewayRegistry
 from stackflow_openai.config import DeviceSettings, HealthSettings, Settings
 from stackflow_openai.emulator import Emulator, ScriptedEngine, Timing
-from stackflow_openai.serve import http_settings
 from stackflow_openai.stackflow.connection import Connection
 
 FAST_HEALTH = HealthSettings(probe_interval=0.1, probe_timeout=1.0, max_backoff=0.4, stats_interval=0.2)
 
 
-class MultiHarness:
+class MultiHarness(BackgroundLoop):
     def __init__(
         self, names: list[str], settings: Settings | None = None, timing: Timing | None = None
     ) -> None:
+        super().__init__()
         self.names = names
         self.settings = settings or Settings()
         if "health" not in self.settings.model_fields_set:
             self.settings.health = FAST_HEALTH
         self.timing = timing or Timing()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.emulators: dict[str, Emulator] = {}
         self.ports: dict[str, int] = {}
-        self.registry: GatewayRegistry
+        self.gateway: Gateway
         self.base_url = ""
 
+    @property
+    def registry(self) -> GatewayRegistry:
+        return self.gateway.registry
+
     # ---- plumbing ------------------------------------------------------------------------------
-    def call(self, fn: Callable[[], Any], timeout: float = 30) -> Any:
-        async def run() -> Any:
-            result = fn()
-            return await result if asyncio.iscoroutine(result) else result
-
-        fut: Future[Any] = asyncio.run_coroutine_threadsafe(run(), self.loop)
-        return fut.result(timeout)
-
     def start(self, *, down: tuple[str, ...] = ()) -> MultiHarness:
         """Start the emulators (except `down`, whose ports are reserved) and the gateway."""
         self.thread.start()
@@ -72,32 +61,19 @@ class MultiHarness:
         self.settings.devices = [
             DeviceSettings(name=n, host="127.0.0.1", port=self.ports[n]) for n in self.names
         ]
-        self.registry = GatewayRegistry(self.settings)
-        app = create_app(self.registry, http_settings(self.settings))
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._serve_task = asyncio.ensure_future(self.server.serve())
-        for _ in range(500):
-            if self.server.started or self._serve_task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert self.server.started, "gateway did not start"
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self.gateway = await start_gateway(self.settings)
+        self.base_url = f"http://127.0.0.1:{self.gateway.port}"
 
     def stop(self) -> None:
         async def _stop() -> None:
-            self.server.should_exit = True
-            await asyncio.wait_for(self._serve_task, 15)
+            await self.gateway.stop()
             for emulator in self.emulators.values():
                 await emulator.stop()
 
         try:
             self.call(_stop)
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
+            self.stop_loop()
 
     # ---- devices -------------------------------------------------------------------------------
     def stop_device(self, name: str) -> None:
