@@ -8,7 +8,7 @@ inference is silently dropped.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 __all__ = [
     "ASR_STREAM_INPUT",
@@ -17,6 +17,7 @@ __all__ = [
     "VLM_IMAGE_INPUT",
     "VLM_TEXT_INPUT",
     "WHISPER_STREAM_INPUT",
+    "SamplingOptions",
     "asr_setup",
     "llm_setup",
     "melotts_setup",
@@ -49,17 +50,19 @@ def _sampling(temperature: float | None, top_p: float | None, top_k: int | None)
     return fields
 
 
+class SamplingOptions(TypedDict, total=False):
+    """Optional setup fields of the llm and vlm units; None (the default) leaves the device's own."""
+
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    stream: bool  # default True: `<unit>.utf-8.stream` output
+
+
 def _chat_setup(
-    tag: str,
-    model: str,
-    *,
-    system_prompt: str,
-    max_token_len: int,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    stream: bool,
+    tag: str, model: str, system_prompt: str, max_token_len: int, options: SamplingOptions
 ) -> dict[str, Any]:
+    stream = options.get("stream", True)
     return {
         "model": model,
         "response_format": f"{tag}.utf-8.stream" if stream else f"{tag}.utf-8",
@@ -68,42 +71,22 @@ def _chat_setup(
         # `max_token_len` caps prompt + generated tokens and defaults to 127: always send it (§6).
         "max_token_len": int(max_token_len),
         "prompt": system_prompt,  # `prompt` is the system prompt of the instance
-        **_sampling(temperature, top_p, top_k),
+        **_sampling(options.get("temperature"), options.get("top_p"), options.get("top_k")),
     }
 
 
 def llm_setup(
-    model: str,
-    *,
-    system_prompt: str,
-    max_token_len: int,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    stream: bool = True,
+    model: str, *, system_prompt: str, max_token_len: int, **options: Unpack[SamplingOptions]
 ) -> dict[str, Any]:
     """Setup data for the llm unit; output object `llm.utf-8.stream` (or `llm.utf-8`)."""
-    return _chat_setup(
-        "llm", model, system_prompt=system_prompt, max_token_len=max_token_len,
-        temperature=temperature, top_p=top_p, top_k=top_k, stream=stream,
-    )  # fmt: skip
+    return _chat_setup("llm", model, system_prompt, max_token_len, options)
 
 
 def vlm_setup(
-    model: str,
-    *,
-    system_prompt: str,
-    max_token_len: int,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    stream: bool = True,
+    model: str, *, system_prompt: str, max_token_len: int, **options: Unpack[SamplingOptions]
 ) -> dict[str, Any]:
     """Setup data for the vlm unit; images go as `vlm.jpeg.base64`, text as `vlm.utf-8`."""
-    return _chat_setup(
-        "vlm", model, system_prompt=system_prompt, max_token_len=max_token_len,
-        temperature=temperature, top_p=top_p, top_k=top_k, stream=stream,
-    )  # fmt: skip
+    return _chat_setup("vlm", model, system_prompt, max_token_len, options)
 
 
 def melotts_setup(model: str, *, speed: float | None = None) -> dict[str, Any]:
