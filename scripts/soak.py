@@ -234,11 +234,11 @@ async def start_gateway(device_port: int, config: Path) -> tuple[asyncio.subproc
     raise SystemExit("the gateway did not start, or never saw the device's models")
 
 
-async def pooled_instances(client: httpx.AsyncClient) -> int | None:
-    """Instances the gateway's pools hold, from /ready (None if it does not say)."""
+async def pool_count(client: httpx.AsyncClient, what: str) -> int | None:
+    """`instances` or `busy` units in the gateway's pools, from /ready (None if it does not say)."""
     r = await client.get(str(client.base_url).rstrip("/").removesuffix("/v1") + "/ready")
     try:
-        return sum(d["units"]["instances"] for d in r.json()["devices"])
+        return sum(d["units"][what] for d in r.json()["devices"])
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -276,8 +276,19 @@ async def soak(args: argparse.Namespace) -> int:
                       f"the run ({growth:+.1%}; limit +{RSS_GROWTH_LIMIT:.0%})")  # fmt: skip
                 if growth >= RSS_GROWTH_LIMIT:
                     failed.append(f"RSS grew {growth:.1%}")
+                # Nobody is asking any more: a unit still leased now was never given back (its place
+                # is lost to every later request, which then waits for the queue deadline).
+                busy = await pool_count(client, "busy")
+                for _ in range(50):
+                    if not busy:
+                        break
+                    await asyncio.sleep(0.1)
+                    busy = await pool_count(client, "busy")
+                print(f"units still leased after the run: {busy if busy is not None else '?'}")
+                if busy:
+                    failed.append(f"{busy} unit lease(s) never returned to the pool")
                 live = len(emulator.live_instances())
-                pooled = await pooled_instances(client)
+                pooled = await pool_count(client, "instances")
                 print(f"device instances {live}, gateway pools {pooled if pooled is not None else '?'}")
                 if pooled is not None and live != pooled:
                     failed.append(f"the device holds {live} instances, the gateway's pools {pooled}")
