@@ -7,14 +7,16 @@ delivered in 3 s "sentences" as the device does, through PcmConverter (16 → 24
 and each format's StreamEncoder. Uploads: the same audio encoded beforehand in each input format, then
 decoded + mixed to mono + resampled to 16 kHz by decode_to_pcm. Printed: milliseconds for the whole
 clip and the speed as a multiple of real time (60 s done in 0.6 s = 100x). Best of --repeat runs.
-An extra line measures the mp3 encoder alone at other LAME quality settings (an experiment: the
-gateway's encoder is not changed by it).
+Extra lines measure the mp3 encoder alone at LAME's algorithm qualities (-q 3 is FFmpeg's default,
+the gateway uses -q 7: audio/encode.py), and uploads resampled frame by frame (what decode_to_pcm did
+before it gathered frames into blocks) next to decode_to_pcm and the codec alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import time
 from collections.abc import Callable
 from functools import partial
@@ -84,8 +86,7 @@ def encode_input(samples: np.ndarray, container: str, codec: str, rate: int, cha
 
 
 def mp3_lame_quality(pcm24: bytes, quality: str) -> int:
-    """Experiment: the mp3 encoder with LAME's `-q` set (FFmpeg's compression_level); the gateway's
-    own encoder (audio/encode.py) leaves LAME at its default algorithm quality."""
+    """The mp3 encoder alone with LAME's `-q` set (FFmpeg's compression_level; audio/encode.py uses 7)."""
     sink = io.BytesIO()
     with av.open(sink, mode="w", format="mp3") as out:
         stream = out.add_stream("libmp3lame", rate=24_000, layout="mono")
@@ -113,6 +114,7 @@ def main() -> None:
     pcm = samples.tobytes()
     ffmpeg = av.ffmpeg_version_info
     print(f"PyAV {av.__version__} (FFmpeg {ffmpeg}), {args.seconds:g} s of audio, best of {args.repeat}")
+    print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print("\nspeech output (16 kHz PCM -> 24 kHz -> format, fed in 3 s sentences); ms for the whole clip")
     print(f"{'format':<10}{'bytes':>10}{'ms x1.0':>9}{'speed':>10}{'ms x2.0':>9}{'speed':>10}")
     for fmt in SPEECH_FORMATS:
@@ -122,46 +124,33 @@ def main() -> None:
         print(f"{fmt:<10}{size:>10}{speed(args.seconds, normal)}{speed(args.seconds, fast)}")
     converter = PcmConverter(RATE, 24_000)
     pcm24 = converter.feed(pcm) + converter.finish()
-    print("experiment, mp3 encode only (24 kHz mono, 64 kb/s) by LAME algorithm quality (-q):")
+    print("mp3 encode only (24 kHz mono, 64 kb/s) by LAME algorithm quality (-q; the gateway uses 7):")
     for quality in ("3", "5", "7"):
         elapsed = best_of(args.repeat, partial(mp3_lame_quality, pcm24, quality))
         print(f"  -q {quality:<5}{mp3_lame_quality(pcm24, quality):>10}{speed(args.seconds, elapsed)}")
     print("\nuploads (file -> decode -> mono -> 16 kHz s16le); ms for the whole clip")
-    print(f"{'format':<10}{'bytes':>10}{'ms':>9}{'speed':>10}{'decode only':>13}{'batched':>9}")
+    print(f"{'format':<10}{'bytes':>10}{'ms':>9}{'speed':>10}{'decode only':>13}{'per frame':>11}")
     for name, (container, codec, rate, channels) in INPUTS.items():
         data = encode_input(samples, container, codec, rate, channels)
         elapsed = best_of(args.repeat, partial(decode_to_pcm, data))
         decode_only = best_of(args.repeat, partial(decode_only_ms, data))
-        batched = best_of(args.repeat, partial(decode_then_resample_once, data))
-        extra = f"{decode_only * 1e3:>10.0f} ms{batched * 1e3:>6.0f} ms"
+        per_frame = best_of(args.repeat, partial(resample_frame_by_frame, data))
+        extra = f"{decode_only * 1e3:>10.0f} ms{per_frame * 1e3:>8.0f} ms"
         print(f"{name:<10}{len(data):>10}{speed(args.seconds, elapsed)}{extra}")
-    print("(decode only: the codec alone; batched: experiment, one resample call for the whole clip)")
+    print("(decode only: the codec alone; per frame: one resample call per codec frame, for comparison)")
     print("\ntargets: mp3 encode >= 100x real time; decode + resample of 60 s <= 150 ms")
+    print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
-def decode_then_resample_once(data: bytes) -> bytes:
-    """Experiment: decode every frame, mix to mono with numpy, then resample the whole clip in ONE call.
-
-    decode_to_pcm (audio/decode.py) resamples frame by frame, which costs a Python round trip per codec
-    frame (2,300 for a minute of 44.1 kHz mp3); this measures what batching would save."""
-    parts: list[np.ndarray] = []
-    rate = RATE
+def resample_frame_by_frame(data: bytes) -> bytes:
+    """For comparison: decode_to_pcm before it gathered frames into blocks, one resample per frame."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+    pieces: list[bytes] = []
     with av.open(io.BytesIO(data)) as container:
         for frame in container.decode(audio=0):
-            rate = frame.sample_rate
-            samples = frame.to_ndarray()
-            channels = len(frame.layout.channels)
-            if not frame.format.is_planar:
-                samples = samples.reshape(-1, channels).T
-            mono = samples.mean(axis=0, dtype=np.float32)
-            if samples.dtype == np.int16:
-                mono /= 32768.0
-            parts.append(mono)
-    whole = av.AudioFrame.from_ndarray(np.concatenate(parts).reshape(1, -1), format="flt", layout="mono")
-    whole.sample_rate = rate
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-    frames = [*resampler.resample(whole), *resampler.resample(None)]
-    return b"".join(f.to_ndarray().tobytes() for f in frames)
+            pieces += [out.to_ndarray().tobytes() for out in resampler.resample(frame)]
+    pieces += [out.to_ndarray().tobytes() for out in resampler.resample(None)]
+    return b"".join(pieces)
 
 
 def decode_only_ms(data: bytes) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import re
 
+import av
 import numpy as np
 import pytest
 
@@ -112,6 +114,29 @@ def test_decode_refuses_non_audio(data: bytes, code: str | None) -> None:
         decode_to_pcm(data)
     if code:
         assert info.value.code == code
+
+
+def test_decode_follows_a_stream_that_changes_rate_and_channels_midway() -> None:
+    # ADTS aac frames each carry their own rate and channel count, so files glued together (as a
+    # recorder that switches settings produces) are one valid stream: all of it must come through.
+    parts = []
+    for rate, layout, freq in ((44_100, "stereo", 500.0), (22_050, "mono", 700.0)):
+        buffer = io.BytesIO()
+        with av.open(buffer, mode="w", format="adts") as container:
+            stream = container.add_stream("aac", rate=rate, layout=layout)
+            samples = np.frombuffer(to_s16(tone(1.0, freq, rate)), dtype="<i2")
+            if layout == "stereo":
+                samples = np.repeat(samples, 2)
+            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout=layout)
+            frame.sample_rate = rate
+            container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        parts.append(buffer.getvalue())
+    samples = pcm_to_array(decode_to_pcm(b"".join(parts))).astype(np.float64) / 32768
+    # Each part keeps the aac encoder's priming and padding (~70 ms).
+    assert len(samples) / 16_000 == pytest.approx(2.0, abs=0.2)
+    assert dominant_frequency(samples[2_000:14_000], 16_000) == pytest.approx(500.0, abs=5)
+    assert dominant_frequency(samples[-14_000:-2_000], 16_000) == pytest.approx(700.0, abs=5)
 
 
 def test_decode_enforces_max_seconds() -> None:

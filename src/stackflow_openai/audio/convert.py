@@ -14,17 +14,18 @@ import av
 import av.error
 import av.filter
 
-from stackflow_openai.audio.pcm import SAMPLE_WIDTH, pcm_frame, pcm_to_array
+from stackflow_openai.audio.formats import MAX_SPEED, MIN_SPEED, SAMPLE_WIDTH
+from stackflow_openai.audio.pcm import pcm_frame, pcm_to_array
 
 __all__ = ["MAX_SPEED", "MIN_SPEED", "PcmConverter", "atempo_stages"]
 
-MIN_SPEED = 0.25  # OpenAI's range for `speed`
-MAX_SPEED = 4.0
 _STAGE_MIN = 0.5  # atempo blends (rather than skips) samples only within [0.5, 2.0]
 _STAGE_MAX = 2.0
-# Input is pushed in short frames because atempo holds back about one input frame: a whole
-# sentence pushed at once would only come out when the next sentence arrives.
-_PUSH_SAMPLES = 1024
+# With atempo, input is pushed in short frames because atempo holds back about one input frame: a
+# whole sentence pushed at once would only come out when the next sentence arrives. Resampling alone
+# holds back only a few samples whatever the frame size, so then a piece is pushed whole (a push is a
+# Python round trip: 1024-sample pushes cost ~6x the resampling itself; the output is identical).
+_ATEMPO_PUSH_SAMPLES = 1024
 
 
 def atempo_stages(speed: float) -> list[float]:
@@ -50,7 +51,9 @@ class PcmConverter:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self.speed = speed
-        self._graph = self._build(atempo_stages(speed))
+        stages = atempo_stages(speed)
+        self._graph = self._build(stages)
+        self._push_samples = _ATEMPO_PUSH_SAMPLES if stages else None
         self._pts = 0
         self._carry = b""  # an odd byte left from a piece that split a sample
         self._finished = False
@@ -75,9 +78,10 @@ class PcmConverter:
         cut = len(data) - len(data) % SAMPLE_WIDTH
         self._carry = data[cut:]
         samples = pcm_to_array(data[:cut])
+        step = self._push_samples or max(1, len(samples))
         out: list[bytes] = []
-        for start in range(0, len(samples), _PUSH_SAMPLES):
-            chunk = samples[start : start + _PUSH_SAMPLES]
+        for start in range(0, len(samples), step):
+            chunk = samples[start : start + step]
             self._graph.push(pcm_frame(chunk, self.in_rate, self._pts))
             self._pts += len(chunk)
             out.append(self._drain())

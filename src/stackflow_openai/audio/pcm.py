@@ -12,6 +12,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from stackflow_openai.audio.formats import DEVICE_RATE, OUTPUT_RATE, SAMPLE_WIDTH, duration_seconds
+
 __all__ = [
     "DEVICE_RATE",
     "OUTPUT_RATE",
@@ -21,19 +23,11 @@ __all__ = [
     "pcm_to_array",
 ]
 
-DEVICE_RATE = 16_000  # what the device's TTS produces and its ASR consumes
-OUTPUT_RATE = 24_000  # what OpenAI's speech endpoint produces (and defines `pcm` as)
-SAMPLE_WIDTH = 2  # bytes per s16 sample
-
 
 def pcm_to_array(pcm: bytes) -> npt.NDArray[np.int16]:
     """A read-only int16 view of s16le PCM; an odd trailing byte (a torn sample) is dropped."""
     usable = len(pcm) - len(pcm) % SAMPLE_WIDTH
     return np.frombuffer(pcm, dtype="<i2", count=usable // SAMPLE_WIDTH)
-
-
-def duration_seconds(pcm: bytes, rate: int) -> float:
-    return (len(pcm) // SAMPLE_WIDTH) / rate
 
 
 def pcm_frame(samples: npt.NDArray[np.int16], rate: int, pts: int) -> av.AudioFrame:

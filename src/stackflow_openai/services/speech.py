@@ -4,7 +4,8 @@ The speech backend yields 16 kHz PCM one sentence at a time (protocol §5.4). Ea
 time-stretch + resampling to 24 kHz (`PcmConverter`) and the format's incremental encoder, and whatever
 bytes the codec has ready are yielded at once, so a client hears the first sentence while later ones are
 still being synthesized. CPU work runs in a worker thread so a long sentence does not stall the event
-loop for other clients.
+loop for other clients; so does opening the renderer, whose first use loads numpy and PyAV
+(`stackflow_openai.audio` loads them on demand).
 """
 
 from __future__ import annotations
@@ -18,15 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stackflow_openai.audio import (
-    DEVICE_RATE,
-    MAX_SPEED,
-    MIN_SPEED,
-    OUTPUT_RATE,
-    PcmConverter,
-    SpeechFormat,
-    open_encoder,
-)
+from stackflow_openai.audio import DEVICE_RATE, MAX_SPEED, MIN_SPEED, OUTPUT_RATE, SpeechFormat
 from stackflow_openai.backends.base import BackendError, ModelEntry, SpeechBackend
 from stackflow_openai.errors import (
     InvalidRequestError,
@@ -121,9 +114,14 @@ class SpeechStream:
 
 
 class _Renderer:
-    """16 kHz device PCM → encoded bytes in the requested format, at `speed`."""
+    """16 kHz device PCM → encoded bytes in the requested format, at `speed`.
+
+    Build it in a worker thread: the first one imports numpy and PyAV (~0.25 s).
+    """
 
     def __init__(self, fmt: SpeechFormat, speed: float) -> None:
+        from stackflow_openai.audio import PcmConverter, open_encoder
+
         self.encoder = open_encoder(fmt, sample_rate=OUTPUT_RATE)
         self.converter = PcmConverter(DEVICE_RATE, OUTPUT_RATE, speed=speed)
 
@@ -149,6 +147,8 @@ async def start_speech(registry: ModelRegistry, request: SpeechRequest) -> Speec
             code="invalid_voice",
         )
     headers = ignored_or_refused(entry, request.ignored_params())
+    # Before synthesis starts, so a cancellation here leaves nothing running on the device.
+    renderer = await asyncio.to_thread(_Renderer, request.response_format, request.speed)
     # Read from helper tasks: a client that leaves must not cancel the backend's own clean-up (generation.py).
     pieces = Detached(backend.synthesize(request.input, voice=voice))
     try:
@@ -158,7 +158,6 @@ async def start_speech(registry: ModelRegistry, request: SpeechRequest) -> Speec
     except BaseException:
         await pieces.aclose()  # e.g. cancelled while waiting: the backend is still running
         raise
-    renderer = _Renderer(request.response_format, request.speed)
     audio = _render(pieces, first, renderer)
     if request.stream_format == "sse":
         usage = _usage(request.input)

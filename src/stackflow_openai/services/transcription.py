@@ -17,23 +17,18 @@ import asyncio
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stackflow_openai.audio import (
-    AudioDecodeError,
-    AudioWindow,
-    Cue,
-    decode_to_pcm,
-    split_windows,
-    to_srt,
-    to_vtt,
-)
+from stackflow_openai.audio import AudioDecodeError, Cue, to_srt, to_vtt
 from stackflow_openai.backends.base import BackendError, ChatBackend, TranscriptionBackend, UnitSettings
 from stackflow_openai.errors import APIError, InvalidRequestError, ServiceUnavailable, to_openai_error
 from stackflow_openai.services.generation import Detached
 from stackflow_openai.services.registry import ModelRegistry, resolve_model
 from stackflow_openai.services.speech import ignored_or_refused
 from stackflow_openai.sse import aclose_quietly, encode_event
+
+if TYPE_CHECKING:
+    from stackflow_openai.audio import AudioWindow
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
@@ -237,19 +232,27 @@ async def prepare_transcription(registry: ModelRegistry, request: TranscriptionR
     native, chat = False, None
     if request.translate:
         native, chat = _translation_mode(registry, entry.id, backend, entry.extra)
-    try:
-        # A 25 MB file can take a second or more to decode: keep the event loop free meanwhile.
-        pcm = await asyncio.to_thread(decode_to_pcm, request.file)
-    except AudioDecodeError as exc:
-        raise InvalidRequestError(exc.message, param="file", code=exc.code) from None
     limit = backend.window_seconds
     # Stay 2 s under the model's limit: its front end may pad or trim a little.
     longest = max(1.0, limit - min(2.0, limit * 0.1))
-    windows = split_windows(pcm, max_seconds=longest, search_seconds=min(4.0, longest / 4))
+    try:
+        # A 25 MB file can take a second or more to decode: keep the event loop free meanwhile.
+        pcm, windows = await asyncio.to_thread(_decode_and_split, request.file, longest)
+    except AudioDecodeError as exc:
+        raise InvalidRequestError(exc.message, param="file", code=exc.code) from None
     language = (
         "english" if request.translate else _language_name(request.language or entry.extra.get("language"))
     )
     return TranscriptionJob(request, backend, pcm, windows, language, headers, native, chat)
+
+
+def _decode_and_split(data: bytes, longest: float) -> tuple[bytes, list[AudioWindow]]:
+    # Imported here, in the worker thread: the first audio request loads numpy and PyAV (~0.25 s),
+    # which a chat-only gateway never needs, without stalling the event loop.
+    from stackflow_openai.audio import decode_to_pcm, split_windows
+
+    pcm = decode_to_pcm(data)
+    return pcm, split_windows(pcm, max_seconds=longest, search_seconds=min(4.0, longest / 4))
 
 
 def _translation_mode(
