@@ -21,13 +21,16 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stackflow_openai.errors import InvalidRequestError
 
 from .prompt import ImageRef
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "ImageLoader", "ImagePolicy", "Resolver", "to_jpeg"]
 
@@ -63,7 +66,11 @@ def _is_public(address: str) -> bool:
 
 
 def to_jpeg(raw: bytes, ref: ImageRef) -> bytes:
-    """JPEG bytes for the device: JPEG input passes through untouched unless it is too large."""
+    """JPEG bytes for the device: JPEG input passes through untouched unless it is too large.
+
+    Runs in a worker thread; Pillow is imported here, on the first image, not by a text-only gateway."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(io.BytesIO(raw)) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
@@ -80,6 +87,8 @@ def to_jpeg(raw: bytes, ref: ImageRef) -> bytes:
 
 
 def _encode_jpeg(image: Image.Image) -> bytes:
+    from PIL import Image, ImageOps
+
     image = ImageOps.exif_transpose(image)  # phone photos: rotate now, the EXIF tag is not kept
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
