@@ -194,11 +194,17 @@ def test_bodies_that_are_not_a_json_object(gateway: Harness, body: bytes) -> Non
     refused(post_raw(gateway, "/chat/completions", body), says="json")
 
 
-def test_huge_max_tokens_is_clamped_to_what_the_device_holds(gateway: Harness) -> None:
+def test_max_tokens_above_the_model_is_clamped_and_beyond_any_model_refused(gateway: Harness) -> None:
     # By design (docs/decisions.md) max_tokens is a cap the gateway enforces, clamped to the model's
-    # capacity after the prompt: an absurd value is not an error, it just means "no cap".
-    r = post(gateway, "/chat/completions", chat("a b", max_tokens=10**30))
+    # capacity after the prompt: clients send defaults such as 4096 to 1023-token device models.
+    r = post(gateway, "/chat/completions", chat("a b", max_tokens=100_000))
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "stop"
+    # A value no model could mean is a mistake: refused, naming the parameter and the bound.
+    for field in ("max_tokens", "max_completion_tokens"):
+        message = refused(post(gateway, "/chat/completions", chat("a b", **{field: 10**30})), param=field)
+        assert "2147483647" in message
+    body = {"model": LLM, "prompt": "a b", "max_tokens": 2**31}
+    refused(post(gateway, "/completions", body), param="max_tokens")
     # A number that is not an integer at all is refused.
     refused(
         post_raw(

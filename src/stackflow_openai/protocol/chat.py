@@ -14,6 +14,7 @@ from .common import StreamOptions, Usage
 
 __all__ = [
     "MAX_N",
+    "MAX_TOKENS_LIMIT",
     "ChatChoice",
     "ChatChunkChoice",
     "ChatCompletion",
@@ -27,6 +28,9 @@ __all__ = [
 ]
 
 MAX_N = 8  # choices run one after another on one device unit: more would only make the client wait
+# A max_tokens above what the model can generate is a cap that cannot bind and is clamped (clients send
+# defaults such as 3000 or 4096 to devices with 1023-token models); one beyond any model is a mistake.
+MAX_TOKENS_LIMIT = 2**31 - 1
 StopParam = str | Annotated[list[str], Field(max_length=4)] | None
 FinishReason = Literal["stop", "length"]
 
@@ -65,8 +69,8 @@ class ChatCompletionRequest(BaseModel):
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     n: int | None = Field(default=None, ge=1, le=MAX_N)
     stop: StopParam = None
     stream: bool | None = None

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .chat import MAX_N, StopParam
+from .chat import MAX_N, MAX_TOKENS_LIMIT, StopParam
 from .common import StreamOptions, Usage
 
 __all__ = ["Completion", "CompletionChoice", "CompletionRequest"]
@@ -19,7 +19,7 @@ class CompletionRequest(BaseModel):
     # Token-id prompts (lists of integers) are not accepted: the device takes text only.
     prompt: str | Annotated[list[str], Field(min_length=1)]
     echo: bool | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     n: int | None = Field(default=None, ge=1, le=MAX_N)
     stop: StopParam = None
     stream: bool | None = None
