@@ -16,6 +16,7 @@ import selectors
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -95,20 +96,33 @@ class Server:
 
 @contextmanager
 def server(*args: str, timeout: float = 60.0) -> Iterator[Server]:
-    """Run `_servers.py ARGS` in its own process until the block ends; yields its pid and port."""
-    process = subprocess.Popen(
-        [sys.executable, str(HERE / "_servers.py"), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    try:
-        yield Server(process, *_ready(process, timeout))
-    finally:
-        assert process.stdin is not None
-        process.stdin.close()  # the server stops when its stdin closes
+    """Run `_servers.py ARGS` in its own process until the block ends; yields its pid and port.
+
+    Its log (the gateway's access lines: one per request) goes to a temporary file, kept and named only
+    if the process fails to start."""
+    prefix = f"stackflow-bench-{args[0]}-"
+    with tempfile.NamedTemporaryFile(prefix=prefix, suffix=".log", delete=False) as log:
+        process = subprocess.Popen(
+            [sys.executable, str(HERE / "_servers.py"), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
         try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+            try:
+                ready = _ready(process, timeout)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc} (its log: {log.name})") from None
+            os.unlink(log.name)
+            yield Server(process, *ready)
+        finally:
+            assert process.stdin is not None
+            process.stdin.close()  # the server stops when its stdin closes
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
 
 
 def _ready(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, str]:
@@ -161,9 +175,10 @@ def chat_body(text: str, *, stream: bool, model: str = LLM, **extra: Any) -> byt
 class StreamResult:
     status: int
     first_content: float | None  # perf_counter when the first event with text arrived
-    content_events: int  # SSE events carrying text (deltas)
+    content_events: int  # SSE events carrying text (one device delta each, or several joined)
     errors: int  # in-band error events
     done: bool  # the stream ended with [DONE]
+    marks: int = 0  # occurrences of the `count` bytes in the events carrying text
 
 
 class RawHttp:
@@ -228,8 +243,9 @@ class RawHttp:
             parts = [piece async for piece in self._chunks(headers)]
         return status, b"".join(parts)
 
-    async def stream(self, path: str, body: bytes) -> StreamResult:
-        """POST and read an SSE response, timing the first event that carries text."""
+    async def stream(self, path: str, body: bytes, *, count: bytes | None = None) -> StreamResult:
+        """POST and read an SSE response, timing the first event that carries text; with `count`, also
+        count its occurrences in the text events (e.g. a word the emulator repeats once per token)."""
         async with asyncio.timeout(_IO_TIMEOUT):
             status, headers = await self._send(path, body)
             result = StreamResult(status, None, 0, 0, False)
@@ -238,11 +254,11 @@ class RawHttp:
                 pending += piece
                 *events, pending = pending.split(b"\n\n")
                 for event in events:
-                    _count_event(event, result)
+                    _count_event(event, result, count)
         return result
 
 
-def _count_event(event: bytes, result: StreamResult) -> None:
+def _count_event(event: bytes, result: StreamResult, count: bytes | None = None) -> None:
     if event == b"data: [DONE]":
         result.done = True
     elif event.startswith(b'data: {"error"'):
@@ -251,5 +267,7 @@ def _count_event(event: bytes, result: StreamResult) -> None:
         if b'"content":""' in event or b'"text":""' in event:
             return
         result.content_events += 1
+        if count is not None:
+            result.marks += event.count(count)
         if result.first_content is None:
             result.first_content = time.perf_counter()

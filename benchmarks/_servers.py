@@ -7,17 +7,20 @@ Each prints `READY <port> ...` on stdout once it listens on 127.0.0.1, then serv
 (the benchmark that started it went away) or it gets SIGTERM. Not a benchmark itself.
 
 The gateway is built the way `stackflow-openai serve` builds it (settings → GatewayRegistry →
-create_app → uvicorn with the same options), so its CPU time and RSS are the product's.
+create_app → uvicorn with the same options, `serve.uvicorn_config`, so httptools when installed), and
+logs as `stackflow-openai serve` does by default (INFO: one access line per request, on stderr), so its
+CPU time and RSS are the product's.
 
 Benchmark-only knobs, neither of which a real device has:
 - `--answer-tokens N`: every LLM answer is N pieces of " hello" (one Qwen token each) instead of the
   scripted engine's "You said ..." sentence, so one request streams N/3 deltas (the unit groups 3
-  tokens per delta). Relay throughput needs long streams.
+  tokens per delta). Relay throughput needs long streams. With `--delta-interval MS`, one delta per
+  MS milliseconds instead of all at once.
 - `--llm-limit N` / `--unit-limit N`: raise the llm unit's instance limit on the emulator (device: 2)
   and in the gateway's pool, for the "pools that allow 256 streams" configuration.
 
-Experiments (docs/performance.md): with httptools on the path uvicorn uses it instead of h11; with
-BENCH_UVLOOP=1 (and uvloop installed) the processes run on uvloop. The product installs neither.
+Experiments (docs/performance.md): BENCH_HTTP=h11 serves with uvicorn's h11 instead of httptools;
+with BENCH_UVLOOP=1 (and uvloop installed) the processes run on uvloop, which the product does not use.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -33,15 +37,18 @@ from collections.abc import AsyncIterator
 __all__ = ["main"]
 
 
-def _long_answer_engine(tokens: int) -> object:
+def _long_answer_engine(tokens: int, interval: float) -> object:
     from stackflow_openai.emulator import ScriptedEngine
     from stackflow_openai.emulator.engines.scripted import ScriptedLlmSession
+    from stackflow_openai.emulator.units.llm import GROUP_TOKENS
 
     class LongSession(ScriptedLlmSession):
         async def generate(
             self, prompt: str, *, images: list[bytes], max_new_tokens: int
         ) -> AsyncIterator[str]:
-            for _ in range(min(tokens, max_new_tokens)):
+            for i in range(min(tokens, max_new_tokens)):
+                if interval and i and i % GROUP_TOKENS == 0:
+                    await asyncio.sleep(interval)  # one delta per interval
                 yield " hello"
 
     class LongAnswerEngine(ScriptedEngine):
@@ -74,7 +81,11 @@ async def _wait_for_exit() -> None:
 async def run_emulator(args: argparse.Namespace) -> None:
     from stackflow_openai.emulator import Emulator, ScriptedEngine
 
-    engine = _long_answer_engine(args.answer_tokens) if args.answer_tokens else ScriptedEngine()
+    engine = (
+        _long_answer_engine(args.answer_tokens, args.delta_interval / 1000)
+        if args.answer_tokens
+        else ScriptedEngine()
+    )
     emulator = Emulator(engine=engine, hwinfo_delay=0.05, cmm_total_kib=1 << 40)
     if args.llm_limit:
         emulator.units["llm"].limit = args.llm_limit  # a ClassVar on the unit class: shadowed here
@@ -86,13 +97,19 @@ async def run_emulator(args: argparse.Namespace) -> None:
         await emulator.stop()
 
 
+# What `stackflow-openai` (cli.main) configures before serving, with its default --log-level info.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 async def run_gateway(args: argparse.Namespace) -> None:
     import uvicorn
 
     from stackflow_openai.app import create_app
     from stackflow_openai.backends.registry import GatewayRegistry
     from stackflow_openai.config import PoolSettings, Settings, parse_device
-    from stackflow_openai.serve import http_settings
+    from stackflow_openai.serve import http_settings, uvicorn_config
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
     settings = Settings(
         devices=[parse_device(args.device)],
@@ -103,8 +120,9 @@ async def run_gateway(args: argparse.Namespace) -> None:
         for device in registry.devices:
             device.pool.unit_limits["llm"] = args.unit_limit
     app = create_app(registry, http_settings(settings))
-    # The same uvicorn options as `stackflow-openai serve` (serve.py).
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn_config(app, "127.0.0.1", 0)  # the options of `stackflow-openai serve`
+    if os.environ.get("BENCH_HTTP"):  # experiment: another HTTP implementation
+        config.http = os.environ["BENCH_HTTP"]
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # stop through stdin EOF / our own handlers
     task = asyncio.ensure_future(server.serve())
@@ -131,6 +149,7 @@ def main() -> None:
     emu = sub.add_parser("emulator")
     emu.add_argument("--answer-tokens", type=int, default=0)
     emu.add_argument("--llm-limit", type=int, default=0)
+    emu.add_argument("--delta-interval", type=float, default=0.0, help="ms between deltas (--answer-tokens)")
     gw = sub.add_parser("gateway")
     gw.add_argument("--device", required=True)
     gw.add_argument("--queue-limit", type=int, default=32)

@@ -301,3 +301,32 @@ def test_decoder_survives_arbitrary_split_points(payloads: list[Any], cuts: list
         got.extend(decoder.feed(stream[start:end]))
     assert [r.raw for r in got] == replies
     assert decoder.discarded == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kinds=st.lists(
+        st.sampled_from(["reply", "garbage", "glued", "blank", "half_open", "half_close", "number"]),
+        min_size=2,
+        max_size=8,
+    )
+)
+def test_many_lines_in_one_read_decode_as_line_by_line(kinds: list[str]) -> None:
+    # A read of several lines is decoded in one parser call when every line is one object; any other
+    # line sends the whole read to the line-by-line path. Either way: the same replies and discards.
+    pieces = {
+        "reply": line("r", {"delta": "a}b", "finish": False, "index": 0}),
+        "garbage": b"not json\n",
+        "glued": line("g1", "x").rstrip(b"\n") + line("g2", "y"),
+        "blank": b"\n",
+        "half_open": b'{"request_id":"h","data":[1\n',
+        "half_close": b"2]}\n",
+        "number": b"42\n",
+    }
+    data = b"".join(pieces[kind] for kind in kinds)
+    together = ReplyDecoder()
+    got = [(r.request_id, r.data) for r in together.feed(data)]
+    one_by_one = ReplyDecoder()
+    expected = [(r.request_id, r.data) for kind in kinds for r in one_by_one.feed(pieces[kind])]
+    assert got == expected
+    assert together.discarded == one_by_one.discarded

@@ -510,11 +510,12 @@ async def drive_asgi(
 
 
 async def test_client_disconnect_mid_stream_closes_the_backend_generator() -> None:
-    """After three SSE events the client goes away while the backend waits for its next delta: the
-    generator must be closed and the lease released, their clean-up not cut short by the cancellation."""
+    """After two SSE events (the role, then "ab": both deltas were there at once, so they travel as one
+    event) the client goes away while the backend waits for its next delta: the generator must be
+    closed and the lease released, their clean-up not cut short by the cancellation."""
     backend = FakeChatBackend(script=["a", "b", Pause(None), "never"])
     sent = await drive_asgi(
-        make_app([chat_entry("qwen", backend)]), user("Hi", stream=True), disconnect_after=3
+        make_app([chat_entry("qwen", backend)]), user("Hi", stream=True), disconnect_after=2
     )
     generation = backend.generations[0]
     await asyncio.wait_for(generation.closed_event.wait(), timeout=5)

@@ -2,13 +2,11 @@
 
 The max_tokens limiter used to count the whole text on every delta, so a long stream cost time
 quadratic in its length; it now counts a prefix once and the tail per delta, which must give exactly
-the same cuts as counting everything every time. The per-delta chat chunk skips pydantic and must stay
-the same JSON.
+the same cuts as counting everything every time. Stream chunks skip pydantic (text events are framed
+from a template) and must stay the same bytes.
 """
 
 from __future__ import annotations
-
-import json
 
 import pytest
 from hypothesis import given, settings
@@ -16,10 +14,19 @@ from hypothesis import strategies as st
 
 from fakes import FakeChatBackend, tokenizers
 from stackflow_openai.backends.base import UnitSettings
-from stackflow_openai.protocol import ChatChunkChoice
-from stackflow_openai.services.chat import ChatService, _Plan
+from stackflow_openai.protocol import (
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    Completion,
+    CompletionChoice,
+    Usage,
+)
+from stackflow_openai.services.chat import _ChatChunks
+from stackflow_openai.services.common import GenerationPlan
+from stackflow_openai.services.completions import _CompletionChunks
 from stackflow_openai.services.generation import Job
 from stackflow_openai.services.limiter import OutputLimiter
+from stackflow_openai.sse import encode_event
 from stackflow_openai.tokens import EstimateCounter, TokenCounter
 
 QWEN = tokenizers().get("qwen")
@@ -111,23 +118,61 @@ def test_the_same_cuts_as_counting_everything_every_time(
         assert fast == exact
 
 
-@pytest.mark.parametrize("include_usage", [False, True])
-def test_the_direct_text_chunk_is_the_models_chunk(include_usage: bool) -> None:
-    # The per-delta chunk is built without pydantic for speed; it must stay identical to the model's.
-    plan = _Plan(
+def plan_for_chunks(include_usage: bool) -> GenerationPlan:
+    return GenerationPlan(
         id="chatcmpl-1",
         created=1700000000,
         model="m",
         backend=FakeChatBackend(),
         settings=UnitSettings(system_prompt="s", max_token_len=1023),
-        job=Job("p", [], 10),
-        n=1,
+        jobs=[Job("p", [], 10)] * 3,
         stops=[],
         counter=QWEN,
         prompt_tokens=3,
         include_usage=include_usage,
     )
-    for text in ("hello", "", '{"a": "\\u00e9"}', "日本 😀"):
-        expected = ChatService._chunk(plan, [ChatChunkChoice(index=2, delta={"content": text})])
-        assert ChatService._text_chunk(plan, 2, text) == expected
-        assert json.dumps(ChatService._text_chunk(plan, 2, text)) == json.dumps(expected)  # key order too
+
+
+TEXTS = ("hello", "", '{"a": "\\u00e9"}', "日本 😀", "\x00text\x00", "line\nbreak \u2028")
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_the_direct_chat_chunks_are_the_models_chunks(include_usage: bool) -> None:
+    # Chat chunks are built without pydantic, and text events from a template, for speed: the bytes on
+    # the wire must stay identical to encoding the model's chunk (key order included).
+    plan = plan_for_chunks(include_usage)
+    chunks = _ChatChunks(plan)
+
+    def model_chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> dict[str, object]:
+        chunk = ChatCompletionChunk(
+            id=plan.id, created=plan.created, model=plan.model, choices=choices, usage=usage
+        ).model_dump(mode="json")
+        if not include_usage:
+            del chunk["usage"]
+        return chunk
+
+    for text in TEXTS:
+        expected = model_chunk([ChatChunkChoice(index=2, delta={"content": text})])
+        assert chunks.text(2, text) == encode_event(expected)
+    role = model_chunk([ChatChunkChoice(index=1, delta={"role": "assistant", "content": ""})])
+    assert encode_event(chunks.started(1)) == encode_event(role)  # type: ignore[arg-type]
+    end = model_chunk([ChatChunkChoice(index=1, delta={}, finish_reason="length")])
+    assert encode_event(chunks.finished(1, "length")) == encode_event(end)  # type: ignore[arg-type]
+    usage = Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
+    if include_usage:
+        expected_usage = model_chunk([], usage)
+        assert encode_event(chunks.usage(usage)) == encode_event(expected_usage)  # type: ignore[arg-type]
+
+
+def test_the_completion_text_event_is_the_models_chunk() -> None:
+    plan = plan_for_chunks(False)
+    chunks = _CompletionChunks(plan, echo=False)
+    for text in TEXTS:
+        expected = Completion(
+            id=plan.id,
+            created=plan.created,
+            model=plan.model,
+            choices=[CompletionChoice(text=text, index=1, finish_reason=None)],
+        ).model_dump(mode="json")
+        del expected["usage"]
+        assert chunks.text(1, text) == encode_event(expected)

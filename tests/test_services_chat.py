@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -37,6 +38,14 @@ def body(**extra: Any) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": "Hi"}], **extra}
 
 
+def as_object(chunk: dict[str, Any] | bytes) -> dict[str, Any]:
+    """A stream chunk as the client sees it: text deltas come as SSE events already framed."""
+    if isinstance(chunk, bytes):
+        assert chunk.startswith(b"data: ") and chunk.endswith(b"\n\n")
+        return json.loads(chunk[6:])  # type: ignore[no-any-return]
+    return chunk
+
+
 async def test_json_result_with_ignored_header() -> None:
     result = await chat_service(FakeChatBackend()).create(body(seed=1))
     assert isinstance(result, JsonResult)
@@ -45,12 +54,12 @@ async def test_json_result_with_ignored_header() -> None:
 
 
 async def test_closing_a_stream_early_closes_the_generation_and_the_lease() -> None:
-    backend = FakeChatBackend(script=["a", "b", "c", "d"])
+    backend = FakeChatBackend(script=["a", Pause(None), "b", "c"])  # the device is still generating
     result = await chat_service(backend).create(body(stream=True))
     assert isinstance(result, StreamResult)
-    first = await anext(result.chunks)
+    first = as_object(await anext(result.chunks))
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert (await anext(result.chunks))["choices"][0]["delta"] == {"content": "a"}
+    assert as_object(await anext(result.chunks))["choices"][0]["delta"] == {"content": "a"}
     await result.chunks.aclose()
     generation, lease = backend.generations[0], backend.leases[0]
     assert generation.closed and generation.exited_early and generation.cleanup_done
@@ -104,17 +113,27 @@ async def test_generate_choices_events_in_order() -> None:
     events = [
         e async for e in generate_choices(backend, settings, jobs, counter=tokenizers().get("qwen"), stops=[])
     ]
+    # The fake yields both deltas of a choice at once, as a device whose deltas are already queued: they
+    # come out as one text event (the batching of generation._ChoiceReader).
     assert events == [
         ChoiceStarted(0),
-        ChoiceText(0, "x"),
-        ChoiceText(0, " #0"),
+        ChoiceText(0, "x #0"),
         ChoiceFinished(0, "stop", "x #0", 3),
         ChoiceStarted(1),
-        ChoiceText(1, "y"),
-        ChoiceText(1, " #1"),
+        ChoiceText(1, "y #1"),
         ChoiceFinished(1, "stop", "y #1", 3),
     ]
     assert len(backend.leases) == 1
+
+
+async def test_deltas_that_come_one_by_one_are_sent_one_by_one() -> None:
+    # At device speed each delta is its own chunk; only deltas already waiting are joined (above).
+    backend = FakeChatBackend(script=["a", "b", "c"], delay=0.01)
+    result = await chat_service(backend).create(body(stream=True))
+    assert isinstance(result, StreamResult)
+    chunks = [as_object(c) async for c in result.chunks]
+    texts = [c["choices"][0]["delta"].get("content") for c in chunks]
+    assert texts == ["", "a", "b", "c", None]  # role, three deltas, finish
 
 
 async def test_empty_generation_still_finishes() -> None:
@@ -132,7 +151,7 @@ async def test_completion_service_stream_closes_on_stop() -> None:
         {"model": "m", "prompt": "p", "stream": True, "stop": "STOP"}
     )
     assert isinstance(result, StreamResult)
-    texts = [c["choices"][0]["text"] async for c in result.chunks]
+    texts = [as_object(c)["choices"][0]["text"] async for c in result.chunks]
     assert "".join(texts) == "a b " and backend.generations[0].exited_early
 
 

@@ -6,25 +6,29 @@
 completion_service, model_service. The lifespan starts the registry, loads the tokenizers its models
 need (in a thread), and on shutdown closes the image client and stops the registry.
 
-Middlewares, outermost first: CORS (only when origins are configured), request id + access log +
-metrics, API keys, body limits, and the last-resort 500. Routes: the OpenAI ones under /v1, and
-/health, /ready, /metrics (routers/health.py).
+Middlewares, outermost first: CORS (only when origins are configured), then ONE operations middleware
+(`_Operations`): request id + access log + metrics, API keys, body limits, the last-resort 500, and the
+two hot routes served without FastAPI's routing. Routes: the OpenAI ones under /v1, and /health,
+/ready, /metrics (routers/health.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stackflow_openai import __version__
 from stackflow_openai.backends.base import BackendError
@@ -33,8 +37,10 @@ from stackflow_openai.ops.auth import ApiKeyAuth
 from stackflow_openai.ops.limits import BodyLimit
 from stackflow_openai.ops.metrics import Metrics
 from stackflow_openai.ops.observe import ObservedService
-from stackflow_openai.ops.reqlog import REQUEST_ID_HEADER, ObserveRequests
+from stackflow_openai.ops.reqlog import REQUEST_ID_HEADER, RequestObservation
 from stackflow_openai.routers import audio_router, chat_router, completions_router, models_router
+from stackflow_openai.routers.chat import create_chat_completion
+from stackflow_openai.routers.completions import create_completion
 from stackflow_openai.routers.health import router as health_router
 from stackflow_openai.services import (
     ChatService,
@@ -97,30 +103,79 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-class _UnexpectedErrors:
-    """Last resort: an exception no handler knows becomes a logged 500 in OpenAI's shape (never a
-    traceback body). Pure ASGI, so streaming responses pass through untouched."""
+Endpoint = Callable[[StarletteRequest], Awaitable[Response]]
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class _Operations:
+    """The operations layer as ONE pure ASGI middleware: request id, access log line and request metrics
+    (ops/reqlog.py), API keys (ops/auth.py), body limits (ops/limits.py), and the last resort: an
+    exception no handler knows becomes a logged 500 in OpenAI's shape (never a traceback body).
+
+    These were four middlewares, and every message of every response went through each of them. The
+    hot routes (POST /v1/chat/completions and /v1/completions) are also served from here, straight to
+    their endpoint functions: FastAPI's routing, dependency and exception layers cost about as much as
+    the rest of the gateway's own work per request (docs/performance.md). The routes stay declared in
+    FastAPI (OpenAPI document, 405 for other methods); errors get the same handling (`to_openai_error`).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        auth: ApiKeyAuth,
+        limits: BodyLimit,
+        hot_routes: dict[str, tuple[BaseRoute, Endpoint]],
+    ) -> None:
         self.app = app
+        self.metrics = metrics
+        self.auth = auth
+        self.limits = limits
+        self.hot_routes = hot_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        observation = RequestObservation(scope, send, self.metrics)
+        send = observation.send
         try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            if started:
-                raise  # half a response is out: only closing the connection is left
-            await _error_response(exc)(scope, receive, send)
+            refusal = self.auth.refusal(scope) or self.limits.refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+            receive = observation.receive(self.limits.counted(scope, receive))
+            hot = self.hot_routes.get(scope["path"]) if scope["method"] == "POST" else None
+            try:
+                if hot is not None and not scope.get("root_path"):
+                    await _serve_hot(hot, scope, receive, send)
+                else:
+                    await self.app(scope, receive, send)
+            except Exception as exc:
+                if observation.started:
+                    raise  # half a response is out: only closing the connection is left
+                await _error_response(exc)(scope, receive, send)
+        finally:
+            observation.finish()
+
+
+async def _serve_hot(hot: tuple[BaseRoute, Endpoint], scope: Scope, receive: Receive, send: Send) -> None:
+    route, endpoint = hot
+    scope["route"] = route  # what the router would set: the metrics' route label
+    try:
+        response = await endpoint(StarletteRequest(scope, receive, send))
+    except Exception as exc:  # what the app's exception handlers do (errors raised before a response)
+        response = _error_response(exc)
+    await response(scope, receive, send)
+
+
+def _hot_routes() -> dict[str, tuple[BaseRoute, Endpoint]]:
+    hot: dict[str, tuple[BaseRoute, Endpoint]] = {}
+    for router, endpoint in ((chat_router, create_chat_completion), (completions_router, create_completion)):
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.endpoint is endpoint and "POST" in (route.methods or ()):
+                hot[route.path] = (route, endpoint)
+    return hot
 
 
 def create_app(
@@ -183,15 +238,17 @@ def create_app(
 
 def _add_middlewares(app: FastAPI, settings: HttpSettings, metrics: Metrics) -> None:
     # add_middleware puts each new one outside the previous ones: innermost first.
-    app.add_middleware(_UnexpectedErrors)
-    app.add_middleware(BodyLimit, default=settings.max_body_bytes)
     app.add_middleware(
-        ApiKeyAuth,
-        keys=settings.api_keys,
-        protect_health=settings.protect_health,
-        protect_metrics=settings.protect_metrics,
+        _Operations,
+        metrics=metrics,
+        auth=ApiKeyAuth(
+            settings.api_keys,
+            protect_health=settings.protect_health,
+            protect_metrics=settings.protect_metrics,
+        ),
+        limits=BodyLimit(default=settings.max_body_bytes),
+        hot_routes=_hot_routes(),
     )
-    app.add_middleware(ObserveRequests, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from stackflow_openai.errors import error_body
 
@@ -28,17 +28,15 @@ _WRONG = "Incorrect API key provided."
 
 
 class ApiKeyAuth:
-    """Pure ASGI middleware (streaming responses pass through untouched)."""
+    """The API key check of the operations middleware (app.py), which calls `refusal` per request."""
 
     def __init__(
         self,
-        app: ASGIApp,
-        *,
         keys: Sequence[str],
+        *,
         protect_health: bool = False,
         protect_metrics: bool = False,
     ) -> None:
-        self.app = app
         self._keys = [k.encode("utf-8") for k in keys if k]
         open_paths: list[str] = []
         if not protect_health:
@@ -47,18 +45,16 @@ class ApiKeyAuth:
             open_paths += _METRICS_PATHS
         self._open = frozenset(open_paths)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._keys or self._is_open(scope):
-            await self.app(scope, receive, send)
-            return
+    def refusal(self, scope: Scope) -> Response | None:
+        """The 401 for a request without a valid key, or None when it may pass."""
+        if not self._keys or self._is_open(scope):
+            return None
         token = _bearer(scope)
         if token is not None and self._valid(token):
-            await self.app(scope, receive, send)
-            return
+            return None
         message = _MISSING if token is None else _WRONG
         body = error_body(message, "invalid_request_error", None, "invalid_api_key")
-        response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        await response(scope, receive, send)
+        return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
     def _is_open(self, scope: Scope) -> bool:
         # CORS preflights carry no credentials; no route answers OPTIONS with data.

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive, Scope
 
 from stackflow_openai.errors import APIError, to_openai_error
 from stackflow_openai.services.transcription import MAX_UPLOAD_BYTES, file_too_large
@@ -28,27 +28,36 @@ class RequestTooLarge(APIError):
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, *, default: int, per_path: Mapping[str, int] | None = None) -> None:
-        self.app = app
+    """The body limits of the operations middleware (app.py): `refusal` before the request is served,
+    `counted` around its `receive`."""
+
+    def __init__(self, *, default: int, per_path: Mapping[str, int] | None = None) -> None:
         self.default = default
         self.per_path = (
             dict(per_path) if per_path is not None else dict.fromkeys(_AUDIO_ROUTES, AUDIO_UPLOAD_LIMIT)
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.per_path.get(scope.get("path", "").rstrip("/"), self.default)
-        audio = scope.get("path", "").rstrip("/") in _AUDIO_ROUTES
+    def _limit(self, scope: Scope) -> tuple[int, bool]:
+        path = scope.get("path", "").rstrip("/")
+        return self.per_path.get(path, self.default), path in _AUDIO_ROUTES
+
+    def refusal(self, scope: Scope) -> Response | None:
+        """The 413 for a declared Content-Length over the limit, or None."""
         declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            status, body, headers = to_openai_error(_too_large(limit, declared, audio))
-            await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
-            return
+        if declared is None:
+            return None
+        limit, audio = self._limit(scope)
+        if declared <= limit:
+            return None
+        status, body, headers = to_openai_error(_too_large(limit, declared, audio))
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    def counted(self, scope: Scope, receive: Receive) -> Receive:
+        """`receive` that raises the 413 error as soon as the body read so far passes the limit."""
+        limit, audio = self._limit(scope)
         seen = 0
 
-        async def counted() -> Message:
+        async def counted_receive() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
@@ -57,7 +66,7 @@ class BodyLimit:
                     raise _too_large(limit, None, audio)
             return message
 
-        await self.app(scope, counted, send)
+        return counted_receive
 
 
 def _too_large(limit: int, size: int | None, audio: bool) -> APIError:

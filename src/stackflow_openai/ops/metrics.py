@@ -50,13 +50,22 @@ class Metrics:
         self.device_errors = Counter(f"{_P}_device_errors", "device failures by StackFlow error code",
                                      ["device", "code"], registry=r)  # fmt: skip
         r.register(_DeviceCollector(devices))
+        # Label children by label values, as `labels()` looks them up under a lock with checks on every
+        # call (several times per request). The keys are the metrics' own series: no more of them.
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._token_series: dict[str, tuple[Any, Any]] = {}
+        self._ttft_series: dict[str, Any] = {}
+        self._wait_series: dict[tuple[str, str], Any] = {}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     # ---- DeviceObserver --------------------------------------------------------------------------
     def queue_wait(self, device: str, model: str, seconds: float) -> None:
-        self.waits.labels(device, model).observe(seconds)
+        child = self._wait_series.get((device, model))  # once per request: see __init__
+        if child is None:
+            child = self._wait_series[(device, model)] = self.waits.labels(device, model)
+        child.observe(seconds)
 
     def unit_setup(self, device: str, model: str, seconds: float) -> None:
         self.setups.labels(device, model).observe(seconds)
@@ -64,14 +73,38 @@ class Metrics:
     def device_error(self, device: str, code: str) -> None:
         self.device_errors.labels(device, code).inc()
 
+    # ---- requests (ops/reqlog.py) -----------------------------------------------------------------
+    def request(self, method: str, route: str, status: int, seconds: float, error: str | None) -> None:
+        """One answered HTTP request: counted, timed, and counted as an error by code when >= 400."""
+        series = self._request_series.get((method, route, status))
+        if series is None:
+            series = (self.requests.labels(method, route, str(status)), self.latency.labels(route))
+            self._request_series[(method, route, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
+        if status >= 400:
+            self.errors.labels(error or f"http_{status}", str(status)).inc()
+
     # ---- services --------------------------------------------------------------------------------
     def usage(self, model: str, usage: Any) -> None:
         if not isinstance(usage, dict):
             return
-        for kind in ("prompt", "completion"):
-            value = usage.get(f"{kind}_tokens")
+        series = self._token_series.get(model)
+        if series is None:
+            series = self._token_series[model] = (
+                self.tokens.labels(model, "prompt"),
+                self.tokens.labels(model, "completion"),
+            )
+        for child, key in zip(series, ("prompt_tokens", "completion_tokens"), strict=True):
+            value = usage.get(key)
             if isinstance(value, int) and value > 0:
-                self.tokens.labels(model, kind).inc(value)
+                child.inc(value)
+
+    def first_token(self, model: str, seconds: float) -> None:
+        child = self._ttft_series.get(model)
+        if child is None:
+            child = self._ttft_series[model] = self.ttft.labels(model)
+        child.observe(seconds)
 
 
 class _DeviceCollector(Collector):

@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from stackflow_openai.errors import APIError, InvalidRequestError
 from stackflow_openai.services import JsonResult, ProxyResult, ServiceResult, StreamResult
@@ -20,6 +21,28 @@ __all__ = ["client_gone", "read_json_body", "serve_json_request", "to_response"]
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # nginx's "client closed request": nobody receives it, but logs show what happened
+# Starlette's JSONResponse calls json.dumps with options, which builds a new encoder for every response.
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+class _JsonResponse(Response):
+    """The JSON response of a service: Starlette's JSONResponse bytes and headers, built directly (its
+    json.dumps with options builds an encoder per response, and its header handling is generic)."""
+
+    media_type = "application/json"
+
+    def __init__(self, content: Any, headers: Mapping[str, str]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body = _JSON.encode(content).encode("utf-8")
+        # The services' headers (X-Ignored-Params) never name the two set here.
+        raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+        raw += [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+        self.raw_headers = raw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def client_gone() -> APIError:
@@ -50,7 +73,8 @@ async def read_json_body(request: Request) -> dict[str, Any]:
     except ClientDisconnect:
         raise client_gone() from None
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        # json.loads(raw, parse_constant=...) would build a decoder per call: the same steps, shared.
+        body = _BODY_JSON.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
     except RecursionError:
@@ -80,6 +104,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON value")
 
 
+_BODY_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _lone_surrogate_at(body: Any) -> str | None:
     """The location (`messages[0].content`) of the first key or string holding a lone surrogate."""
     pending: list[tuple[str, Any]] = [("", body)]
@@ -101,7 +128,7 @@ def _lone_surrogate_at(body: Any) -> str | None:
 
 async def to_response(result: ServiceResult) -> Response:
     if isinstance(result, JsonResult):
-        return JSONResponse(result.body, headers=result.headers)
+        return _JsonResponse(result.body, headers=result.headers)
     if isinstance(result, StreamResult):
         # Produce the first chunk before the 200 goes out: a busy pool, an unknown image or a device
         # that refuses the input still get a proper HTTP error status instead of an in-band one.
@@ -126,24 +153,37 @@ async def serve_json_request(
 ) -> Response:
     """Read the body, run the service and build the response; if the client disconnects before the
     response is ready (waiting for a unit, or a whole non-stream generation), cancel the work so the
-    device stops generating for nobody. Streams watch for disconnects themselves once they start."""
+    device stops generating for nobody. Streams watch for disconnects themselves once they start.
+
+    The work runs in this task, and a watcher task cancels it (one plain cancellation, which the
+    services' clean-up survives) when the disconnect comes: a second task for the work cost an
+    event-loop round trip per request (docs/performance.md)."""
     body = await read_json_body(request)
-
-    async def produce() -> Response:
-        return await to_response(await create(body))
-
-    work = asyncio.ensure_future(produce())
+    task = asyncio.current_task()
+    assert task is not None
     watcher = asyncio.ensure_future(_disconnected(request))
+    watching = True
+    gone = False
+
+    def on_disconnect(done: asyncio.Future[None]) -> None:
+        nonlocal gone
+        if done.cancelled():
+            return
+        done.exception()  # retrieved: a failed receive counts as a client gone too
+        if watching:  # not once the work is over (this callback may run an iteration later)
+            gone = True
+            task.cancel()
+
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.wait({work})
-    if work.cancelled():
+        return await to_response(await create(body))
+    except asyncio.CancelledError:
+        if not gone or task.uncancel() > 0:
+            raise  # not (only) ours: e.g. the server shutting down
         log.info(
             "%s %s: the client disconnected before the response was ready", request.method, request.url.path
         )
         return Response(status_code=CLIENT_CLOSED)
-    return work.result()
+    finally:
+        watching = False
+        watcher.cancel()

@@ -16,31 +16,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 from stackflow_openai.backends.base import ChatBackend, ModelEntry, UnitSettings
 from stackflow_openai.errors import InvalidRequestError
-from stackflow_openai.protocol import (
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ResponseMessage,
-    Usage,
-)
-from stackflow_openai.tokens import TokenCounter, Tokenizers
+from stackflow_openai.protocol import ChatCompletionRequest, Usage
+from stackflow_openai.sse import text_event_encoder
+from stackflow_openai.tokens import Tokenizers
 
 from .common import (
+    Chunk,
+    GenerationPlan,
     JsonResult,
     ProxyResult,
     ServiceResult,
     StreamResult,
     check_n,
+    collect_choices,
     forward_or_backend,
     new_id,
     parse_body,
@@ -48,31 +42,19 @@ from .common import (
     require_text,
     run_counting,
     stop_list,
+    stream_choices,
     token_budget,
 )
-from .generation import ChoiceEvent, ChoiceFinished, ChoiceStarted, ChoiceText, Job, generate_choices
+from .generation import Job
 from .images import ImageLoader
+from .limiter import FinishReason
 from .prompt import DEFAULT_SYSTEM_PROMPT, fit_prompt, parse_messages
 from .registry import ModelRegistry, resolve_model
 
 __all__ = ["ChatService"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    id: str
-    created: int
-    model: str
-    backend: ChatBackend
-    settings: UnitSettings
-    job: Job
-    n: int
-    stops: list[str]
-    counter: TokenCounter
-    prompt_tokens: int
-    include_usage: bool
+_PLACEHOLDER = "\x00text\x00"  # marks where the text goes while a template is built (any string would do)
 
 
 class ChatService:
@@ -92,10 +74,13 @@ class ChatService:
         headers = report_ignored(request, body, entry)
         plan = await self._plan(request, entry, backend)
         if request.stream:
-            return StreamResult(self._stream(plan), headers)
-        return JsonResult(await self._collect(plan), headers)
+            usage: dict[str, int] = {}
+            return StreamResult(stream_choices(plan, _ChatChunks(plan), usage), headers, usage)
+        return JsonResult(await _collect(plan), headers)
 
-    async def _plan(self, request: ChatCompletionRequest, entry: ModelEntry, backend: ChatBackend) -> _Plan:
+    async def _plan(
+        self, request: ChatCompletionRequest, entry: ModelEntry, backend: ChatBackend
+    ) -> GenerationPlan:
         n = check_n(request.n, entry)
         info = backend.info
         conversation = parse_messages(request.messages)
@@ -132,88 +117,79 @@ class ChatService:
         include_usage = bool(
             request.stream and request.stream_options and request.stream_options.include_usage
         )
-        return _Plan(
+        return GenerationPlan(
             id=new_id("chatcmpl"),
             created=int(time.time()),
             model=entry.id,
             backend=backend,
             settings=settings,
-            job=Job(fitted.user_text, images, budget),
-            n=n,
+            jobs=[Job(fitted.user_text, images, budget)] * n,
             stops=stop_list(request.stop),
             counter=self._tokenizers.for_model(info),
             prompt_tokens=fitted.prompt_tokens,
             include_usage=include_usage,
         )
 
-    def _events(self, plan: _Plan) -> AsyncGenerator[ChoiceEvent, None]:
-        return generate_choices(
-            plan.backend, plan.settings, [plan.job] * plan.n, counter=plan.counter, stops=plan.stops
-        )
 
-    async def _collect(self, plan: _Plan) -> dict[str, Any]:
-        choices: list[ChatChoice] = []
-        completion_tokens = 0
-        async with aclosing(self._events(plan)) as events:
-            async for event in events:
-                if isinstance(event, ChoiceFinished):
-                    completion_tokens += event.completion_tokens
-                    message = ResponseMessage(content=event.text)
-                    choices.append(
-                        ChatChoice(index=event.index, message=message, finish_reason=event.finish_reason)
-                    )
-        usage = Usage(
-            prompt_tokens=plan.prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=plan.prompt_tokens + completion_tokens,
-        )
-        response = ChatCompletion(
-            id=plan.id, created=plan.created, model=plan.model, choices=choices, usage=usage
-        )
-        return response.model_dump(mode="json")
+async def _collect(plan: GenerationPlan) -> dict[str, Any]:
+    """The chat.completion object (built directly, in the field order of protocol.ChatCompletion)."""
+    finished, usage = await collect_choices(plan)
+    choices = [
+        {
+            "index": choice.index,
+            "message": {"role": "assistant", "content": choice.text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": choice.finish_reason,
+        }
+        for choice in finished
+    ]
+    return {
+        "id": plan.id,
+        "object": "chat.completion",
+        "created": plan.created,
+        "model": plan.model,
+        "choices": choices,
+        "usage": usage.model_dump(),
+    }
 
-    async def _stream(self, plan: _Plan) -> AsyncGenerator[dict[str, Any], None]:
-        completion_tokens = 0
-        async with aclosing(self._events(plan)) as events:
-            async for event in events:
-                if isinstance(event, ChoiceStarted):
-                    choice = ChatChunkChoice(index=event.index, delta={"role": "assistant", "content": ""})
-                elif isinstance(event, ChoiceText):
-                    yield self._text_chunk(plan, event.index, event.text)
-                    continue
-                else:
-                    completion_tokens += event.completion_tokens
-                    choice = ChatChunkChoice(index=event.index, delta={}, finish_reason=event.finish_reason)
-                yield self._chunk(plan, [choice])
-        if plan.include_usage:
-            usage = Usage(
-                prompt_tokens=plan.prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=plan.prompt_tokens + completion_tokens,
-            )
-            yield self._chunk(plan, [], usage)
 
-    @staticmethod
-    def _text_chunk(plan: _Plan, index: int, text: str) -> dict[str, Any]:
-        """`_chunk` for one text delta, built directly: it runs once per delta, and the pydantic
-        round trip was a tenth of the gateway's CPU per delta (docs/performance.md)."""
-        choice = {"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+class _ChatChunks:
+    """chat.completion.chunk objects, built directly in the field order of protocol.ChatCompletionChunk
+    (a pydantic round trip per chunk was a tenth of the gateway's CPU per delta, docs/performance.md)."""
+
+    def __init__(self, plan: GenerationPlan) -> None:
+        self._plan = plan
+        self._text_events: dict[int, Callable[[str], bytes]] = {}  # choice index -> its text event encoder
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> dict[str, Any]:
+        plan = self._plan
         chunk = {
             "id": plan.id,
             "object": "chat.completion.chunk",
             "created": plan.created,
             "model": plan.model,
-            "choices": [choice],
+            "choices": choices,
         }
-        if plan.include_usage:
-            chunk["usage"] = None
+        if plan.include_usage:  # OpenAI sends "usage": null only when include_usage was asked for
+            chunk["usage"] = None if usage is None else usage.model_dump()
         return chunk
 
     @staticmethod
-    def _chunk(plan: _Plan, choices: list[ChatChunkChoice], usage: Usage | None = None) -> dict[str, Any]:
-        chunk = ChatCompletionChunk(
-            id=plan.id, created=plan.created, model=plan.model, choices=choices, usage=usage
-        ).model_dump(mode="json")
-        if not plan.include_usage:
-            del chunk["usage"]  # OpenAI sends "usage": null only when include_usage was asked for
-        return chunk
+    def _choice(index: int, delta: dict[str, str], reason: FinishReason | None = None) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+
+    def started(self, index: int) -> Chunk:
+        return self._chunk([self._choice(index, {"role": "assistant", "content": ""})])
+
+    def text(self, index: int, text: str) -> Chunk:
+        encode = self._text_events.get(index)
+        if encode is None:
+            template = self._chunk([self._choice(index, {"content": _PLACEHOLDER})])
+            encode = self._text_events[index] = text_event_encoder(template, _PLACEHOLDER)
+        return encode(text)
+
+    def finished(self, index: int, reason: FinishReason) -> Chunk:
+        return self._chunk([self._choice(index, {}, reason)])
+
+    def usage(self, usage: Usage) -> Chunk:
+        return self._chunk([], usage)

@@ -1,16 +1,18 @@
-"""Pieces shared by the chat and text-completion services: results, parsing, token budgets."""
+"""Pieces shared by the chat and text-completion services: results, parsing, token budgets, and the
+generation plan with the loops that turn its events into a response or a stream of chunks."""
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from pydantic import BaseModel, ValidationError
 
-from stackflow_openai.backends.base import ChatBackend, ChatModelInfo, ModelEntry, ProxyResponse
+from stackflow_openai.backends.base import ChatBackend, ChatModelInfo, ModelEntry, ProxyResponse, UnitSettings
 from stackflow_openai.errors import (
     ContextLengthExceeded,
     InvalidRequestError,
@@ -18,15 +20,23 @@ from stackflow_openai.errors import (
     UnsupportedParameter,
     validation_error,
 )
+from stackflow_openai.protocol import Usage
+from stackflow_openai.tokens import TokenCounter
 
+from .generation import ChoiceEvent, ChoiceFinished, ChoiceStarted, ChoiceText, Job, generate_choices
+from .limiter import FinishReason
 from .params import IGNORED_HEADER, header_list, ignored_params, reject_if_strict
 
 __all__ = [
+    "Chunk",
+    "ChunkFormat",
+    "GenerationPlan",
     "JsonResult",
     "ProxyResult",
     "ServiceResult",
     "StreamResult",
     "check_n",
+    "collect_choices",
     "forward_or_backend",
     "new_id",
     "parse_body",
@@ -34,6 +44,7 @@ __all__ = [
     "require_text",
     "run_counting",
     "stop_list",
+    "stream_choices",
     "token_budget",
 ]
 
@@ -51,10 +62,19 @@ class JsonResult:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# One SSE event of a stream: a chunk object, or an event already framed as bytes (`data: {...}\n\n`).
+# Services frame only text deltas themselves, from a per-stream template (sse.text_event_encoder): that
+# is the chunk sent once per delta, and the JSON encoder was its largest cost.
+Chunk = dict[str, Any] | bytes
+
+
 @dataclass(slots=True)
 class StreamResult:
-    chunks: AsyncGenerator[dict[str, Any], None]  # each one SSE event; the caller adds [DONE]
+    chunks: AsyncGenerator[Chunk, None]  # each one SSE event; the caller adds [DONE]
     headers: dict[str, str] = field(default_factory=dict)
+    # The token counts of a device stream, filled in when it has ended, whether or not the client asked
+    # for them (stream_options.include_usage): for the metrics.
+    usage: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -66,7 +86,7 @@ ServiceResult = JsonResult | StreamResult | ProxyResult
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{secrets.token_hex(16)}"  # 32 random hex digits, as uuid4().hex without the object
 
 
 def parse_body(model: type[M], body: Mapping[str, Any]) -> M:
@@ -139,3 +159,76 @@ async def forward_or_backend(
     if entry.chat is None:
         raise ServiceUnavailable(f"The model '{entry.id}' has no chat backend.")
     return entry.chat
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationPlan:
+    """A validated chat or text-completion request, ready to run on a leased unit."""
+
+    id: str
+    created: int
+    model: str
+    backend: ChatBackend
+    settings: UnitSettings
+    jobs: list[Job]  # one per choice, in index order
+    stops: list[str]
+    counter: TokenCounter
+    prompt_tokens: int
+    include_usage: bool  # stream_options.include_usage on a stream
+
+    def events(self, *, stream: bool) -> AsyncGenerator[ChoiceEvent, None]:
+        return generate_choices(
+            self.backend, self.settings, self.jobs, counter=self.counter, stops=self.stops, stream=stream
+        )
+
+    def usage(self, completion_tokens: int) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=self.prompt_tokens + completion_tokens,
+        )
+
+
+async def collect_choices(plan: GenerationPlan) -> tuple[list[ChoiceFinished], Usage]:
+    """Run every choice to its end: the finished choices in index order, and the usage."""
+    finished: list[ChoiceFinished] = []
+    async with aclosing(plan.events(stream=False)) as events:
+        async for event in events:
+            if isinstance(event, ChoiceFinished):
+                finished.append(event)
+    return finished, plan.usage(sum(choice.completion_tokens for choice in finished))
+
+
+class ChunkFormat(Protocol):
+    """How one endpoint writes its stream chunks."""
+
+    def started(self, index: int) -> Chunk | None: ...  # None: nothing to send when a choice starts
+
+    def text(self, index: int, text: str) -> Chunk: ...
+
+    def finished(self, index: int, reason: FinishReason) -> Chunk: ...
+
+    def usage(self, usage: Usage) -> Chunk: ...
+
+
+async def stream_choices(
+    plan: GenerationPlan, chunks: ChunkFormat, usage_out: dict[str, int]
+) -> AsyncGenerator[Chunk, None]:
+    """The chunks of a stream; `usage_out` gets the token counts once it has ended."""
+    completion_tokens = 0
+    async with aclosing(plan.events(stream=True)) as events:
+        async for event in events:
+            if type(event) is ChoiceText:  # the common case first: once per (batch of) delta(s)
+                yield chunks.text(event.index, event.text)
+            elif type(event) is ChoiceStarted:
+                first = chunks.started(event.index)
+                if first is not None:
+                    yield first
+            else:
+                assert isinstance(event, ChoiceFinished)
+                completion_tokens += event.completion_tokens
+                yield chunks.finished(event.index, event.finish_reason)
+    usage = plan.usage(completion_tokens)
+    usage_out.update(usage.model_dump())
+    if plan.include_usage:
+        yield chunks.usage(usage)

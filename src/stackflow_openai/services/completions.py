@@ -14,22 +14,24 @@ be honoured and are reported as ignored (400 in strict mode); token-id prompts a
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 from stackflow_openai.backends.base import ChatBackend, ModelEntry, UnitSettings
 from stackflow_openai.protocol import Completion, CompletionChoice, CompletionRequest, Usage
-from stackflow_openai.tokens import TokenCounter, Tokenizers
+from stackflow_openai.sse import text_event_encoder
+from stackflow_openai.tokens import Tokenizers
 
 from .common import (
+    Chunk,
+    GenerationPlan,
     JsonResult,
     ProxyResult,
     ServiceResult,
     StreamResult,
     check_n,
+    collect_choices,
     forward_or_backend,
     new_id,
     parse_body,
@@ -37,28 +39,17 @@ from .common import (
     require_text,
     run_counting,
     stop_list,
+    stream_choices,
     token_budget,
 )
-from .generation import ChoiceEvent, ChoiceFinished, ChoiceStarted, ChoiceText, Job, generate_choices
+from .generation import Job
+from .limiter import FinishReason
 from .prompt import DEFAULT_SYSTEM_PROMPT, Turn, fit_prompt
 from .registry import ModelRegistry, resolve_model
 
 __all__ = ["CompletionService"]
 
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    id: str
-    created: int
-    model: str
-    backend: ChatBackend
-    settings: UnitSettings
-    jobs: list[Job]
-    echo: bool
-    stops: list[str]
-    counter: TokenCounter
-    prompt_tokens: int
-    include_usage: bool
+_PLACEHOLDER = "\x00text\x00"  # marks where the text goes while a template is built (any string would do)
 
 
 class CompletionService:
@@ -76,11 +67,15 @@ class CompletionService:
             return backend
         headers = report_ignored(request, body, entry)
         plan = await self._plan(request, entry, backend)
+        echo = bool(request.echo)
         if request.stream:
-            return StreamResult(self._stream(plan), headers)
-        return JsonResult(await self._collect(plan), headers)
+            usage: dict[str, int] = {}
+            return StreamResult(stream_choices(plan, _CompletionChunks(plan, echo), usage), headers, usage)
+        return JsonResult(await _collect(plan, echo), headers)
 
-    async def _plan(self, request: CompletionRequest, entry: ModelEntry, backend: ChatBackend) -> _Plan:
+    async def _plan(
+        self, request: CompletionRequest, entry: ModelEntry, backend: ChatBackend
+    ) -> GenerationPlan:
         n = check_n(request.n, entry)
         info = backend.info
         prompts = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
@@ -104,75 +99,44 @@ class CompletionService:
         include_usage = bool(
             request.stream and request.stream_options and request.stream_options.include_usage
         )
-        return _Plan(
+        return GenerationPlan(
             id=new_id("cmpl"),
             created=int(time.time()),
             model=entry.id,
             backend=backend,
             settings=settings,
             jobs=jobs,
-            echo=bool(request.echo),
             stops=stop_list(request.stop),
             counter=self._tokenizers.for_model(info),
             prompt_tokens=prompt_tokens,
             include_usage=include_usage,
         )
 
-    def _events(self, plan: _Plan) -> AsyncGenerator[ChoiceEvent, None]:
-        return generate_choices(
-            plan.backend, plan.settings, plan.jobs, counter=plan.counter, stops=plan.stops
+
+async def _collect(plan: GenerationPlan, echo: bool) -> dict[str, Any]:
+    finished, usage = await collect_choices(plan)
+    choices = [
+        CompletionChoice(
+            text=(plan.jobs[choice.index].prompt if echo else "") + choice.text,
+            index=choice.index,
+            finish_reason=choice.finish_reason,
         )
+        for choice in finished
+    ]
+    response = Completion(id=plan.id, created=plan.created, model=plan.model, choices=choices, usage=usage)
+    return response.model_dump(mode="json")
 
-    def _usage(self, plan: _Plan, completion_tokens: int) -> Usage:
-        return Usage(
-            prompt_tokens=plan.prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=plan.prompt_tokens + completion_tokens,
-        )
 
-    async def _collect(self, plan: _Plan) -> dict[str, Any]:
-        choices: list[CompletionChoice] = []
-        completion_tokens = 0
-        async with aclosing(self._events(plan)) as events:
-            async for event in events:
-                if isinstance(event, ChoiceFinished):
-                    completion_tokens += event.completion_tokens
-                    prefix = plan.jobs[event.index].prompt if plan.echo else ""
-                    choices.append(
-                        CompletionChoice(
-                            text=prefix + event.text, index=event.index, finish_reason=event.finish_reason
-                        )
-                    )
-        response = Completion(
-            id=plan.id,
-            created=plan.created,
-            model=plan.model,
-            choices=choices,
-            usage=self._usage(plan, completion_tokens),
-        )
-        return response.model_dump(mode="json")
+class _CompletionChunks:
+    """text_completion chunks (OpenAI uses the response's shape for them, without usage)."""
 
-    async def _stream(self, plan: _Plan) -> AsyncGenerator[dict[str, Any], None]:
-        completion_tokens = 0
-        async with aclosing(self._events(plan)) as events:
-            async for event in events:
-                if isinstance(event, ChoiceStarted):
-                    if not plan.echo:
-                        continue
-                    choice = CompletionChoice(
-                        text=plan.jobs[event.index].prompt, index=event.index, finish_reason=None
-                    )
-                elif isinstance(event, ChoiceText):
-                    choice = CompletionChoice(text=event.text, index=event.index, finish_reason=None)
-                else:
-                    completion_tokens += event.completion_tokens
-                    choice = CompletionChoice(text="", index=event.index, finish_reason=event.finish_reason)
-                yield self._chunk(plan, [choice])
-        if plan.include_usage:
-            yield self._chunk(plan, [], self._usage(plan, completion_tokens))
+    def __init__(self, plan: GenerationPlan, echo: bool) -> None:
+        self._plan = plan
+        self._echo = echo
+        self._text_events: dict[int, Callable[[str], bytes]] = {}  # choice index -> its text event encoder
 
-    @staticmethod
-    def _chunk(plan: _Plan, choices: list[CompletionChoice], usage: Usage | None = None) -> dict[str, Any]:
+    def _chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> dict[str, Any]:
+        plan = self._plan
         chunk = Completion(
             id=plan.id, created=plan.created, model=plan.model, choices=choices, usage=usage
         ).model_dump(mode="json")
@@ -180,3 +144,22 @@ class CompletionService:
             # Unlike chat chunks, OpenAI's completion schema has no null usage: leave the key out.
             del chunk["usage"]
         return chunk
+
+    def started(self, index: int) -> Chunk | None:
+        if not self._echo:
+            return None
+        prompt = self._plan.jobs[index].prompt
+        return self._chunk([CompletionChoice(text=prompt, index=index, finish_reason=None)])
+
+    def text(self, index: int, text: str) -> Chunk:
+        encode = self._text_events.get(index)
+        if encode is None:
+            template = self._chunk([CompletionChoice(text=_PLACEHOLDER, index=index, finish_reason=None)])
+            encode = self._text_events[index] = text_event_encoder(template, _PLACEHOLDER)
+        return encode(text)
+
+    def finished(self, index: int, reason: FinishReason) -> Chunk:
+        return self._chunk([CompletionChoice(text="", index=index, finish_reason=reason)])
+
+    def usage(self, usage: Usage) -> Chunk:
+        return self._chunk([], usage)

@@ -4,11 +4,11 @@ Shared by chat and text completions. Every choice runs after the previous one in
 unit's setup is fixed, so n > 1 reuses the same unit). Stop sequences and the token budget are applied
 by `OutputLimiter`; when it says done, the backend generator is closed, which pauses the device unit.
 
-Cancellation (a client that disconnects) must not leave a unit half-stopped. Each `__anext__` of the
-backend generator therefore runs in its own task, awaited through `asyncio.shield`: a cancelled request
-never cancels the backend from inside a cancelled scope. Clean-up then cancels that task once, closes
-the generator and exits the lease, all in a shielded scope with a deadline, so the backend's own clean-up
-(pause, release) can finish.
+Cancellation (a client that disconnects) must not leave a unit half-stopped. The backend generator is
+therefore read by a task of its own (`_ChoiceReader`; `Detached` for the audio services): a cancelled
+request never cancels the backend from inside a cancelled scope. Clean-up then cancels that task once,
+lets it close the generator and exits the lease, all in a shielded scope with a deadline, so the
+backend's own clean-up (pause, release) can finish.
 """
 
 from __future__ import annotations
@@ -141,31 +141,117 @@ async def _leased(lease: AbstractAsyncContextManager[ChatUnit]) -> AsyncIterator
         await lease.__aexit__(None, None, None)
 
 
-async def _run_choice(
-    unit: ChatUnit, index: int, job: Job, counter: TokenCounter, stops: Sequence[str]
-) -> AsyncGenerator[ChoiceEvent, None]:
-    limiter = OutputLimiter(counter, stops=stops, budget=job.budget)
-    source = Detached(unit.generate(job.prompt, images=job.images))
-    try:
-        # The first delta is awaited before ChoiceStarted: a stream's first chunk (and so its HTTP
-        # status) then comes after the device accepted the input, not before.
-        delta = await source.next()
-        yield ChoiceStarted(index)
-        while delta is not None:
-            step = limiter.feed(delta)
-            if step.text:
-                yield ChoiceText(index, step.text)
-            if step.done:
-                break
-            delta = await source.next()
-        else:
-            tail = limiter.finish()
-            if tail:
-                yield ChoiceText(index, tail)
-    finally:
-        await source.close()
-    text = limiter.text
-    yield ChoiceFinished(index, limiter.finish_reason, text, counter.count(text))
+class _ChoiceReader:
+    """One choice's deltas, read through the limiter by a task of its own.
+
+    The task is what `Detached` gives the other services: the consumer's cancellation never lands inside
+    the backend. It also batches: the task reads each delta as soon as it is there and keeps the released
+    text until the consumer takes it, so deltas that arrive while the consumer is still busy with the
+    previous text (a slow client, or a gateway behind on CPU) go out joined, as one chunk. At device speed
+    (a delta every ~100 ms) every delta is its own chunk; under load the per-chunk costs (chunk, SSE
+    framing, HTTP write, event-loop wake-ups) are paid once per batch.
+
+    It never reads past the limiter: after the delta that reaches the token budget or completes a stop
+    sequence, the source is closed (the unit paused) without another read. `close()` cancels a read in
+    progress once, never the source's own clean-up.
+    """
+
+    def __init__(self, source: AsyncIterator[str], limiter: OutputLimiter) -> None:
+        self.limiter = limiter
+        self._source = source
+        self._text: list[str] = []  # released, not yet taken
+        self._delta_seen = False
+        self._ended = False  # the source is closed: nothing more will come
+        self._error: BaseException | None = None
+        self._closing = False  # the task is in the source's clean-up: never cancel it there
+        self._waiter: asyncio.Future[None] | None = None
+        self._want_text = False  # the waiting consumer wants text (not only the start or the end)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        source, limiter, pending = self._source, self.limiter, self._text
+        try:
+            async for delta in source:
+                if not self._delta_seen:
+                    self._delta_seen = True
+                    self._wake()
+                step = limiter.feed(delta)
+                if step.text:
+                    pending.append(step.text)
+                    if self._want_text:
+                        self._wake()
+                if step.done:
+                    break
+            else:
+                tail = limiter.finish()
+                if tail:
+                    pending.append(tail)
+        except Exception as exc:  # delivered to the consumer after the text released before it
+            self._error = exc
+        except BaseException as exc:  # cancelled (by close(), or from outside): never taken for an end
+            self._error = exc
+            raise
+        finally:
+            self._closing = True
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()  # pauses the unit when the limiter stopped early
+                except Exception:
+                    log.warning("closing a backend stream failed", exc_info=True)
+            self._ended = True
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _sleep(self, *, want_text: bool) -> None:
+        self._want_text = want_text
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def started(self) -> None:
+        """Until the first delta came; raises the source's error if it failed before any."""
+        while not self._delta_seen and not self._ended:
+            await self._sleep(want_text=False)
+        if not self._delta_seen and self._error is not None:
+            raise self._error
+
+    async def next_text(self) -> str | None:
+        """All text released since the last call, or None once the source has ended (or its error)."""
+        pending = self._text
+        while not pending and not self._ended:
+            await self._sleep(want_text=True)
+        if pending:
+            text = pending[0] if len(pending) == 1 else "".join(pending)
+            pending.clear()
+            return text
+        if self._error is not None:
+            raise self._error
+        return None
+
+    async def ended(self) -> None:
+        """Until the source has ended; raises its error if it failed."""
+        while not self._ended:
+            await self._sleep(want_text=False)
+        if self._error is not None:
+            raise self._error
+
+    async def close(self) -> None:
+        """Stop reading and wait for the source's clean-up: shielded, with a deadline."""
+        task = self._task
+        if not task.done():  # (the usual case, a source read to its end, needs no scope)
+            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                if not self._closing:
+                    task.cancel()  # one plain cancellation; the backend's clean-up then runs undisturbed
+                await asyncio.wait({task})
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("reading a backend stream failed", exc_info=task.exception())
 
 
 async def generate_choices(
@@ -175,13 +261,27 @@ async def generate_choices(
     *,
     counter: TokenCounter,
     stops: Sequence[str],
+    stream: bool = True,
 ) -> AsyncGenerator[ChoiceEvent, None]:
-    """Events of every job in order: Started, Text..., Finished per choice index."""
+    """Events of every job in order: Started, Text..., Finished per choice index.
+
+    A ChoiceText carries all the text released since the previous one (see `_ChoiceReader`). With
+    `stream=False` only the ChoiceFinished events come (the consumer is woken once per choice)."""
     async with _leased(backend.lease(settings)) as unit:
         for index, job in enumerate(jobs):
-            choice = _run_choice(unit, index, job, counter, stops)
+            limiter = OutputLimiter(counter, stops=stops, budget=job.budget)
+            reader = _ChoiceReader(unit.generate(job.prompt, images=job.images), limiter)
             try:
-                async for event in choice:
-                    yield event
+                if stream:
+                    # The first delta is awaited before ChoiceStarted: a stream's first chunk (and so its
+                    # HTTP status) then comes after the device accepted the input, not before.
+                    await reader.started()
+                    yield ChoiceStarted(index)
+                    while (text := await reader.next_text()) is not None:
+                        yield ChoiceText(index, text)
+                else:
+                    await reader.ended()
             finally:
-                await choice.aclose()
+                await reader.close()
+            text = limiter.text
+            yield ChoiceFinished(index, limiter.finish_reason, text, counter.count(text))

@@ -15,7 +15,10 @@ At a boundary between a letter and a following space or punctuation mark no toke
 for Qwen's BPE (its pre-tokenizer never joins a letter with a following non-letter) and for the
 estimate counter (letter runs end there; each part rounds up, so the sum can only over-count). The
 sum is therefore exact or an upper bound, and the exact count of the whole text is taken only once
-the sum reaches the budget.
+the sum reaches the budget. And since neither counter ever gives an ASCII character more than one token
+(a byte-level BPE token is at least one byte; the estimate weighs a byte at most 1), an ASCII tail
+shorter than what is left of the budget is not counted at all: most deltas of a long answer cost no
+tokenizer call.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ FinishReason = Literal["stop", "length"]
 _REBASE_AFTER = 128  # tail characters that trigger counting a longer prefix once
 _REBASE_KEEP = 32  # characters left in the tail: a boundary never sits at the growing end
 _CUT_AFTER_LETTER = frozenset(" ,.!?;:，。！？；：、")
+# Counters known to give an ASCII text at most one token per character (see the module doc).
+_AT_MOST_ONE_PER_ASCII_CHAR = frozenset({"qwen", "estimate"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,7 @@ class OutputLimiter:
         self._first_hit: tuple[int, int] | None = None  # (start, end) of the earliest stop found so far
         self._counted = 0  # characters of _text in the counted prefix (always at a boundary)
         self._counted_tokens = 0
+        self._ascii_bound = getattr(counter, "name", None) in _AT_MOST_ONE_PER_ASCII_CHAR
         self.final_text: str | None = None
         self.finish_reason: FinishReason = "stop"
 
@@ -104,7 +110,10 @@ class OutputLimiter:
             if cut > self._counted:
                 self._counted_tokens += self._counter.count(text[self._counted : cut])
                 self._counted = cut
-        if self._counted_tokens + self._counter.count(text[self._counted :]) < self._budget:
+        tail = text[self._counted :]
+        if self._ascii_bound and tail.isascii() and self._counted_tokens + len(tail) < self._budget:
+            return False
+        if self._counted_tokens + self._counter.count(tail) < self._budget:
             return False
         return self._counter.count(text) >= self._budget
 

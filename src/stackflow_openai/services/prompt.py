@@ -157,11 +157,15 @@ def fit_prompt(
     Dropping turns only ever shortens the prompt, so a binary search over the number dropped needs
     O(log n) counts even for long conversations."""
     window = info.prefill_len - PREFILL_MARGIN
+    costs: dict[int, int] = {}  # each count once (a single turn is counted for the check and the result)
 
     def cost(dropped: int) -> int:
-        kept = turns[dropped:]
-        images = sum(len(t.images) for t in kept)
-        return tokenizers.prompt_tokens(info, system_prompt, render_user_text(kept)) + images * image_tokens
+        if dropped not in costs:
+            kept = turns[dropped:]
+            images = sum(len(t.images) for t in kept)
+            user_text = render_user_text(kept)
+            costs[dropped] = tokenizers.prompt_tokens(info, system_prompt, user_text) + images * image_tokens
+        return costs[dropped]
 
     lo, hi = 0, len(turns) - 1  # the last turn is never dropped
     if cost(hi) > window:

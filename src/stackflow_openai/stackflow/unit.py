@@ -234,6 +234,7 @@ class Unit:
         empty non-en/ja transcript, §5.5): the timeout still raises, but the unit stays usable.
         """
         generation = self._generation
+        streaming = self.streaming  # fixed by the setup: looked up once, not per message
         finished = False
         try:
             while not finished:
@@ -241,7 +242,8 @@ class Unit:
                     if generation != self._generation:
                         return  # pause or a newer inference ended this one
                     reply = await self._next_output(idle_timeout, silence_ends=silence_ends)
-                    finished = self._is_final(reply)
+                    data = reply.data
+                    finished = not streaming or (isinstance(data, dict) and bool(data.get("finish")))
                     if finished:
                         self._busy = False
                 yield reply
