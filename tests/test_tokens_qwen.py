@@ -195,3 +195,21 @@ async def test_a_gateway_without_qwen_models_never_loads_the_qwen_bpe() -> None:
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["prompt_tokens"] > 0
     assert loads == []
+
+
+async def test_the_qwen_bpe_loads_on_the_first_qwen_request_not_at_start_up() -> None:
+    loads: list[int] = []
+
+    def qwen_loader() -> TokenCounter:
+        loads.append(threading.get_ident())
+        return tokenizers().get("qwen")
+
+    owner = Tokenizers({"qwen": qwen_loader})
+    app = create_app(FakeRegistry([chat_entry("qwen", FakeChatBackend())]), tokenizers=owner)
+    async with client_for(app) as client:
+        assert loads == []  # started and idle: not loaded
+        body = {"model": "qwen", "messages": [{"role": "user", "content": "Hi"}]}
+        for _ in range(2):
+            response = await client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200, response.text
+    assert len(loads) == 1 and loads[0] != threading.get_ident()  # once, in a worker thread

@@ -3,8 +3,9 @@
     app = create_app(registry, HttpSettings(...))
 
 ``app.state`` holds: registry, settings, tokenizers, images (ImageLoader), metrics, chat_service,
-completion_service, model_service. The lifespan starts the registry, loads the tokenizers its models
-need (in a thread), and on shutdown closes the image client and stops the registry.
+completion_service, model_service. The lifespan starts the registry, and on shutdown closes the image
+client and stops the registry. Tokenizers load on the first request that needs one (Qwen's BPE: ~40 MiB
+and ~0.3 s, in a worker thread), so a gateway that serves only audio or other models never pays for it.
 
 Middlewares, outermost first: CORS (only when origins are configured), then ONE operations middleware
 (`_Operations`): request id + access log + metrics, API keys, body limits, the last-resort 500, and the
@@ -19,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -201,8 +201,6 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.start()
         try:
-            names = {e.chat.info.tokenizer for e in registry.list() if e.chat is not None}
-            await anyio.to_thread.run_sync(tokenizers.warm, names)
             yield
         finally:
             await images.aclose()

@@ -93,6 +93,7 @@ class ChatService:
             )
         require_text(conversation.turns[-1].text, param=f"messages[{len(request.messages) - 1}].content")
         system = conversation.system_prompt or entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
+        await self._tokenizers.load_for(info)  # first use: loads in a worker thread, not on the loop
         fit = partial(
             fit_prompt,
             self._tokenizers,

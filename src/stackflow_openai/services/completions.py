@@ -80,6 +80,7 @@ class CompletionService:
         info = backend.info
         prompts = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
         system = entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
+        await self._tokenizers.load_for(info)  # first use: loads in a worker thread, not on the loop
         jobs: list[Job] = []
         prompt_tokens = 0
         for i, prompt in enumerate(prompts):
