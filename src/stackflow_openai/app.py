@@ -195,7 +195,7 @@ def create_app(
         allow_private=settings.image_allow_private,
         allowed_hosts=tuple(settings.image_allowed_hosts),
     )
-    images = ImageLoader(policy, ImageLoader.new_client(), image_resolver)
+    images = ImageLoader(policy, resolver=image_resolver)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

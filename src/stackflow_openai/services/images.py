@@ -106,11 +106,19 @@ def _encode_jpeg(image: Image.Image) -> bytes:
 
 class ImageLoader:
     def __init__(
-        self, policy: ImagePolicy, client: httpx.AsyncClient, resolver: Resolver | None = None
+        self, policy: ImagePolicy, client: httpx.AsyncClient | None = None, resolver: Resolver | None = None
     ) -> None:
+        """`client`: made on the first URL fetch when not given (its TLS context costs ~3 MiB that a
+        gateway never fetching image URLs need not hold)."""
         self.policy = policy
-        self._client = client
+        self._http = client
         self._resolve = resolver or _system_resolver
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = self.new_client()
+        return self._http
 
     @staticmethod
     def new_client() -> httpx.AsyncClient:
@@ -121,7 +129,8 @@ class ImageLoader:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def load(self, ref: ImageRef) -> bytes:
         raw = self._decode_data_url(ref) if ref.url.startswith("data:") else await self._fetch(ref)
