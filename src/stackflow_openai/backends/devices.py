@@ -159,7 +159,9 @@ class DeviceRouter:
         self, model: ModelDescriptor, setup: Mapping[str, Any], pool_size: int | None
     ) -> list[tuple[Device, ModelDescriptor]]:
         found = self.candidates(model.mode)
-        turn = next(self._turn) % max(1, len(found))
+        if len(found) < 2:
+            return found  # nothing to rank (the common one-device case skips the capacity queries)
+        turn = next(self._turn) % len(found)
 
         # Most free capacity first; among equals, turns rotate so that load spreads over devices.
         def rank(item: tuple[int, tuple[Device, ModelDescriptor]]) -> tuple[int, int, int]:

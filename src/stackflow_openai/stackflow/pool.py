@@ -140,10 +140,8 @@ class DevicePool:
     def capacity(
         self, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None = None
     ) -> tuple[int, int]:
-        """(free places minus waiters, idle instances with this very setup): higher is better.
-
-        Free places are idle matching instances, plus new instances the limits allow, or else idle
-        instances of other setups that could be evicted. Used to pick among devices."""
+        """(free places minus waiters, idle instances with this setup), to pick among devices. Free places:
+        idle matching instances, plus new ones the limits allow, or else evictable idle ones."""
         signature = _signature(setup)
         size = pool_size or self._limit(model.unit)
         group = self._group(model.unit)
@@ -176,9 +174,19 @@ class DevicePool:
             assert slot.unit is not None
             yield slot.unit
         finally:
-            # Shielded: a cancelled caller (Starlette cancels a response whose client left through an
-            # anyio scope that cancels every later await too) must still give the place back.
-            await asyncio.shield(self._release(slot))
+            # A cancelled caller (Starlette cancels a response whose client left through an anyio
+            # scope that cancels every later await too) must still give the place back, hence the
+            # shield. A healthy unit is given back inline first: with the lock free that does not
+            # suspend, and it spares the response the event-loop turns of a shielded task.
+            unit = slot.unit
+            if unit is not None and not (unit.broken or unit.busy):
+                try:
+                    await self._release(slot)
+                except asyncio.CancelledError:  # cut short while waiting for the lock: nothing done
+                    await asyncio.shield(self._release(slot))
+                    raise
+            else:
+                await asyncio.shield(self._release(slot))
 
     async def _acquire(
         self, model: ModelDescriptor, setup: Mapping[str, Any], pool_size: int, started: float
