@@ -62,6 +62,21 @@ class Harness(BackgroundLoop):
                 raise TimeoutError("no unit started generating")
             time.sleep(0.02)
 
+    def assert_no_leak(self, timeout: float = 5.0) -> None:
+        """The emulator holds exactly the pool's instances (clean-ups may still be finishing: wait a bit),
+        and no prompt ever overflowed a unit's prefill window."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = sorted(i["work_id"] for i in self.live_instances())
+            pooled = sorted(self.pool_work_ids())
+            if live == pooled or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert live == pooled, f"device has {live}, the gateway's pool has {pooled}"
+        assert self.call(lambda: self.emulator.prefill_overflows) == 0, (
+            "a prompt overflowed the prefill window"
+        )
+
     def pool_work_ids(self) -> list[str]:
         return self.call(lambda: [w for d in self.registry.devices for w in d.pool.work_ids()])
 

@@ -18,17 +18,13 @@ from stackflow_openai.emulator import Timing
 ASR_RATE = 16000
 
 
-def assert_no_leak(h: Harness) -> None:
-    assert sorted(i["work_id"] for i in h.live_instances()) == sorted(h.pool_work_ids())
-
-
 @pytest.fixture
 def harness():
     h = Harness().start()
     h.call(lambda: setattr(h.registry.get("whisper-tiny").transcription, "result_timeout", 1.0))
     yield h
     try:
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()
 
@@ -75,7 +71,7 @@ def test_speech_streams_before_the_last_sentence_is_synthesized():
                 pass
             total = time.monotonic() - started
         assert first < total / 2, (first, total)
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()
 
@@ -161,6 +157,6 @@ def test_translation_through_a_configured_chat_model():
         )
         # The scripted LLM answers "You said N words: ..." about the transcript it was given.
         assert result.text.startswith("You said")
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()

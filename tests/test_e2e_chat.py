@@ -45,18 +45,12 @@ class RecordingEngine(ScriptedEngine):
         return session
 
 
-def assert_no_leak(h: Harness) -> None:
-    live = sorted(i["work_id"] for i in h.live_instances())
-    assert live == sorted(h.pool_work_ids())
-    assert all(i.get("prefill_overflows", 0) == 0 for i in h.live_instances())
-
-
 @pytest.fixture
 def harness():
     h = Harness(engine=RecordingEngine()).start()
     yield h
     try:
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()
 
@@ -255,7 +249,7 @@ def test_images_by_data_url_and_by_allowed_url_and_a_refused_private_address():
             with pytest.raises(openai.BadRequestError) as err:
                 c.chat.completions.create(model=VLM, messages=[{"role": "user", "content": content}])
             assert "image_url" in (err.value.param or "")
-            assert_no_leak(h)
+            h.assert_no_leak()
         finally:
             h.stop()
 
@@ -283,7 +277,7 @@ def test_20_concurrent_requests_on_pool_size_2():
         assert statuses.count("ok") >= 2
         assert all(int(retry) >= 1 for s, retry in results if s == "503")
         assert len(h.live_instances()) <= 2
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()
 
@@ -300,7 +294,7 @@ def test_client_disconnect_mid_stream_then_the_same_unit_serves_the_next_request
         reply = client(h).chat.completions.create(model=LLM, messages=[{"role": "user", "content": "x y"}])
         assert reply.choices[0].message.content == "You said 2 words: x y."
         assert h.pool_work_ids() == units
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()
 
@@ -431,7 +425,7 @@ def test_pool_evicts_the_idle_unit_for_a_new_setup_but_never_a_busy_one():
                 ask("Prompt A")
             assert err.value.status_code == 503 and err.value.response.headers.get("retry-after")
             assert long_one.result(30).choices[0].finish_reason == "stop"
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()
 

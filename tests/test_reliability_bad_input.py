@@ -47,10 +47,7 @@ def still_serving(gateway: Harness) -> Iterator[None]:
     )
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "You said 2 words: still serving."
-    deadline = time.monotonic() + 3
-    while sorted(i["work_id"] for i in gateway.live_instances()) != sorted(gateway.pool_work_ids()):
-        assert time.monotonic() < deadline, "a unit instance leaked"
-        time.sleep(0.05)
+    gateway.assert_no_leak()
 
 
 def post_raw(h: Harness, path: str, body: bytes, **headers: str) -> httpx.Response:

@@ -49,21 +49,9 @@ def harness() -> Iterator[Harness]:
     h = start()
     try:
         yield h
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()
-
-
-def assert_no_leak(h: Harness, timeout: float = 5.0) -> None:
-    """The emulator holds exactly the pool's instances (clean-ups may still be finishing: wait a bit)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        live = sorted(i["work_id"] for i in h.live_instances())
-        pooled = sorted(h.pool_work_ids())
-        if live == pooled or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert live == pooled, f"device has {live}, the gateway's pool has {pooled}"
 
 
 def chat(text: str = "alpha beta", **extra: Any) -> dict[str, Any]:
@@ -136,7 +124,7 @@ def test_a_missing_terminator_ends_after_the_idle_timeout_and_the_unit_is_exited
     assert_openai_error(events[-1], code="device_unavailable")
     assert IDLE_TIMEOUT <= waited < IDLE_TIMEOUT + 3
     # That unit is in an unknown state: it was exited, not reused.
-    assert_no_leak(harness)
+    harness.assert_no_leak()
     assert not set(first_unit) & {i["work_id"] for i in harness.live_instances()}
     assert_serves(harness)
 
@@ -175,7 +163,7 @@ def test_a_hung_setup_is_a_503_after_the_setup_timeout_and_a_reset_recovers() ->
         # Only a device reset unsticks the llm unit (as on a real device); the gateway recovers.
         h.call(partial(side_reset, h))
         wait_until(lambda: post(h, chat("x y")).status_code == 200, timeout=10)
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()
 
@@ -258,7 +246,7 @@ def test_a_slow_setup_is_a_503_and_the_late_instance_is_exited_when_it_appears()
         assert time.monotonic() - started < SETUP_TIMEOUT + 2
         # The setup completes on the device later; the gateway exits that instance then.
         wait_until(lambda: h.live_instances() == [] and h.call(lambda: h.emulator.state.next_work_id) > 1000)
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()
 
@@ -281,7 +269,7 @@ def test_the_queue_deadline_is_honoured_when_every_unit_is_busy() -> None:
         assert queued.status_code == 503 and int(queued.headers["retry-after"]) >= 1
         assert_openai_error(queued.json(), code="server_busy")
         assert 0.4 <= waited < 2.0
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()
 
@@ -330,10 +318,10 @@ def test_a_device_reset_under_load_fails_requests_cleanly_and_the_gateway_recove
                 assert_openai_error(events[0])
         assert any(status != 200 or "error" in events[-1] for status, events, _ in outcomes)
         wait_until(lambda: post(h, chat("x y")).status_code == 200, timeout=10)
-        assert_no_leak(h)
+        h.assert_no_leak()
         # Work ids restart at 1000 after a reset: an old handle must never exit a new instance.
         for _ in range(3):
             assert_serves(h)
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()

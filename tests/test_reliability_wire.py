@@ -13,13 +13,12 @@ import math
 import socket
 import threading
 import wave
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import pytest
 
+import test_reliability_faults
 from e2e_harness import Harness
 from stackflow_openai.config import PoolSettings
 from stackflow_openai.emulator import Timing
@@ -27,7 +26,6 @@ from stackflow_openai.emulator.framing import reace_reset_line
 from test_reliability_faults import (
     LLM,
     VLM,
-    assert_no_leak,
     assert_openai_error,
     assert_serves,
     chat,
@@ -38,15 +36,7 @@ from test_reliability_faults import (
     wait_until,
 )
 
-
-@pytest.fixture
-def harness() -> Iterator[Harness]:
-    h = start()
-    try:
-        yield h
-        assert_no_leak(h)
-    finally:
-        h.stop()
+harness = test_reliability_faults.harness  # the same fixture: a started gateway, checked for leaks
 
 
 # ---- garbage on the wire -------------------------------------------------------------------------
@@ -159,7 +149,7 @@ def test_leaving_a_speech_stream_while_the_device_synthesizes_frees_the_unit() -
             leave_after_first_chunk(h, "/audio/speech", json=body)
         r = httpx.post(f"{h.base_url}/audio/speech", json={**body, "input": "Again."}, timeout=10)
         assert r.status_code == 200, r.text
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()
 
@@ -186,6 +176,6 @@ def test_leaving_a_transcription_stream_between_windows_frees_the_unit() -> None
             f"{h.base_url}/audio/transcriptions", data={"model": "whisper-1"}, files=files, timeout=20
         )
         assert r.status_code == 200, r.text
-        assert_no_leak(h)
+        h.assert_no_leak()
     finally:
         h.stop()

@@ -28,8 +28,8 @@ __all__ = [
 ]
 
 MAX_N = 8  # choices run one after another on one device unit: more would only make the client wait
-# A max_tokens above what the model can generate is a cap that cannot bind and is clamped (clients send
-# defaults such as 3000 or 4096 to devices with 1023-token models); one beyond any model is a mistake.
+# A max_tokens above what the model can generate is a cap that cannot bind and is clamped (a client set
+# up for larger models may send 4096 to a 1023-token model); one beyond any model is a mistake.
 MAX_TOKENS_LIMIT = 2**31 - 1
 StopParam = str | Annotated[list[str], Field(max_length=4)] | None
 FinishReason = Literal["stop", "length"]
