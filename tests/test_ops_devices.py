@@ -192,3 +192,30 @@ def test_cli_help_texts_explain_each_command() -> None:
         with redirect_stdout(out), pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0 and words in out.getvalue().replace("\n", " "), command
+
+
+async def test_a_device_reset_does_not_mark_the_device_down() -> None:
+    """A reset drops the monitor's own connection too; a device that answers at once is still up.
+
+    The reset is timed at several points of the monitor's ping (the loss can land before it is sent, while
+    it is in flight, or after the EOF was read): each time the probe must find the device up.
+    """
+    from emulator_helpers import started_emulator
+    from stackflow_openai.backends.devices import Device
+    from stackflow_openai.backends.monitor import DeviceMonitor
+    from stackflow_openai.config import DeviceSettings, Settings
+
+    for steps in range(10):
+        async with started_emulator() as emu:
+            settings = Settings()
+            device = Device(DeviceSettings(name="a", host="127.0.0.1", port=emu.port), settings)
+            monitor = DeviceMonitor([device], settings, on_change=lambda: None)
+            try:
+                assert await monitor._recover(device) and device.up
+                emu.schedule_reset()
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                assert await monitor._probe(device), (steps, device.last_error)
+                assert device.up
+            finally:
+                await device.client.close()

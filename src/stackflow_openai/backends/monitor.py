@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from stackflow_openai.config import Settings
-from stackflow_openai.stackflow.errors import StackFlowError
+from stackflow_openai.stackflow.errors import ConnectionLost, StackFlowError
 
 from .devices import Device
 
@@ -95,8 +95,16 @@ class DeviceMonitor:
     # ---- steps -----------------------------------------------------------------------------------
     async def _probe(self, device: Device) -> bool:
         try:
-            async with asyncio.timeout(self.health.probe_timeout):
-                await device.client.ping()
+            await self._ping(device)
+        except ConnectionLost:
+            # A `reset` drops every connection, this one too, and a ping sent just before the drop was
+            # noticed is lost with it. The device itself may well be answering: ask once more on a fresh
+            # connection before calling it down.
+            try:
+                await self._ping(device)
+            except _FAILURES as exc:
+                self._down(device, exc)
+                return False
         except _FAILURES as exc:
             self._down(device, exc)
             return False
@@ -108,6 +116,10 @@ class DeviceMonitor:
         if device.last_error:  # a suspicion that the ping did not confirm
             device.last_error = ""
         return True
+
+    async def _ping(self, device: Device) -> None:
+        async with asyncio.timeout(self.health.probe_timeout):
+            await device.client.ping()
 
     def _down(self, device: Device, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
