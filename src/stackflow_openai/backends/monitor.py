@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from stackflow_openai.config import Settings
-from stackflow_openai.stackflow.errors import ConnectionLost, StackFlowError
+from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, StackFlowError
 
 from .devices import Device
 
@@ -135,7 +135,7 @@ class DeviceMonitor:
                 device.version = await device.client.version()
                 models = await device.client.lsmode()
             if self.settings.pool.cleanup_orphans:
-                await device.pool.exit_orphans(POOLED_UNITS)
+                await self._exit_orphans(device)
             await device.pool.prune()  # units of the device's previous life
         except _FAILURES as exc:
             if device.state == "starting":
@@ -150,6 +150,24 @@ class DeviceMonitor:
         await self._sample(device)
         self.on_change()
         return True
+
+    @staticmethod
+    async def _exit_orphans(device: Device) -> None:
+        """Exit instances left on the device by an earlier run of the gateway (found with taskinfo)."""
+        mine = set(device.pool.work_ids())
+        exited = []
+        for unit_type in POOLED_UNITS:
+            try:
+                for work_id in await device.client.tasklist(unit_type):
+                    if work_id not in mine:
+                        await device.client.exit_instance(work_id)
+                        exited.append(work_id)
+            except DeviceError as exc:  # -9: unit not installed on this device
+                log.debug("device %s: taskinfo %s: %s", device.name, unit_type, exc)
+        if exited:
+            log.info(
+                "device %s: exited %d orphaned instance(s): %s", device.name, len(exited), ", ".join(exited)
+            )
 
     async def _sample(self, device: Device) -> None:
         """Memory and temperature for /metrics; a failure here is not a reason to mark a device down."""

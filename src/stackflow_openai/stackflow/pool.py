@@ -382,22 +382,6 @@ class DevicePool:
         return max(1.0, min(self.queue_timeout, 10.0))
 
     # ---- lifecycle -----------------------------------------------------------------------------
-    async def exit_orphans(self, unit_types: list[str]) -> list[str]:
-        """Exit instances left on the device by an earlier run (found with taskinfo)."""
-        mine = set(self.work_ids())
-        exited = []
-        for unit_type in unit_types:
-            try:
-                for work_id in await self.client.tasklist(unit_type):
-                    if work_id not in mine:
-                        await self.client.exit_instance(work_id)
-                        exited.append(work_id)
-            except DeviceError as exc:  # -9: unit not installed on this device
-                log.debug("taskinfo %s: %s", unit_type, exc)
-        if exited:
-            log.info("exited %d orphaned instance(s): %s", len(exited), ", ".join(exited))
-        return exited
-
     async def close(self) -> None:
         """Exit every instance this pool set up (busy ones too: the gateway is going away)."""
         async with self._cond:
