@@ -92,6 +92,9 @@ class FakeTranscriptionBackend:
         self.windows: list[float] = []  # seconds of each window received
         self.calls: list[dict[str, Any]] = []
 
+    def language(self, requested: str | None) -> str | None:
+        return requested
+
     async def transcribe(
         self, pcm: bytes, *, language: str | None, prompt: str | None, translate: bool = False
     ) -> str:

@@ -160,3 +160,33 @@ def test_translation_through_a_configured_chat_model():
         h.assert_no_leak()
     finally:
         h.stop()
+
+
+def test_the_transcription_language_comes_from_the_request_the_config_or_english():
+    settings = Settings(
+        models={"ears-ja": ModelSettings(type="transcription", device_model="whisper-tiny", language="ja")}
+    )
+    h = Harness(settings=settings).start()
+    try:
+        data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
+
+        def verbose(model: str, **extra: str) -> dict:
+            reply = httpx.post(
+                f"{h.base_url}/audio/transcriptions",
+                data={"model": model, "response_format": "verbose_json", **extra},
+                files={"file": ("a.wav", data)},
+                timeout=30,
+            )
+            assert reply.status_code == 200, reply.text
+            return reply.json()
+
+        # The scripted whisper transcribes in the language its setup names: the text shows which one.
+        english = verbose("whisper-tiny")
+        assert english["language"] == "english" and english["text"].isascii()
+        japanese = verbose("ears-ja")
+        assert japanese["language"] == "japanese" and not japanese["text"].isascii()
+        chinese = verbose("ears-ja", language="zh")  # the request wins over the config
+        assert chinese["language"] == "chinese" and chinese["text"] != japanese["text"]
+        h.assert_no_leak()
+    finally:
+        h.stop()

@@ -150,6 +150,11 @@ class ModelSettings(_Strict):
     voices: dict[str, str] = Field(
         default_factory=dict, description="speech: OpenAI voice name → device model"
     )
+    language: str | None = Field(
+        None,
+        description="transcription: language code whisper transcribes in when a request names none "
+        "(default en); for a sherpa asr model, the one language it knows (reported in verbose_json)",
+    )
     translation_chat_model: str | None = Field(
         None, description="transcription: chat model that translates transcripts for /v1/audio/translations"
     )

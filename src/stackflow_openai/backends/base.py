@@ -127,6 +127,11 @@ class TranscriptionBackend(Protocol):
     window_seconds: float  # longest audio one inference accepts (whisper: 30 s)
     can_translate: bool  # the model itself can translate to English
 
+    def language(self, requested: str | None) -> str | None:
+        """The language code the model transcribes in when a request asks for `requested` (None or a
+        code); None when that is not known."""
+        ...
+
     async def transcribe(
         self, pcm: bytes, *, language: str | None, prompt: str | None, translate: bool = False
     ) -> str:

@@ -142,7 +142,7 @@ class EntryBuilder:
             extra = (
                 {"translation_chat_model": conf.translation_chat_model} if conf.translation_chat_model else {}
             )
-            asr = StackFlowTranscriptionBackend(router, model)
+            asr = StackFlowTranscriptionBackend(router, model, default_language=conf.language)
             entry = ModelEntry(kind="transcription", transcription=asr, extra=extra, **common)  # type: ignore[arg-type]
         else:
             chat = StackFlowChatBackend(router, model, pool_size=conf.pool_size, idle_timeout=idle)

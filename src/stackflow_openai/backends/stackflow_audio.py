@@ -93,7 +93,7 @@ class StackFlowTranscriptionBackend:
         pool: UnitSource,
         model: ModelDescriptor,
         *,
-        default_language: str = "en",
+        default_language: str | None = None,
         result_timeout: float = 20.0,
     ) -> None:
         self.pool = pool
@@ -101,12 +101,19 @@ class StackFlowTranscriptionBackend:
         self.default_language = default_language
         self.result_timeout = result_timeout
 
+    def language(self, requested: str | None) -> str | None:
+        # whisper decodes in the language its setup names (English unless told otherwise); a sherpa asr
+        # model knows one language, which lsmode does not name: only the config can say.
+        if self.model.unit == "whisper":
+            return (requested or self.default_language or "en").lower()
+        return self.default_language
+
     async def transcribe(
         self, pcm: bytes, *, language: str | None, prompt: str | None, translate: bool = False
     ) -> str:
         if translate:
             raise BackendInvalidRequest("this model cannot translate", param="model")
-        language = (language or self.default_language).lower()
+        language = self.language(language) or ""
         if self.model.unit == "whisper":
             setup, obj, audio = whisper_setup(self.model.mode, language), WHISPER_STREAM_INPUT, pcm
         else:

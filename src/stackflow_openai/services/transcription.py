@@ -240,9 +240,7 @@ async def prepare_transcription(registry: ModelRegistry, request: TranscriptionR
         pcm, windows = await asyncio.to_thread(_decode_and_split, request.file, longest)
     except AudioDecodeError as exc:
         raise InvalidRequestError(exc.message, param="file", code=exc.code) from None
-    language = (
-        "english" if request.translate else _language_name(request.language or entry.extra.get("language"))
-    )
+    language = "english" if request.translate else _language_name(backend.language(request.language))
     return TranscriptionJob(request, backend, pcm, windows, language, headers, native, chat)
 
 
@@ -279,7 +277,7 @@ def _translation_mode(
 
 def _language_name(code: str | None) -> str:
     if not code:
-        return "unknown"  # the device does not report the language it heard
+        return "unknown"  # neither the request, the config nor the model says (the device never reports it)
     return _LANGUAGE_NAMES.get(code, code)
 
 
