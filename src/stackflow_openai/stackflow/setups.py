@@ -37,16 +37,19 @@ ASR_STREAM_INPUT = "asr.pcm.stream.base64"
 
 
 def _sampling(temperature: float | None, top_p: float | None, top_k: int | None) -> dict[str, Any]:
-    """Sampling fields with their enable flags; the device ignores a value whose flag is off."""
-    fields: dict[str, Any] = {"enable_temperature": temperature is not None}
+    """Sampling fields with their enable flags (the device ignores a value whose flag is off).
+
+    A value the request leaves unset sends nothing, not even a false flag: a field in the setup
+    overrides the model's descriptor (`CONFIG_AUTO_SET`), and some descriptors turn sampling on
+    (e.g. temperature 0.7 with top-k 40). Without either, the unit samples top-k 10 at temperature 1.
+    """
+    fields: dict[str, Any] = {}
     if temperature is not None:
-        fields["temperature"] = float(temperature)
-    fields["enable_top_p_sampling"] = top_p is not None
-    if top_p is not None:
-        fields["top_p"] = float(top_p)
-    if top_k is not None:  # top-k is on by default (k=10); leave the default unless asked
-        fields["enable_top_k_sampling"] = True
-        fields["top_k"] = int(top_k)
+        fields.update(enable_temperature=True, temperature=float(temperature))
+    if top_p is not None:  # the unit prefers top-p over top-k when both are on
+        fields.update(enable_top_p_sampling=True, top_p=float(top_p))
+    if top_k is not None:
+        fields.update(enable_top_k_sampling=True, top_k=int(top_k))
     return fields
 
 
