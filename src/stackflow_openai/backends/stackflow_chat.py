@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
@@ -34,14 +35,40 @@ _QWEN_FAMILIES = ("qwen", "deepseek-r1", "internvl", "openbuddy")
 _IMAGE_CHUNK_CHARS = 64 * 1024  # keeps each JSON line well under the ~1 MB the protocol advises
 
 
+# Prefill positions one image takes, as StackFlow's own tokenizer scripts lay the prompt out
+# (main_vlm/scripts/tokenizer_<mode>.py). No descriptor says: the device reads the vision input size
+# from the model file. InternVL cuts 14 px patches and merges 2x2 (one token per 28x28 px).
+_IMAGE_TOKENS = {
+    "internvl2-1B-ax630c": 64,  # 224 px
+    "internvl2.5-1B-ax630c": 128,
+    "internvl2.5-1B-364-ax630c": 169,  # 364 px: 13 x 13
+    "internvl2.5-1B-448-ax650": 256,  # 448 px: 16 x 16
+}
+# SmolVLM: <fake_token_around_image><global-img>, 64 image tokens, <fake_token_around_image>
+_SMOLVLM_IMAGE_TOKENS = 64 + 3
+_INTERNVL_SIZE = re.compile(r"-(\d{3})-")
+_FALLBACK_IMAGE_TOKENS = 256  # InternVL at 448 px, the largest common case: never overfill the window
+
+
 def _image_tokens(model: ModelDescriptor) -> int:
-    """Prefill positions of one image: InternVL cuts 14 px patches and merges 2x2 (pixel shuffle)."""
     if model.unit != "vlm":
         return 0
-    width, height = model.mode_param.get("vpm_width"), model.mode_param.get("vpm_height")
-    if isinstance(width, int) and isinstance(height, int):
-        return (width // 28) * (height // 28)
-    return 256  # InternVL's 448 px default: unknown geometry, count the common case
+    mode = model.mode
+    if mode in _IMAGE_TOKENS:
+        return _IMAGE_TOKENS[mode]
+    param = model.mode_param
+    # Qwen-VL descriptors carry their vision geometry: patches of `patch_size` px, merged n x n.
+    keys = ("height", "width", "patch_size", "spatial_merge_size")
+    geometry = [v for v in (param.get(f"vision_config.{k}") for k in keys) if isinstance(v, int) and v > 0]
+    if len(geometry) == len(keys):
+        height, width, patch, merge = geometry
+        return (height // (patch * merge)) * (width // (patch * merge))
+    name = mode.lower()
+    if name.startswith("smolvlm"):
+        return _SMOLVLM_IMAGE_TOKENS
+    if name.startswith("internvl") and (size := _INTERNVL_SIZE.search(mode)):
+        return (int(size.group(1)) // 28) ** 2
+    return _FALLBACK_IMAGE_TOKENS
 
 
 def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:

@@ -197,15 +197,21 @@ async def _garbage(count: int) -> AsyncIterator[str]:
         yield "!"
 
 
+# The vision input size (px) of each VLM model file on the emulated device.
+VISION_INPUT_PX = {"internvl2.5-1B-364-ax630c": 364}
+
+
 class VlmInstance(LlmInstance):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.image: bytes | None = None
 
     def image_tokens(self, images: list[bytes]) -> int:
-        # InternVL-style: one token per 28x28 pixels of the vision input, per image.
-        width, height = int(self.params.get("vpm_width", 0)), int(self.params.get("vpm_height", 0))
-        return (width // 28) * (height // 28) * len(images)
+        # InternVL: one token per 28x28 px of the vision model's input, whose size a device reads from
+        # the model file (vpm_width/vpm_height in a setup are overwritten by it), not the descriptor.
+        assert self.model is not None
+        side = VISION_INPUT_PX.get(self.model.mode, 448)
+        return (side // 28) ** 2 * len(images)
 
     async def on_user_data(self, object: str, data: str) -> None:
         payload = self.decode_common(object, data)
