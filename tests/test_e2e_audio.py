@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import httpx
@@ -13,7 +14,10 @@ import pytest
 from audio_fakes import decode_file, encode_file, rms
 from e2e_harness import Harness
 from stackflow_openai.config import ModelSettings, Settings
-from stackflow_openai.emulator import Timing
+from stackflow_openai.emulator import ScriptedEngine, Timing
+from stackflow_openai.emulator.catalogue import BUILTIN_CATALOGUE_DIR
+from stackflow_openai.emulator.engines.scripted import ScriptedAsrSession
+from stackflow_openai.stackflow.models import ModelDescriptor
 
 ASR_RATE = 16000
 
@@ -187,6 +191,163 @@ def test_the_transcription_language_comes_from_the_request_the_config_or_english
         assert japanese["language"] == "japanese" and not japanese["text"].isascii()
         chinese = verbose("ears-ja", language="zh")  # the request wins over the config
         assert chinese["language"] == "chinese" and chinese["text"] != japanese["text"]
+        h.assert_no_leak()
+    finally:
+        h.stop()
+
+
+# ------------------------------------------------------------------ device quirks the gateway must absorb
+ASR_MODEL = "sherpa-ncnn-streaming-zipformer-20M-2023-02-17"
+
+
+def quick_asr(h: Harness, model: str = ASR_MODEL) -> None:
+    """The scripted unit answers at once: judge "nothing heard" after 0.5 s + 0.1 s per second of audio,
+    and let any other wait fail after 2 s instead of 20."""
+
+    def tune() -> None:
+        backend = h.registry.get(model).transcription
+        backend.asr_grace, backend.asr_seconds_per_second, backend.result_timeout = 0.5, 0.1, 2.0
+
+    h.call(tune)
+
+
+def asr_instances(h: Harness) -> list[str]:
+    return [w for w in h.pool_work_ids() if w.startswith("asr.")]
+
+
+def test_silence_on_the_sherpa_asr_unit_is_an_empty_text_and_the_instance_is_not_reused(harness):
+    quick_asr(harness)
+    c = client(harness)
+    silent = encode_file("wav", np.zeros(ASR_RATE * 2), ASR_RATE, stereo=False)
+    # The unit sends no message at all for an empty result: that silence is the answer.
+    assert c.audio.transcriptions.create(model=ASR_MODEL, file=("s.wav", io.BytesIO(silent))).text == ""
+    # Its recognizer may keep state when no endpoint was reached, so the instance is exited...
+    harness.assert_no_leak()
+    assert asr_instances(harness) == []
+    # ...and the next request gets a fresh one that hears its own audio.
+    speech = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
+    assert c.audio.transcriptions.create(model=ASR_MODEL, file=("a.wav", io.BytesIO(speech))).text.strip()
+
+
+def test_asr_without_an_endpoint_returns_its_partial_and_nothing_carries_over(tmp_path):
+    # A model whose endpoint rules never fire: the unit sends partials only and keeps the utterance
+    # open, so whatever the next inference on that instance hears is appended to it (main_asr).
+    descriptor = json.loads(
+        (BUILTIN_CATALOGUE_DIR / f"mode_{ASR_MODEL}.json").read_text(encoding="utf-8"), object_pairs_hook=dict
+    )
+    descriptor["mode"] = "sherpa-ncnn-streaming-zipformer-no-endpoint"
+    params = descriptor["mode_param"]
+    params["endpoint_config.rule1.min_trailing_silence"] = 600
+    params["endpoint_config.rule2.min_trailing_silence"] = 600
+    params["endpoint_config.rule3.min_utterance_length"] = 600
+    (tmp_path / "mode_sherpa-ncnn-streaming-zipformer-no-endpoint.json").write_text(json.dumps(descriptor))
+    h = Harness(emulator_kwargs={"catalogue_dirs": [tmp_path]}).start()
+    try:
+        model = descriptor["mode"]
+        quick_asr(h, model)
+        c = client(h)
+
+        def transcribe(seconds: float, pause: float) -> str:
+            data = encode_file("wav", speech_like(seconds, pauses_every=pause), ASR_RATE, stereo=False)
+            return c.audio.transcriptions.create(model=model, file=("a.wav", io.BytesIO(data))).text
+
+        first = transcribe(3.0, 1.5)
+        assert first.strip() and first == first.lower()  # the partial: lowercased, no final "."
+        second = transcribe(2.0, 1.0)
+        assert second.strip() and second == transcribe(2.0, 1.0)  # only its own audio, every time
+        assert first not in second
+        h.assert_no_leak()
+    finally:
+        h.stop()
+
+
+def pcm_speech(h: Harness, model: str, text: str) -> bytes:
+    reply = httpx.post(
+        f"{h.base_url}/audio/speech",
+        json={"model": model, "voice": "alloy", "input": text, "response_format": "pcm"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.content
+
+
+@pytest.mark.parametrize("text", ["Hello. ", "One.\nTwo.\n", "Hi.. There,\t"])
+def test_tts_trailing_blanks_do_not_leak_audio_into_the_next_request(text):
+    # Slow synthesis: a segment the gateway did not wait for arrives after the next request started.
+    h = Harness(timing=Timing(synthesis_seconds_per_char=0.15)).start()
+    try:
+        model = "single-speaker-english-fast"
+        first = pcm_speech(h, model, text)
+        following = pcm_speech(h, model, "Hi.")  # same instance, right away
+        assert rms(np.frombuffer(first, "<i2") / 32768) > 0.01
+        assert following == pcm_speech(h, model, "Hi.")  # its own audio, nothing left over
+        assert rms(np.frombuffer(following, "<i2") / 32768) > 0.01
+        h.assert_no_leak()
+    finally:
+        h.stop()
+
+
+@pytest.mark.parametrize("model", ["melotts-en-us", "single-speaker-english-fast"])
+def test_trailing_blanks_add_no_sound(harness, model):
+    assert pcm_speech(harness, model, "Hello there. \n ") == pcm_speech(harness, model, "Hello there.")
+
+
+@pytest.mark.parametrize("model", ["melotts-en-us", "single-speaker-english-fast"])
+def test_the_word_none_is_spoken(harness, model):
+    # The units drop an input of exactly "None" without a reply.
+    harness.call(lambda: setattr(harness.registry.get(model).speech, "idle_timeout", 2.0))
+    assert rms(np.frombuffer(pcm_speech(harness, model, "None"), "<i2") / 32768) > 0.01
+
+
+class PunctuatingEngine(ScriptedEngine):
+    """Transcripts end with "." like those of sense-voice with inverse text normalisation."""
+
+    async def open_asr(self, model: ModelDescriptor) -> ScriptedAsrSession:
+        session = await super().open_asr(model)
+        plain = session.transcribe
+
+        async def punctuated(pcm: bytes, *, language: str) -> str:
+            text = await plain(pcm, language=language)
+            return text + "." if text else ""
+
+        session.transcribe = punctuated  # type: ignore[method-assign]
+        return session
+
+
+def test_sense_voice_with_itn_keeps_its_own_punctuation(tmp_path):
+    descriptor = {
+        "mode": "sense-voice-small-10s-ax650",
+        "type": "asr",
+        "capabilities": ["English"],
+        "input_type": ["sys.pcm", "asr.pcm.base64"],
+        "output_type": ["asr.utf-8"],
+        "mode_param": {"model_config.sense_voice.use_itn": True},
+    }
+    (tmp_path / "mode_sense-voice-small-10s-ax650.json").write_text(json.dumps(descriptor))
+    h = Harness(engine=PunctuatingEngine(), emulator_kwargs={"catalogue_dirs": [tmp_path]}).start()
+    try:
+        c = client(h)
+        speech = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
+        text = c.audio.transcriptions.create(model=descriptor["mode"], file=("a.wav", io.BytesIO(speech)))
+        # With ITN the unit appends no "." of its own: the one there is the model's and stays.
+        assert text.text.strip() and text.text.endswith(".")
+        silent = encode_file("wav", np.zeros(ASR_RATE), ASR_RATE, stereo=False)
+        nothing = c.audio.transcriptions.create(model=descriptor["mode"], file=("s.wav", io.BytesIO(silent)))
+        assert nothing.text == ""  # this engine always answers, an empty text included
+        h.assert_no_leak()
+    finally:
+        h.stop()
+
+
+def test_tts_abandoned_between_sentences_does_not_leak_into_the_next_request():
+    h = Harness(timing=Timing(synthesis_seconds_per_char=0.03)).start()
+    try:
+        model = "single-speaker-english-fast"
+        body = {"model": model, "voice": "alloy", "input": "One. Two. Three. Four.", "response_format": "pcm"}
+        with httpx.stream("POST", f"{h.base_url}/audio/speech", json=body, timeout=30) as reply:
+            next(reply.iter_bytes())  # the first sentence, then the client goes away
+        following = pcm_speech(h, model, "Hi.")
+        assert following == pcm_speech(h, model, "Hi.")
         h.assert_no_leak()
     finally:
         h.stop()

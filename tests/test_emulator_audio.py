@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from emulator_helpers import (
     tone_pcm,
     wav_bytes,
 )
+from stackflow_openai.backends.stackflow_audio import tts_segments
 from stackflow_openai.emulator import Emulator, ScriptedEngine
 from stackflow_openai.emulator.engines.scripted import ScriptedTtsSession, render_speech, transcribe_scripted
 from stackflow_openai.stackflow.models import ModelDescriptor
@@ -126,6 +129,42 @@ async def test_tts_stream_sends_empty_finished_deltas(client: RawClient) -> None
     await client.send(work_id, "inference", "tts.utf-8", "Hi. There.")
     messages = [await client.recv() for _ in range(2)]
     assert [m["data"] for m in messages] == [{"delta": "", "finish": True, "index": 0}] * 2
+    await client.expect_silence()
+
+
+TTS_SPLITS = {
+    "Hello. ": ["Hello.", " ."],  # a blank remainder is spoken too, with its "."
+    "One.\nTwo.\n": ["One.", "\nTwo.", "\n."],
+    "Hi.. There,\t": ["Hi.", ".", " There,", "\t."],  # punctuation alone is a segment
+    "你好，世界。再见": ["你好，", "世界。", "再见."],
+    "No punctuation": ["No punctuation."],
+}
+
+
+@pytest.mark.parametrize("text", list(TTS_SPLITS))
+async def test_tts_sends_one_message_per_device_segment_as_the_gateway_counts_them(
+    client: RawClient, text: str
+) -> None:
+    work_id = await client.setup("tts")
+    await client.send(work_id, "inference", "tts.utf-8", text)
+    expected = TTS_SPLITS[text]
+    messages = [await client.recv() for _ in expected]
+    await client.expect_silence()
+    assert [pcm_of(m) for m in messages] == [render_speech(t) for t in expected]
+    assert tts_segments(text) == expected  # the gateway reads exactly this many messages
+
+
+async def test_melotts_speaks_a_blank_remainder_in_its_final_message(client: RawClient) -> None:
+    work_id = await client.setup("melotts")
+    await client.send(work_id, "inference", "tts.utf-8", "Hello. ")
+    messages = await client.stream()
+    assert [pcm_of(m) for m in messages] == [render_speech("Hello."), render_speech(" .")]
+
+
+@pytest.mark.parametrize("unit", ["melotts", "tts"])
+async def test_tts_units_ignore_the_text_none(client: RawClient, unit: str) -> None:
+    work_id = await client.setup(unit)
+    await client.send(work_id, "inference", "tts.utf-8", "None")
     await client.expect_silence()
 
 
@@ -269,6 +308,36 @@ async def test_asr_input_finish_does_not_flush(client: RawClient) -> None:
     )
     assert (await client.recv())["data"]["finish"] is False
     await client.expect_silence()
+
+
+SENSE_VOICE = {
+    "mode": "sense-voice-small-10s-ax650",
+    "type": "asr",
+    "capabilities": ["Chinese", "English"],
+    "input_type": ["sys.pcm", "asr.pcm.base64"],
+    "output_type": ["asr.utf-8"],
+    "mode_param": {
+        "model_config.sense_voice.model": "model.axmodel",
+        "model_config.sense_voice.use_itn": True,
+    },
+}
+
+
+@pytest.mark.parametrize("itn", [True, False])
+async def test_sense_voice_always_sends_a_final_with_a_period_only_without_itn(
+    tmp_path: Path, itn: bool
+) -> None:
+    (tmp_path / "mode_sense-voice-small-10s-ax650.json").write_text(json.dumps(SENSE_VOICE))
+    async with started_emulator(catalogue_dirs=[tmp_path]) as emu, client_for(emu) as client:
+        overrides = {} if itn else {"model_config.sense_voice.use_itn": False}
+        work_id = await client.setup("asr", model=SENSE_VOICE["mode"], **overrides)
+        end = "" if itn else "."
+        await client.send(work_id, "inference", "asr.pcm.base64", b64(silence_pcm(1.0)))
+        assert (await client.recv())["data"] == {"delta": end, "finish": True, "index": 0}
+        await client.send(work_id, "inference", "asr.pcm.base64", b64(SPEECH))
+        heard = await client.recv()
+        assert heard["data"]["delta"] == transcribe_scripted(SPEECH, "en") + end
+        await client.expect_silence()
 
 
 class FailingTtsEngine(ScriptedEngine):

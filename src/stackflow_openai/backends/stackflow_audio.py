@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping
 
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, DeviceTimeout
@@ -29,8 +28,8 @@ __all__ = ["StackFlowSpeechBackend", "StackFlowTranscriptionBackend", "tts_segme
 
 log = logging.getLogger(__name__)
 
-# The TTS units cut text after each of these and synthesize every piece separately (§5.4).
-_SEGMENT_END = re.compile(r"(?<=[,.!?;，、。！？；])")
+# The TTS units end a segment on each of these characters and synthesize every segment separately (§5.4).
+_BREAKPOINTS = frozenset(",.!?;，、。！？；")
 # whisper and asr take 16 kHz mono s16le; 2.5 s of zeros lets the sherpa decoder reach its endpoint.
 _RATE = 16000
 _ASR_TAIL = bytes(2 * int(2.5 * _RATE))
@@ -39,7 +38,34 @@ _SILENT_WHEN_EMPTY = frozenset({"en", "ja"})
 
 
 def tts_segments(text: str) -> list[str]:
-    return [piece for piece in _SEGMENT_END.split(text) if piece.strip()]
+    """The pieces the tts and melotts units synthesize for `text`, one message each on tts.
+
+    Mirrors `task_user_data` in main_tts / main_melotts: every breakpoint character closes a segment,
+    even one holding nothing else ("Hi.." is "Hi." and "."), and a non-empty remainder, however blank
+    (" ", "\n"), is spoken with "." appended. Counting any other way leaves device messages unread,
+    and they then arrive in the next request on the same instance.
+    """
+    segments: list[str] = []
+    pending = ""
+    for char in text:
+        pending += char
+        if char in _BREAKPOINTS:
+            segments.append(pending)
+            pending = ""
+    if pending:
+        segments.append(pending + ".")
+    return segments
+
+
+def device_tts_text(text: str) -> str:
+    """`text` as sent to a TTS unit: no trailing blanks, and never the exact string "None".
+
+    A blank remainder would be synthesized as " ." (a click of sound, or a -11 on a model that cannot
+    voice it) for nothing; the units drop an input of exactly "None" without a reply, so it goes out
+    as "None.", which they speak exactly as they would speak the remainder "None".
+    """
+    text = text.rstrip()
+    return "None." if text == "None" else text
 
 
 def _pcm(reply_b64: str) -> bytes:
@@ -67,6 +93,7 @@ class StackFlowSpeechBackend:
                 f"unknown voice {voice!r}; valid: {', '.join(self.voices)}", param="voice"
             )
         setup = melotts_setup(model.mode) if model.unit == "melotts" else tts_setup(model.mode)
+        text = device_tts_text(text)
         try:
             async with device_lease(self.pool, model, setup, pool_size=None) as unit:
                 await unit.infer(text, object=TTS_TEXT_INPUT)
@@ -74,19 +101,39 @@ class StackFlowSpeechBackend:
                     async for reply in unit.outputs(idle_timeout=self.idle_timeout):
                         yield _pcm(reply_text(reply))
                 else:
-                    # tts sends one message per segment and no end marker: count the segments.
-                    for _ in tts_segments(text):
-                        async for reply in unit.outputs(idle_timeout=self.idle_timeout):
-                            yield _pcm(reply_text(reply))
+                    async for pcm in self._tts_segments(unit, text):
+                        yield pcm
         except (DeviceTimeout, ConnectionLost) as exc:
             raise BackendUnavailable(f"the device stopped answering: {exc}") from exc
         except DeviceError as exc:
             raise BackendUnavailable(f"speech synthesis failed on the device: {exc}") from exc
 
+    async def _tts_segments(self, unit: Unit, text: str) -> AsyncIterator[bytes]:
+        """tts sends one message per segment and no end marker: read exactly as many as it sends."""
+        expected = len(tts_segments(text))
+        received = 0
+        try:
+            while received < expected:
+                async for reply in unit.outputs(idle_timeout=self.idle_timeout):
+                    received += 1
+                    yield _pcm(reply_text(reply))
+        finally:
+            if received < expected:
+                # Stopped early (client gone, -11, timeout): the unit looks idle between segments but
+                # still owes the rest, which would land in the next request. Have the pool exit it.
+                unit.mark_broken()
+
 
 class StackFlowTranscriptionBackend:
     window_seconds = 30.0  # whisper pads or cuts its mel input to 30 s (§5.5)
     can_translate = False  # the device units have no translate task
+    # A sherpa asr unit sends nothing when it heard nothing (§5.5, protocol-notes.md). It decodes the
+    # whole upload in one call once the last chunk is in, and these units are made to follow a live
+    # microphone, so they decode at least as fast as real time: after `asr_grace` seconds plus
+    # `asr_seconds_per_second` per second of audio sent (trailing silence included) without a message,
+    # nothing is coming.
+    asr_grace = 3.0
+    asr_seconds_per_second = 1.0
 
     def __init__(
         self,
@@ -100,6 +147,11 @@ class StackFlowTranscriptionBackend:
         self.model = model
         self.default_language = default_language
         self.result_timeout = result_timeout
+
+    @property
+    def streaming_asr(self) -> bool:
+        """A sherpa streaming model: main_asr picks its engine by these name prefixes (`parse_config`)."""
+        return self.model.unit == "asr" and self.model.mode.startswith(("sherpa-ncnn", "sherpa-onnx"))
 
     def language(self, requested: str | None) -> str | None:
         # whisper decodes in the language its setup names (English unless told otherwise); a sherpa asr
@@ -124,15 +176,35 @@ class StackFlowTranscriptionBackend:
         except (ConnectionLost, DeviceError) as exc:
             raise BackendUnavailable(f"transcription failed on the device: {exc}") from exc
 
+    def result_wait(self, audio_bytes: int) -> float:
+        """How long to wait for each message after `audio_bytes` of PCM were sent."""
+        if not self.streaming_asr:
+            return self.result_timeout
+        return self.asr_grace + self.asr_seconds_per_second * audio_bytes / (2 * _RATE)
+
     async def _run(self, unit: Unit, audio: bytes, obj: str, language: str) -> str:
         await unit.infer_base64_stream(base64.b64encode(audio).decode("ascii"), object=obj)
+        wait = self.result_wait(len(audio))
         text = ""
         try:
-            async for reply in unit.outputs(idle_timeout=self.result_timeout, silence_ends=True):
+            async for reply in unit.outputs(idle_timeout=wait, silence_ends=True):
                 text = reply_text(reply)  # asr partials are cumulative: the last one is the whole text
-        except DeviceTimeout:
+        except DeviceTimeout as exc:
+            if self.streaming_asr:
+                # Nothing heard (no message at all), or no endpoint reached (a partial and no final; the
+                # partial is the whole text, without the final's "."). Either way the recognizer stream
+                # may not have been reset and would prefix the next request's text: have it exited.
+                unit.mark_broken()
+                return text
             if self.model.unit == "whisper" and language not in _SILENT_WHEN_EMPTY:
                 return ""  # silence is whisper's answer for "nothing heard" here
-            raise
-        # Both units append "." to every result; take exactly that one off.
-        return text[:-1] if text.endswith(".") else text
+            unit.mark_broken()  # an answer may still come, into the next request: do not reuse it
+            raise BackendUnavailable(f"the device did not answer the transcription: {exc}") from exc
+        return text[:-1] if text.endswith(".") and self._final_has_period() else text
+
+    def _final_has_period(self) -> bool:
+        """Every final result gets "." appended (main_asr `task_output`, main_whisper), except from asr's
+        offline engine (sense-voice) with inverse text normalisation on, whose punctuation is the model's."""
+        if self.model.unit != "asr" or self.streaming_asr:
+            return True
+        return not self.model.mode_param.get("model_config.sense_voice.use_itn", False)

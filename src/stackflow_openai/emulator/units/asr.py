@@ -11,7 +11,9 @@ reassembled by index first. With `wav` in the object everything up to and includ
   An endpoint needs trailing silence: `rule2` (1.2 s) after speech, `rule1` (2.4 s) without any
   (then nothing is sent), or an utterance of `rule3` (30 s). At an endpoint with text, the final
   `text + "."` goes out with `finish:true` and a new utterance starts. Input `finish` does not flush.
-- asr with other models (sense-voice): each inference is one utterance with one final message.
+  Without an endpoint nothing is reset: the next inference's audio continues the same utterance.
+- asr with other models (sense-voice): each inference is one utterance with one final message, sent
+  even when empty; the `.` is appended only when `model_config.sense_voice.use_itn` is off.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ SAMPLE_RATE = 16000
 WHISPER_MAX_BYTES = 30 * SAMPLE_RATE * 2  # 3000 mel frames of 10 ms
 FRAME_BYTES = SAMPLE_RATE // 100 * 2  # 10 ms
 SILENCE_LEVEL = 300  # mean |sample| at or below this counts as silence
+USE_ITN = "model_config.sense_voice.use_itn"
 
 
 class AudioInstance(Instance):
@@ -86,6 +89,7 @@ class AsrInstance(AudioInstance):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.streaming = True
+        self.use_itn = False
         self.rule1 = 2.4
         self.rule2 = 1.2
         self.rule3 = 30.0
@@ -95,6 +99,8 @@ class AsrInstance(AudioInstance):
     def configure(self, config: dict[str, Any], params: dict[str, Any], model: ModelDescriptor) -> None:
         super().configure(config, params, model)
         self.streaming = model.mode.startswith(("sherpa-ncnn", "sherpa-onnx"))
+        # `is_using_itn()` only asks the offline (sense-voice) engine.
+        self.use_itn = not self.streaming and bool(params.get(USE_ITN, False))
         self.rule1 = float(config.get("rule1", params.get("endpoint_config.rule1.min_trailing_silence", 2.4)))
         self.rule2 = float(config.get("rule2", params.get("endpoint_config.rule2.min_trailing_silence", 1.2)))
         self.rule3 = float(config.get("rule3", params.get("endpoint_config.rule3.min_utterance_length", 30)))
@@ -106,7 +112,7 @@ class AsrInstance(AudioInstance):
         assert self.session is not None
         if not self.streaming:
             text = await self.session.transcribe(pcm, language=self.language)
-            self.emit_text(text + ".", finish=True)
+            self.emit_text(text if self.use_itn else text + ".", finish=True)
             return
         self._add_audio(pcm)
         text = (await self.session.transcribe(bytes(self._utterance), language=self.language)).lower()
