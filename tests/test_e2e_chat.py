@@ -440,3 +440,21 @@ def test_not_enough_device_memory_is_a_clear_503():
         assert h.live_instances() == []
     finally:
         h.stop()
+
+
+def test_a_configured_prefill_len_replaces_the_descriptors_window():
+    # For chunked-prefill models the descriptor's `_pNNN_` is not the window; the config can say.
+    # Shown here the other way round: a window smaller than the descriptor's refuses a prompt that
+    # the discovered model (256 tokens) accepts.
+    settings = Settings(models={"narrow": ModelSettings(device_model=LLM, prefill_len=64)})
+    h = Harness(settings=settings).start()
+    try:
+        prompt = "word " * 80
+        reply = client(h).chat.completions.create(model=LLM, messages=[{"role": "user", "content": prompt}])
+        assert reply.choices[0].message.content
+        with pytest.raises(openai.BadRequestError) as err:
+            client(h).chat.completions.create(model="narrow", messages=[{"role": "user", "content": prompt}])
+        assert err.value.code == "context_length_exceeded"
+        h.assert_no_leak()
+    finally:
+        h.stop()

@@ -145,6 +145,12 @@ class ModelSettings(_Strict):
     )
     pool_size: int | None = Field(None, ge=1, description="most instances of this model per device")
     system_prompt: str | None = Field(None, description="used when a request brings no system message")
+    prefill_len: int | None = Field(
+        None,
+        ge=16,
+        description="chat: tokens the templated prompt may use, for a model whose descriptor does not say "
+        "it right (chunked-prefill models; docs/protocol-notes.md, item 10)",
+    )
     strict_params: bool = Field(False, description="refuse (400) parameters the device cannot honour")
     allow_n: bool = Field(True, description="accept n > 1 (choices run one after another)")
     voices: dict[str, str] = Field(

@@ -145,7 +145,9 @@ class EntryBuilder:
             asr = StackFlowTranscriptionBackend(router, model, default_language=conf.language)
             entry = ModelEntry(kind="transcription", transcription=asr, extra=extra, **common)  # type: ignore[arg-type]
         else:
-            chat = StackFlowChatBackend(router, model, pool_size=conf.pool_size, idle_timeout=idle)
+            chat = StackFlowChatBackend(
+                router, model, pool_size=conf.pool_size, idle_timeout=idle, prefill_len=conf.prefill_len
+            )
             extra = {"system_prompt": conf.system_prompt} if conf.system_prompt else {}
             entry = ModelEntry(kind="chat", chat=chat, allow_n=conf.allow_n, extra=extra, **common)  # type: ignore[arg-type]
         cat.entries[model_id] = entry

@@ -6,6 +6,7 @@ import base64
 import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from stackflow_openai.stackflow.errors import (
@@ -139,13 +140,21 @@ class _DeviceChatUnit:
 
 class StackFlowChatBackend:
     def __init__(
-        self, pool: UnitSource, model: ModelDescriptor, *, pool_size: int | None, idle_timeout: float
+        self,
+        pool: UnitSource,
+        model: ModelDescriptor,
+        *,
+        pool_size: int | None,
+        idle_timeout: float,
+        prefill_len: int | None = None,
     ) -> None:
         self.pool = pool
         self.model = model
         self.pool_size = pool_size
         self.idle_timeout = idle_timeout
-        self.info = chat_info_for(model)
+        info = chat_info_for(model)
+        # The config knows better than the descriptor for chunked-prefill models (protocol-notes.md §10).
+        self.info = replace(info, prefill_len=prefill_len) if prefill_len else info
 
     @asynccontextmanager
     async def lease(self, settings: UnitSettings) -> AsyncIterator[_DeviceChatUnit]:
