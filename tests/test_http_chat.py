@@ -276,6 +276,24 @@ async def test_strict_models_refuse_ignored_params() -> None:
     assert "top_logprobs" in error["message"]
     assert backend.leases == []
     assert (await post(backend, user("Hi", frequency_penalty=0), strict_params=True)).status_code == 200
+    # Bookkeeping fields never change the answer: not refused, not reported (LibreChat sends `user`).
+    bookkeeping = {"user": "u-42", "metadata": {"k": "v"}, "store": True, "service_tier": "flex",
+                   "prompt_cache_key": "c", "safety_identifier": "s"}  # fmt: skip
+    response = await post(backend, user("Hi", **bookkeeping), strict_params=True)
+    assert response.status_code == 200 and "x-ignored-params" not in response.headers
+
+
+async def test_instructions_alone_are_answered() -> None:
+    # OpenAI answers a conversation of system messages only; the unit needs a user turn.
+    backend = FakeChatBackend()
+    response = await post(
+        backend, {"model": "qwen", "messages": [{"role": "system", "content": "Say hello."}]}
+    )
+    assert response.status_code == 200
+    assert backend.generations[0].prompt == "Say hello."
+    assert backend.leases[0].settings.system_prompt == DEFAULT_SYSTEM_PROMPT
+    empty = await post(backend, {"model": "qwen", "messages": [{"role": "system", "content": " "}]})
+    assert_error(empty, 400, param="messages")
 
 
 # ---- validation ------------------------------------------------------------------------------------------

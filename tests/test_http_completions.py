@@ -130,7 +130,7 @@ async def test_unsupported_options_are_reported_or_refused_in_strict_mode() -> N
         ({"prompt": [[1, 2], [3]]}, "prompt"),
         ({"prompt": []}, "prompt"),
         ({}, "prompt"),
-        ({"prompt": "Hi", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "Hi", "max_tokens": -1}, "max_tokens"),
         ({"prompt": ""}, "prompt"),
         ({"prompt": ["ok", " "]}, "prompt[1]"),
     ],
@@ -165,3 +165,20 @@ async def test_proxy_models_are_forwarded_untouched() -> None:
         ("/completions", {"model": "big", "prompt": "Hi", "seed": 3}),
         ("/chat/completions", {"model": "big", "messages": [{"role": "user", "content": "x"}]}),
     ]
+
+
+async def test_max_tokens_defaults_to_16_and_0_scores_the_prompt_without_the_device() -> None:
+    backend = FakeChatBackend(script=["word " * 40])
+    body = (await post(backend, {"prompt": "Hi"})).json()
+    assert body["usage"]["completion_tokens"] == 16 and body["choices"][0]["finish_reason"] == "length"
+    backend = FakeChatBackend()
+    body = (await post(backend, {"prompt": "Hi there", "max_tokens": 0, "echo": True})).json()
+    validate("CreateCompletionResponse", body)
+    assert body["choices"][0]["text"] == "Hi there" and body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 0 and body["usage"]["prompt_tokens"] > 0
+    events = stream(
+        await post(backend, {"prompt": "Hi there", "max_tokens": 0, "echo": True, "stream": True})
+    )
+    assert text_of(events) == "Hi there"
+    assert [c["finish_reason"] for e in events for c in e["choices"]][-1] == "length"
+    assert backend.leases == []  # nothing to generate: no unit was leased

@@ -126,9 +126,12 @@ def test_unsupported_part_type_names_the_part() -> None:
     assert info.value.param == "messages[0].content[1].type"
 
 
-def test_system_only_conversation_is_refused() -> None:
+def test_instructions_alone_become_the_user_turn() -> None:
+    conversation = parse_messages(messages(("system", "Say hi."), ("developer", "Briefly.")))
+    assert conversation.system_prompt is None
+    assert [(t.role, t.text) for t in conversation.turns] == [("user", "Say hi.\n\nBriefly.")]
     with pytest.raises(InvalidRequestError):
-        parse_messages(messages(("system", "You are terse.")))
+        parse_messages(messages(("system", "  ")))
 
 
 def test_long_conversation_drops_the_oldest_turns_to_fit_p256() -> None:

@@ -39,6 +39,8 @@ OPENAI_VOICES = (
     "sage",
     "shimmer",
     "verse",
+    "marin",
+    "cedar",
 )
 # Names clients hard-code → the first model of that kind (text-only chat models first).
 # Config aliases win over these.

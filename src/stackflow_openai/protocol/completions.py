@@ -19,7 +19,8 @@ class CompletionRequest(BaseModel):
     # Token-id prompts (lists of integers) are not accepted: the device takes text only.
     prompt: str | Annotated[list[str], Field(min_length=1)]
     echo: bool | None = None
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    # OpenAI's default is 16 (applied by the service); 0 with `echo` scores a prompt without generating.
+    max_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS_LIMIT)
     n: int | None = Field(default=None, ge=1, le=MAX_N)
     stop: StopParam = None
     stream: bool | None = None

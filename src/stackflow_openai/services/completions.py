@@ -7,8 +7,10 @@ Qwen models in the setting they were tuned for (an empty system block is not), a
 completion requests share pooled units, which are keyed by their setup.
 
 Parameters: `prompt` is a string or a list of strings (one choice per prompt × n, indexes in that order);
-`echo` is honoured (the prompt is prepended to the text); `suffix`, `logprobs` and `best_of` > n cannot
-be honoured and are reported as ignored (400 in strict mode); token-id prompts are refused.
+`echo` is honoured (the prompt is prepended to the text); `max_tokens` defaults to 16 as at OpenAI,
+and 0 answers without using the device (with `echo`: the prompt alone); `suffix`, `logprobs` and
+`best_of` > n cannot be honoured and are reported as ignored (400 in strict mode); token-id prompts
+are refused.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from .registry import ModelRegistry, resolve_model
 
 __all__ = ["CompletionService"]
 
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint (CreateCompletionRequest.max_tokens)
 _PLACEHOLDER = "\x00text\x00"  # marks where the text goes while a template is built (any string would do)
 
 
@@ -81,6 +84,7 @@ class CompletionService:
         prompts = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
         system = entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
         await self._tokenizers.load_for(info)  # first use: loads in a worker thread, not on the loop
+        max_tokens = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
         jobs: list[Job] = []
         prompt_tokens = 0
         for i, prompt in enumerate(prompts):
@@ -88,7 +92,7 @@ class CompletionService:
             require_text(prompt, param=param)
             fit = partial(fit_prompt, self._tokenizers, info, system, [Turn("user", prompt)], param=param)
             fitted = await run_counting(fit, chars=len(system) + len(prompt))
-            budget = token_budget(info, fitted.prompt_tokens, request.max_tokens, param=param)
+            budget = token_budget(info, fitted.prompt_tokens, max_tokens, param=param)
             prompt_tokens += fitted.prompt_tokens
             jobs.extend(Job(prompt, [], budget) for _ in range(n))
         settings = UnitSettings(

@@ -267,6 +267,13 @@ async def generate_choices(
 
     A ChoiceText carries all the text released since the previous one (see `_ChoiceReader`). With
     `stream=False` only the ChoiceFinished events come (the consumer is woken once per choice)."""
+    if all(job.budget == 0 for job in jobs):
+        # max_tokens=0 (a completions client scoring its prompt with echo): no unit, nothing generated.
+        for index in range(len(jobs)):
+            if stream:
+                yield ChoiceStarted(index)
+            yield ChoiceFinished(index, "length", "", 0)
+        return
     async with _leased(backend.lease(settings)) as unit:
         for index, job in enumerate(jobs):
             limiter = OutputLimiter(counter, stops=stops, budget=job.budget)

@@ -32,6 +32,10 @@ def _best_of_neutral(value: Any, body: Mapping[str, Any]) -> bool:
     return value in (1, body.get("n") or 1)
 
 
+def _always(_value: Any, _body: Mapping[str, Any]) -> bool:
+    return True
+
+
 def _tool_choice_neutral(value: Any, body: Mapping[str, Any]) -> bool:
     # "auto" with no tools means nothing; with tools, the tools themselves are reported.
     return value == "none" or (value == "auto" and not body.get("tools"))
@@ -52,10 +56,14 @@ _NEUTRAL: dict[str, Callable[[Any, Mapping[str, Any]], bool]] = {
     "parallel_tool_calls": lambda _v, body: not body.get("tools"),
     "response_format": _in({"type": "text"}),
     "modalities": _in(["text"]),
-    "metadata": _in({}),
-    "store": _in(False),
-    "service_tier": _in("auto", "default"),
-    "user": _in(""),
+    # Bookkeeping and routing hints: whatever their value, the answer is the same (LibreChat sends
+    # `user` with every request; strict_params must not refuse it).
+    "metadata": _always,
+    "store": _always,
+    "service_tier": _always,
+    "user": _always,
+    "prompt_cache_key": _always,
+    "safety_identifier": _always,
     "suffix": _in(""),
     "best_of": _best_of_neutral,
 }

@@ -124,9 +124,12 @@ def parse_messages(messages: Sequence[ChatMessage]) -> Conversation:
         if message.role == "assistant" and not text:
             text = _tool_calls_text(message)
         turns.append(Turn(message.role, text, tuple(images)))
-    if not turns:
-        raise InvalidRequestError("messages must contain a user message.", param="messages")
     joined = "\n\n".join(s for s in system if s.strip())
+    if not turns:
+        if not joined:
+            raise InvalidRequestError("messages must contain a user message.", param="messages")
+        # Instructions alone (OpenAI answers those): the unit needs a user turn, so they become it.
+        return Conversation(None, [Turn("user", joined, ())])
     return Conversation(joined or None, turns)
 
 

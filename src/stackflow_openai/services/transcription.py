@@ -48,7 +48,9 @@ __all__ = [
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # OpenAI's limit: "Maximum content size limit (26214400)"
 TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 TRANSLATION_SYSTEM_PROMPT = "Translate the user's text to English. Reply with the translation only."
-_KNOWN_FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature", "stream"}
+# `chunking_strategy` is acted on whatever it says: long audio is always cut at silences (see split.py).
+_KNOWN_FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature", "stream",
+                 "chunking_strategy"}  # fmt: skip
 _GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
 # Whisper codes → the names OpenAI's verbose_json uses; codes not listed are echoed as given.
 _LANGUAGE_NAMES = {
