@@ -20,7 +20,7 @@ from emulator_helpers import (
     wav_bytes,
 )
 from stackflow_openai.backends.stackflow_audio import tts_segments
-from stackflow_openai.emulator import Emulator, ScriptedEngine
+from stackflow_openai.emulator import Emulator, ScriptedEngine, load_catalogue
 from stackflow_openai.emulator.engines.scripted import ScriptedTtsSession, render_speech, transcribe_scripted
 from stackflow_openai.stackflow.models import ModelDescriptor
 
@@ -37,6 +37,14 @@ async def emu() -> AsyncIterator[Emulator]:
 async def client(emu: Emulator) -> AsyncIterator[RawClient]:
     async with client_for(emu) as raw:
         yield raw
+
+
+# melotts speaks at its descriptor's `spacker_speed` unless the setup says otherwise (1.2 for en-us).
+MELOTTS_SPEED = next(m for m in load_catalogue() if m.mode == "melotts-en-us").mode_param["spacker_speed"]
+
+
+def melotts_speech(text: str) -> bytes:
+    return render_speech(text, MELOTTS_SPEED)
 
 
 def pcm_of(message: dict[str, Any]) -> bytes:
@@ -58,8 +66,8 @@ async def test_melotts_stream_one_message_per_segment_and_empty_final(client: Ra
         (1, False),
         (2, True),
     ]
-    assert pcm_of(messages[0]) == render_speech("Hello there.")
-    assert pcm_of(messages[1]) == render_speech(" How are you?")
+    assert pcm_of(messages[0]) == melotts_speech("Hello there.")
+    assert pcm_of(messages[1]) == melotts_speech(" How are you?")
     assert messages[2]["data"]["delta"] == ""  # the text ended on punctuation
     assert {(m["request_id"], m["work_id"], m["object"]) for m in messages} == {
         (rid, work_id, "tts.pcm.stream.base64")
@@ -71,7 +79,7 @@ async def test_melotts_stream_final_holds_the_remainder_with_a_period(client: Ra
     work_id = await client.setup("melotts")
     await client.send(work_id, "inference", "tts.utf-8", "One, two and three")
     messages = await client.stream()
-    assert [pcm_of(m) for m in messages] == [render_speech("One,"), render_speech(" two and three.")]
+    assert [pcm_of(m) for m in messages] == [melotts_speech("One,"), melotts_speech(" two and three.")]
     assert len(pcm_of(messages[1])) > len(pcm_of(messages[0]))  # longer text, longer audio
 
 
@@ -80,7 +88,7 @@ async def test_melotts_non_stream_returns_only_the_final_segment(client: RawClie
     await client.send(work_id, "inference", "tts.utf-8", "Hello there. How are you?")
     assert (await client.recv())["data"] == ""  # device bug: punctuated text returns nothing
     await client.send(work_id, "inference", "tts.utf-8", "Hello. Good bye")
-    assert pcm_of(await client.recv()) == render_speech(" Good bye.")
+    assert pcm_of(await client.recv()) == melotts_speech(" Good bye.")
     await client.expect_silence()
 
 
@@ -90,14 +98,14 @@ async def test_melotts_stream_input_is_spoken_chunk_by_chunk(client: RawClient) 
         work_id, "inference", "tts.utf-8.stream", {"delta": "First part. Sec", "index": 0, "finish": False}
     )
     first = await client.recv()
-    assert (pcm_of(first), first["data"]["finish"]) == (render_speech("First part."), False)
+    assert (pcm_of(first), first["data"]["finish"]) == (melotts_speech("First part."), False)
     await client.expect_silence()  # "Sec" waits for more text
     # melotts reads `finish` as "contains true": a missing one means "not finished".
     await client.send(work_id, "inference", "tts.utf-8.stream", {"delta": "ond", "index": 1})
     await client.expect_silence()
     await client.send(work_id, "inference", "tts.utf-8.stream", {"delta": "", "index": 2, "finish": True})
     final = await client.recv()
-    assert (pcm_of(final), final["data"]["finish"]) == (render_speech(" Second."), True)
+    assert (pcm_of(final), final["data"]["finish"]) == (melotts_speech(" Second."), True)
 
 
 async def test_melotts_ignores_empty_none_and_bad_base64(client: RawClient) -> None:
@@ -112,7 +120,7 @@ async def test_melotts_audio_rate_resamples(client: RawClient) -> None:
     work_id = await client.setup("melotts", audio_rate=8000)
     await client.send(work_id, "inference", "tts.utf-8", "Hello there.")
     messages = await client.stream()
-    assert abs(len(pcm_of(messages[0])) * 2 - len(render_speech("Hello there."))) <= 4
+    assert abs(len(pcm_of(messages[0])) * 2 - len(melotts_speech("Hello there."))) <= 4
 
 
 # ----------------------------------------------------------------------------------- tts
@@ -158,7 +166,7 @@ async def test_melotts_speaks_a_blank_remainder_in_its_final_message(client: Raw
     work_id = await client.setup("melotts")
     await client.send(work_id, "inference", "tts.utf-8", "Hello. ")
     messages = await client.stream()
-    assert [pcm_of(m) for m in messages] == [render_speech("Hello."), render_speech(" .")]
+    assert [pcm_of(m) for m in messages] == [melotts_speech("Hello."), melotts_speech(" .")]
 
 
 @pytest.mark.parametrize("unit", ["melotts", "tts"])

@@ -1,6 +1,8 @@
 """The emulated device's installed models: `mode_*.json` descriptors, as in /opt/m5stack/data/models.
 
-The built-in set mirrors a Module LLM (AX630C) with the models this project drives. Every built-in
+The built-in set mirrors a Module LLM (AX630C) with the models this project drives. Each file is the
+device's own descriptor, as in m5stack/StackFlow (commit d9084ba, `projects/llm_framework/main_*/`), so
+the gateway is never tested against a field a real device lacks; the one addition: every built-in
 descriptor carries `mode_param.cmm_size` (KiB) so the emulated CMM memory has numbers: the device's
 own value where it declares one, else the bridge's heuristics of protocol §6 (0.5B 560460, 1B
 1363148, 1.5B 1782579, melotts 59764, whisper-tiny 289132); whisper-base (548610) is scaled from
