@@ -237,3 +237,28 @@ async def test_vlm_image_tokens_count_against_the_prefill_window(emu: Emulator, 
     await client.send(work_id, "inference", "vlm.utf-8", words)
     assert set((await client.recv())["data"]) == {"!"}
     assert emu.prefill_overflows == 1
+
+
+async def test_groups_are_held_while_their_text_ends_in_byte_0xbd() -> None:
+    # 好 is E5 A5 BD: the device's test for a split character (last byte 0xBD) holds it back too.
+    tokens = ["你", "好", "好", "吗", "?", "!", "a", "b", "c", "好"]
+
+    class Engine(ScriptedEngine):
+        async def open_llm(self, model: ModelDescriptor, settings: LlmSettings) -> ScriptedLlmSession:
+            session = await super().open_llm(model, settings)
+
+            async def generate(
+                prompt: str, *, images: list[bytes], max_new_tokens: int
+            ) -> AsyncIterator[str]:
+                for token in tokens:
+                    yield token
+
+            session.generate = generate  # type: ignore[method-assign]
+            return session
+
+    async with started_emulator(engine=Engine()) as emu, client_for(emu) as client:
+        work_id = await client.setup("llm")
+        await client.send(work_id, "inference", "llm.utf-8", "hi")
+        messages = await client.stream()
+    # "你好好" ends in 0xBD: held until "吗" joins; the last "好" is flushed only by the end of sequence.
+    assert [m["data"]["delta"] for m in messages[:-1]] == ["你好好吗", "?!a", "bc好"]

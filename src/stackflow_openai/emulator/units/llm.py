@@ -163,7 +163,7 @@ class LlmInstance(Instance):
             produced.append(piece)
             held.append(piece)
             joined = "".join(held)
-            if len(held) >= GROUP_TOKENS and joined and not joined.endswith("\ufffd"):
+            if len(held) >= GROUP_TOKENS and joined and not _held_back(joined):
                 deltas += self._delta(joined)
                 held.clear()
                 if close_after is not None and deltas >= close_after and self.push_conn is not None:
@@ -195,6 +195,13 @@ async def _garbage(count: int) -> AsyncIterator[str]:
     for _ in range(count):
         await asyncio.sleep(0)
         yield "!"
+
+
+def _held_back(text: str) -> bool:
+    """The device keeps a group while its decoded text ends in the byte 0xBD (`LLM.hpp`, `tmp_out.back()
+    != 0xBD`, char unsigned on ARM). Meant for the U+FFFD of a character split across tokens (EF BF BD),
+    it also holds back text that ends in 好 (E5 A5 BD), н, ν, ½...: such groups grow past three tokens."""
+    return text.encode("utf-8", "surrogatepass").endswith(b"\xbd")
 
 
 # The vision input size (px) of each VLM model file on the emulated device.
