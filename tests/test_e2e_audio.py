@@ -353,3 +353,28 @@ def test_tts_abandoned_between_sentences_does_not_leak_into_the_next_request():
         h.assert_no_leak()
     finally:
         h.stop()
+
+
+def test_languages_are_whisper_codes_or_a_400(harness):
+    data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
+
+    def transcribe(language: str) -> httpx.Response:
+        return httpx.post(
+            f"{harness.base_url}/audio/transcriptions",
+            data={"model": "whisper-tiny", "response_format": "verbose_json", "language": language},
+            files={"file": ("a.wav", data)},
+            timeout=30,
+        )
+
+    # A device's whisper decodes any string its table lacks as Chinese: the gateway sends the code.
+    english = transcribe("en").json()
+    for spelling in ("EN", "en-US", "english"):
+        reply = transcribe(spelling).json()
+        assert (reply["language"], reply["text"]) == ("english", english["text"]) and english[
+            "text"
+        ].isascii()
+    assert transcribe("zh_CN").json()["language"] == "chinese"
+    refused = transcribe("klingon")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "language"
+    assert refused.json()["error"]["code"] == "invalid_language"

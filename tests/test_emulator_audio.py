@@ -380,3 +380,14 @@ async def test_setup_speed_overrides_the_descriptor(client: RawClient) -> None:
     fast = pcm_of((await client.stream())[0])
     assert fast == render_speech("Hello there.", speed=2.0)
     assert len(fast) < len(render_speech("Hello there."))
+
+
+async def test_whisper_decodes_an_unknown_language_as_chinese(client: RawClient) -> None:
+    # main_whisper `detect_language`: a string not in whisper's table falls back to index 51, "zh".
+    results = {}
+    for language in ("en", "english"):
+        work_id = await client.setup("whisper", language=language)
+        await client.send(work_id, "inference", "whisper.pcm.base64", b64(SPEECH))
+        results[language] = (await client.recv())["data"]
+        await client.call(work_id, "exit")
+    assert results["en"].isascii() and not results["english"].isascii()

@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from stackflow_openai.languages import language_code
+
 __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
@@ -175,6 +177,11 @@ class ModelSettings(_Strict):
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
         return v.rstrip("/") if v else v
+
+    @field_validator("language")
+    @classmethod
+    def _whisper_code(cls, v: str | None) -> str | None:
+        return language_code(v) if v else None  # ValueError → a config error naming the field
 
     @model_validator(mode="after")
     def _proxy_needs_url(self) -> ModelSettings:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from stackflow_openai.audio import AudioDecodeError, Cue, to_srt, to_vtt
 from stackflow_openai.backends.base import BackendError, ChatBackend, TranscriptionBackend, UnitSettings
 from stackflow_openai.errors import APIError, InvalidRequestError, ServiceUnavailable, to_openai_error
+from stackflow_openai.languages import language_code, language_name
 from stackflow_openai.services.generation import Detached
 from stackflow_openai.services.registry import ModelRegistry, resolve_model
 from stackflow_openai.services.speech import ignored_or_refused
@@ -52,13 +53,6 @@ TRANSLATION_SYSTEM_PROMPT = "Translate the user's text to English. Reply with th
 _KNOWN_FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature", "stream",
                  "chunking_strategy"}  # fmt: skip
 _GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
-# Whisper codes → the names OpenAI's verbose_json uses; codes not listed are echoed as given.
-_LANGUAGE_NAMES = {
-    "en": "english", "zh": "chinese", "ja": "japanese", "ko": "korean", "de": "german", "fr": "french",
-    "es": "spanish", "it": "italian", "pt": "portuguese", "ru": "russian", "nl": "dutch", "pl": "polish",
-    "tr": "turkish", "ar": "arabic", "hi": "hindi", "vi": "vietnamese", "th": "thai", "id": "indonesian",
-    "uk": "ukrainian", "sv": "swedish", "cs": "czech", "el": "greek", "he": "hebrew", "yue": "cantonese",
-}  # fmt: skip
 
 
 def file_too_large(size: int | None, *, what: str = "uploaded file") -> APIError:
@@ -125,7 +119,7 @@ def parse_transcription_form(
         model=model,
         file=file,
         translate=translate,
-        language=(one("language") or "").strip().lower() or None,
+        language=_language(one("language")),
         prompt=one("prompt") or None,
         response_format=fmt,
         temperature=_temperature(one("temperature")),
@@ -141,6 +135,17 @@ def parse_transcription_form(
 
 def _invalid(param: str, problem: str) -> InvalidRequestError:
     return InvalidRequestError(f"Invalid value for '{param}': {problem}.", param=param, code="invalid_value")
+
+
+def _language(raw: str | None) -> str | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return language_code(raw)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            f"Invalid 'language': {exc}.", param="language", code="invalid_language"
+        ) from None
 
 
 def _temperature(raw: str | None) -> float | None:
@@ -242,7 +247,7 @@ async def prepare_transcription(registry: ModelRegistry, request: TranscriptionR
         pcm, windows = await asyncio.to_thread(_decode_and_split, request.file, longest)
     except AudioDecodeError as exc:
         raise InvalidRequestError(exc.message, param="file", code=exc.code) from None
-    language = "english" if request.translate else _language_name(backend.language(request.language))
+    language = "english" if request.translate else language_name(backend.language(request.language))
     return TranscriptionJob(request, backend, pcm, windows, language, headers, native, chat)
 
 
@@ -275,12 +280,6 @@ def _translation_mode(
             code="translation_model_unavailable",
         )
     return False, chat_entry.chat
-
-
-def _language_name(code: str | None) -> str:
-    if not code:
-        return "unknown"  # neither the request, the config nor the model says (the device never reports it)
-    return _LANGUAGE_NAMES.get(code, code)
 
 
 def render_transcript(transcript: Transcript, fmt: str) -> tuple[str | dict[str, Any], str]:

@@ -25,6 +25,7 @@ from typing import Any
 from stackflow_openai.emulator.engines.base import AsrSession
 from stackflow_openai.emulator.rawjson import strip_wav_header
 from stackflow_openai.emulator.units.base import Instance, UnitService
+from stackflow_openai.languages import WHISPER_LANGUAGES
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = ["AsrInstance", "AsrUnit", "WhisperInstance", "WhisperUnit"]
@@ -79,7 +80,9 @@ class WhisperInstance(AudioInstance):
         if pcm is None:
             return
         assert self.session is not None
-        text = await self.session.transcribe(pcm[:WHISPER_MAX_BYTES], language=self.language)
+        # A language whisper's table lacks ("english", "en-US", "auto") decodes as Chinese on the device.
+        decode_in = self.language if self.language in WHISPER_LANGUAGES else "zh"
+        text = await self.session.transcribe(pcm[:WHISPER_MAX_BYTES], language=decode_in)
         if text or self.language in ("en", "ja"):
             self.emit_text(text + ".", finish=True)
         # other languages: OpenCC output is checked, and an empty one sends nothing
