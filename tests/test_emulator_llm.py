@@ -239,6 +239,17 @@ async def test_vlm_image_tokens_count_against_the_prefill_window(emu: Emulator, 
     assert emu.prefill_overflows == 1
 
 
+async def test_an_image_prompt_is_counted_under_the_scripts_own_system_prompt(
+    emu: Emulator, client: RawClient
+) -> None:
+    # A long setup prompt that leaves no room for 169 image tokens: `encode_vpm` does not use it.
+    work_id = await client.setup("vlm", response_format="vlm.utf-8", prompt="Be very helpful. " * 20)
+    await client.send(work_id, "inference", "vlm.jpeg.base64", b64(jpeg_bytes()))
+    await client.send(work_id, "inference", "vlm.utf-8", "What is this?")
+    assert (await client.recv())["data"].endswith(scripted_answer("What is this?"))  # not "!!!" garbage
+    assert emu.prefill_overflows == 0
+
+
 async def test_groups_are_held_while_their_text_ends_in_byte_0xbd() -> None:
     # 好 is E5 A5 BD: the device's test for a split character (last byte 0xBD) holds it back too.
     tokens = ["你", "好", "好", "吗", "?", "!", "a", "b", "c", "好"]

@@ -8,6 +8,7 @@ import io
 import json
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -422,6 +423,19 @@ async def test_image_by_data_url_reaches_the_vlm_as_jpeg() -> None:
     (jpeg,) = generation.images
     with Image.open(io.BytesIO(jpeg)) as image:
         assert image.format == "JPEG" and image.size == (64, 48) and image.mode == "RGB"
+
+
+async def test_instructions_reach_a_vlm_that_replaces_its_system_prompt_for_images() -> None:
+    # InternVL2.5 on a device templates an image prompt under its own system prompt: the request's
+    # system message would be lost, so it leads the user text instead.
+    info = replace(VLM_INFO, image_system_prompt="Please describe the image shortly.")
+    backend = FakeChatBackend(info)
+    png = image_bytes("PNG")
+    body = image_message("data:image/png;base64," + base64.b64encode(png).decode())
+    body["messages"].insert(0, {"role": "system", "content": "Answer in French."})
+    assert (await post(backend, body)).status_code == 200
+    assert backend.generations[0].prompt == "Answer in French.\n\nWhat is this?"
+    assert backend.leases[0].settings.system_prompt == "Answer in French."  # the text requests' setup
 
 
 async def test_images_to_a_text_model_are_refused() -> None:

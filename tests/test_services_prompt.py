@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from fakes import ESTIMATE_INFO, QWEN_P128, QWEN_P256, tokenizers
+from fakes import ESTIMATE_INFO, QWEN_P128, QWEN_P256, VLM_INFO, tokenizers
 from stackflow_openai.errors import ContextLengthExceeded, InvalidRequestError
 from stackflow_openai.protocol import ChatMessage
 from stackflow_openai.services.prompt import (
@@ -190,3 +192,21 @@ def test_image_tokens_count_against_the_window() -> None:
     fitted = fit_prompt(tokenizers(), QWEN_P256, "S", turns, image_tokens=230)
     assert fitted.dropped == 1  # the turn with the image had to go
     assert not any(t.images for t in fitted.turns)
+
+
+def test_an_image_prompt_runs_under_the_vlms_own_system_prompt_with_the_instructions_in_the_text() -> None:
+    # InternVL2.5's tokenizer script replaces the system prompt when there is an image (`encode_vpm`).
+    info = replace(VLM_INFO, image_tokens=169, image_system_prompt="Please describe the image shortly.")
+    image = ImageRef(url="data:image/png;base64,AA==", param="messages[0].content[1]")
+    with_image = fit_prompt(
+        tokenizers(), info, "Answer in French.", [Turn("user", "What is this?", (image,))],
+        image_tokens=169, instructions="Answer in French.",
+    )  # fmt: skip
+    assert with_image.system_prompt == "Please describe the image shortly."
+    assert with_image.user_text == "Answer in French.\n\nWhat is this?"
+    count = tokenizers().prompt_tokens(info, "Please describe the image shortly.", with_image.user_text)
+    assert with_image.prompt_tokens == count + 169
+    text_only = fit_prompt(
+        tokenizers(), info, "Answer in French.", [Turn("user", "Hi")], instructions="Answer in French."
+    )
+    assert (text_only.system_prompt, text_only.user_text) == ("Answer in French.", "Hi")

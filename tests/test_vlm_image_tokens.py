@@ -54,3 +54,11 @@ def test_the_emulated_vlm_descriptor_is_the_devices_own() -> None:
     assert not {"vpm_width", "vpm_height"} & set(model.mode_param)
     info = chat_info_for(model)
     assert (info.prefill_len, info.image_tokens) == (256, 169)
+
+
+def test_internvl2_and_smolvlm_put_their_own_system_prompt_on_an_image_prompt() -> None:
+    fixed = "Please describe the image shortly."  # their tokenizer scripts' `encode_vpm`
+    assert chat_info_for(vlm("internvl2.5-1B-364-ax630c")).image_system_prompt == fixed
+    assert chat_info_for(vlm("smolvlm-256M-ax630c")).image_system_prompt == fixed
+    assert chat_info_for(vlm("internvl3-1B-448-ax630c")).image_system_prompt is None
+    assert chat_info_for(vlm("qwen3-vl-2B-Int4-ax630c", QWEN3_VL_PARAM)).image_system_prompt is None

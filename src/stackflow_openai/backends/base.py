@@ -73,6 +73,7 @@ class ChatModelInfo:
     template: str  # chat template family used to count template tokens: "qwen" | "llama" | "generic"
     vision: bool = False
     image_tokens: int = 0  # prefill positions one image takes (VLM)
+    image_system_prompt: str | None = None  # what the device puts in place of the system prompt with an image
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,7 @@ class ChatService:
             system,
             conversation.turns,
             image_tokens=int(entry.extra.get("image_tokens", info.image_tokens)),
+            instructions=conversation.system_prompt or entry.extra.get("system_prompt"),
         )
         chars = len(system) + sum(len(turn.text) for turn in conversation.turns)
         fitted = await run_counting(fit, chars=chars)

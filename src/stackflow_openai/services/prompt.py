@@ -153,21 +153,32 @@ def fit_prompt(
     turns: Sequence[Turn],
     *,
     image_tokens: int = 0,
+    instructions: str | None = None,
     param: str = "messages",
 ) -> FittedPrompt:
     """Keep the newest turns whose templated prompt fits `info.prefill_len` minus the margin.
 
     Dropping turns only ever shortens the prompt, so a binary search over the number dropped needs
-    O(log n) counts even for long conversations."""
+    O(log n) counts even for long conversations.
+
+    A VLM whose device tokenizer puts a fixed system prompt in front of any prompt with an image
+    (`info.image_system_prompt`) never sees `system_prompt` then: the request's own `instructions`
+    (its system messages, if any) lead the user text instead, and the count uses the fixed prompt."""
     window = info.prefill_len - PREFILL_MARGIN
     costs: dict[int, int] = {}  # each count once (a single turn is counted for the check and the result)
+
+    def render(kept: Sequence[Turn]) -> tuple[str, str]:
+        text = render_user_text(kept)
+        if info.image_system_prompt is None or not any(t.images for t in kept):
+            return system_prompt, text
+        return info.image_system_prompt, f"{instructions}\n\n{text}" if instructions else text
 
     def cost(dropped: int) -> int:
         if dropped not in costs:
             kept = turns[dropped:]
             images = sum(len(t.images) for t in kept)
-            user_text = render_user_text(kept)
-            costs[dropped] = tokenizers.prompt_tokens(info, system_prompt, user_text) + images * image_tokens
+            system, user_text = render(kept)
+            costs[dropped] = tokenizers.prompt_tokens(info, system, user_text) + images * image_tokens
         return costs[dropped]
 
     lo, hi = 0, len(turns) - 1  # the last turn is never dropped
@@ -185,4 +196,5 @@ def fit_prompt(
         else:
             lo = mid + 1
     kept = list(turns[lo:])
-    return FittedPrompt(system_prompt, render_user_text(kept), cost(lo), kept, lo)
+    system, user_text = render(kept)
+    return FittedPrompt(system, user_text, cost(lo), kept, lo)

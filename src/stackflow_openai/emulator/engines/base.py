@@ -29,8 +29,9 @@ class LlmSettings:
 
 
 class LlmSession(Protocol):
-    def prompt_tokens(self, prompt: str) -> int:
-        """Tokens of the templated prompt (system + user turn), as the device counts them."""
+    def prompt_tokens(self, prompt: str, system_prompt: str | None = None) -> int:
+        """Tokens of the templated prompt (system + user turn), as the device counts them; under
+        `system_prompt` instead of the setup's when given."""
         ...
 
     def generate(self, prompt: str, *, images: list[bytes], max_new_tokens: int) -> AsyncIterator[str]:

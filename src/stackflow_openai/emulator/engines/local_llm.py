@@ -160,8 +160,9 @@ class LocalLlmSession:
         """The shared loaded model (diagnostics: path, slot context, active generations)."""
         return self._model
 
-    def prompt_tokens(self, prompt: str) -> int:
-        return self._model.count_prompt_tokens(self._model.messages(self._settings.system_prompt, prompt))
+    def prompt_tokens(self, prompt: str, system_prompt: str | None = None) -> int:
+        system = system_prompt or self._settings.system_prompt
+        return self._model.count_prompt_tokens(self._model.messages(system, prompt))
 
     async def generate(
         self, prompt: str, *, images: list[bytes], max_new_tokens: int

@@ -161,8 +161,8 @@ class ScriptedLlmSession:
         self._timing = timing
         self._encoder = encoder
 
-    def prompt_tokens(self, prompt: str) -> int:
-        templated = _chat_template(self.model, self.settings.system_prompt, prompt)
+    def prompt_tokens(self, prompt: str, system_prompt: str | None = None) -> int:
+        templated = _chat_template(self.model, system_prompt or self.settings.system_prompt, prompt)
         if self._encoder is not None:
             return len(self._encoder(templated))
         return estimate_tokens(templated)

@@ -140,14 +140,14 @@ class LlmInstance(Instance):
             if self.state == "busy":
                 self.state = "ready"
 
-    def image_tokens(self, images: list[bytes]) -> int:
-        return 0
+    def prompt_tokens(self, session: LlmSession, text: str, images: list[bytes]) -> int:
+        return session.prompt_tokens(text)
 
     async def _run(self, session: LlmSession, text: str, images: list[bytes]) -> None:
         faults = self.unit.state.faults
         drop_finish = faults.take("drop_finish")
         close_after = faults.close_after_deltas if self.enstream and faults.take("close_mid_stream") else None
-        prompt_tokens = session.prompt_tokens(text) + self.image_tokens(images)
+        prompt_tokens = self.prompt_tokens(session, text, images)
         max_new = 1 + max(0, self.max_token_len - prompt_tokens)
         if prompt_tokens > self.prefill_len:
             self.prefill_overflows += 1
@@ -204,6 +204,8 @@ def _held_back(text: str) -> bool:
     return text.encode("utf-8", "surrogatepass").endswith(b"\xbd")
 
 
+# What the InternVL2.5 tokenizer script puts in place of the system prompt when there is an image.
+IMAGE_SYSTEM_PROMPT = "Please describe the image shortly."
 # The vision input size (px) of each VLM model file on the emulated device.
 VISION_INPUT_PX = {"internvl2.5-1B-364-ax630c": 364}
 
@@ -213,12 +215,15 @@ class VlmInstance(LlmInstance):
         super().__init__(*args, **kwargs)
         self.image: bytes | None = None
 
-    def image_tokens(self, images: list[bytes]) -> int:
+    def prompt_tokens(self, session: LlmSession, text: str, images: list[bytes]) -> int:
+        assert self.model is not None
+        if not images:
+            return session.prompt_tokens(text)
         # InternVL: one token per 28x28 px of the vision model's input, whose size a device reads from
         # the model file (vpm_width/vpm_height in a setup are overwritten by it), not the descriptor.
-        assert self.model is not None
         side = VISION_INPUT_PX.get(self.model.mode, 448)
-        return (side // 28) ** 2 * len(images)
+        # The device's tokenizer script (`encode_vpm`) replaces the setup's system prompt with its own.
+        return session.prompt_tokens(text, IMAGE_SYSTEM_PROMPT) + (side // 28) ** 2 * len(images)
 
     async def on_user_data(self, object: str, data: str) -> None:
         payload = self.decode_common(object, data)
