@@ -48,11 +48,11 @@ _IMAGE_TOKENS = {
 # SmolVLM: <fake_token_around_image><global-img>, 64 image tokens, <fake_token_around_image>
 _SMOLVLM_IMAGE_TOKENS = 64 + 3
 _INTERNVL_SIZE = re.compile(r"-(\d{3})-")
+_FALLBACK_IMAGE_TOKENS = 256  # InternVL at 448 px, the largest common case: never overfill the window
 # InternVL2/2.5 and SmolVLM's scripts template a prompt with an image under this system prompt, whatever
 # the setup said (`encode_vpm`); InternVL3 and Qwen3-VL keep the setup's.
 _IMAGE_SYSTEM_PROMPT = "Please describe the image shortly."
 _FIXED_IMAGE_PROMPT_FAMILIES = ("internvl2-", "internvl2.5-", "smolvlm-")
-_FALLBACK_IMAGE_TOKENS = 256  # InternVL at 448 px, the largest common case: never overfill the window
 
 
 def _image_tokens(model: ModelDescriptor) -> int:
@@ -76,6 +76,11 @@ def _image_tokens(model: ModelDescriptor) -> int:
     return _FALLBACK_IMAGE_TOKENS
 
 
+def _image_system_prompt(model: ModelDescriptor) -> str | None:
+    fixed = model.unit == "vlm" and model.mode.lower().startswith(_FIXED_IMAGE_PROMPT_FAMILIES)
+    return _IMAGE_SYSTEM_PROMPT if fixed else None
+
+
 def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
     qwen = model.mode.lower().startswith(_QWEN_FAMILIES)
     return ChatModelInfo(
@@ -85,9 +90,7 @@ def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
         template="qwen" if qwen else "generic",
         vision=model.unit == "vlm",
         image_tokens=_image_tokens(model),
-        image_system_prompt=_IMAGE_SYSTEM_PROMPT
-        if model.unit == "vlm" and model.mode.lower().startswith(_FIXED_IMAGE_PROMPT_FAMILIES)
-        else None,
+        image_system_prompt=_image_system_prompt(model),
     )
 
 
