@@ -3,53 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from PIL import Image
 
+from chat_http import URL, post, user
 from fakes import (
     QWEN_P128,
     QWEN_P256,
-    VLM_INFO,
     FakeChatBackend,
     Pause,
     assert_error,
     chat_entry,
     client_for,
-    image_bytes,
     make_app,
     parse_sse,
     tokenizers,
     validate,
 )
-from stackflow_openai.app import HttpSettings
 from stackflow_openai.backends.base import BackendBusy, BackendInvalidRequest, BackendUnavailable
 from stackflow_openai.services.prompt import DEFAULT_SYSTEM_PROMPT
 from stackflow_openai.tokens import PREFILL_MARGIN
-
-URL = "/v1/chat/completions"
-
-
-def user(text: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "qwen", "messages": [{"role": "user", "content": text}], **extra}
-
-
-async def post(
-    backend: FakeChatBackend, body: dict[str, Any], *, settings: HttpSettings | None = None, **entry: Any
-) -> Any:
-    app = make_app(
-        [chat_entry("qwen", backend, **entry), chat_entry("other/model:v1", FakeChatBackend())], settings
-    )
-    async with client_for(app) as client:
-        return await client.post(URL, json=body)
 
 
 def stream_events(response: Any) -> list[dict[str, Any]]:
@@ -395,97 +371,6 @@ async def test_unexpected_exception_is_a_500_without_traceback() -> None:
     error = assert_error(response, 500, code="internal_error")
     assert "secret" not in response.text and "Traceback" not in response.text
     assert error["type"] == "server_error"
-
-
-# ---- images ----------------------------------------------------------------------------------------------
-def image_message(url: str, text: str = "What is this?") -> dict[str, Any]:
-    return {
-        "model": "qwen",
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": text},
-                    {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
-                ],
-            }
-        ],
-    }
-
-
-async def test_image_by_data_url_reaches_the_vlm_as_jpeg() -> None:
-    backend = FakeChatBackend(VLM_INFO)
-    png = image_bytes("PNG", (64, 48), "RGBA")
-    response = await post(backend, image_message("data:image/png;base64," + base64.b64encode(png).decode()))
-    assert response.status_code == 200, response.text
-    generation = backend.generations[0]
-    assert generation.prompt == "What is this?"
-    (jpeg,) = generation.images
-    with Image.open(io.BytesIO(jpeg)) as image:
-        assert image.format == "JPEG" and image.size == (64, 48) and image.mode == "RGB"
-
-
-async def test_instructions_reach_a_vlm_that_replaces_its_system_prompt_for_images() -> None:
-    # InternVL2.5 on a device templates an image prompt under its own system prompt: the request's
-    # system message would be lost, so it leads the user text instead.
-    info = replace(VLM_INFO, image_system_prompt="Please describe the image shortly.")
-    backend = FakeChatBackend(info)
-    png = image_bytes("PNG")
-    body = image_message("data:image/png;base64," + base64.b64encode(png).decode())
-    body["messages"].insert(0, {"role": "system", "content": "Answer in French."})
-    assert (await post(backend, body)).status_code == 200
-    assert backend.generations[0].prompt == "Answer in French.\n\nWhat is this?"
-    assert backend.leases[0].settings.system_prompt == "Answer in French."  # the text requests' setup
-
-
-async def test_images_to_a_text_model_are_refused() -> None:
-    backend = FakeChatBackend(QWEN_P256)
-    png = image_bytes("PNG")
-    response = await post(backend, image_message("data:image/png;base64," + base64.b64encode(png).decode()))
-    assert_error(response, 400, param="messages[0].content[1].image_url", code="images_not_supported")
-
-
-async def test_bad_image_data_names_the_part() -> None:
-    response = await post(FakeChatBackend(VLM_INFO), image_message("data:image/png;base64,!!!!"))
-    assert_error(response, 400, param="messages[0].content[1].image_url", code="invalid_image")
-
-
-class _ImageHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        body = image_bytes("PNG", (20, 10), "RGB")
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@pytest.fixture(scope="module")
-def image_server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/picture.png"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-async def test_image_by_url_with_the_host_allowed(image_server: str) -> None:
-    backend = FakeChatBackend(VLM_INFO)
-    settings = HttpSettings(image_allowed_hosts=("127.0.0.1",))
-    response = await post(backend, image_message(image_server), settings=settings)
-    assert response.status_code == 200, response.text
-    with Image.open(io.BytesIO(backend.generations[0].images[0])) as image:
-        assert image.format == "JPEG" and image.size == (20, 10)
-
-
-async def test_image_url_on_loopback_is_refused_by_default(image_server: str) -> None:
-    backend = FakeChatBackend(VLM_INFO)
-    response = await post(backend, image_message(image_server))
-    assert_error(response, 400, param="messages[0].content[1].image_url", code="image_url_forbidden")
-    assert backend.leases == []
 
 
 # ---- disconnects -----------------------------------------------------------------------------------------
