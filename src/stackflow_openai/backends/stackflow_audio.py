@@ -7,6 +7,7 @@ import binascii
 import logging
 from collections.abc import AsyncIterator, Mapping
 
+from stackflow_openai.languages import WHISPER_LANGUAGES
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, DeviceTimeout
 from stackflow_openai.stackflow.models import ModelDescriptor
 from stackflow_openai.stackflow.pool import UnitSource
@@ -157,7 +158,11 @@ class StackFlowTranscriptionBackend:
         # whisper decodes in the language its setup names (English unless told otherwise); a sherpa asr
         # model knows one language, which lsmode does not name: only the config can say.
         if self.model.unit == "whisper":
-            return (requested or self.default_language or "en").lower()
+            code = requested or self.default_language or "en"
+            if code not in WHISPER_LANGUAGES:  # the unit would transcribe Chinese instead (languages.py)
+                message = f"whisper cannot transcribe '{code}': use one of its codes, such as en, de or zh"
+                raise BackendInvalidRequest(message, param="language", code="invalid_language")
+            return code
         return self.default_language
 
     async def transcribe(

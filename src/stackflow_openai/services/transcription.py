@@ -236,6 +236,7 @@ async def prepare_transcription(registry: ModelRegistry, request: TranscriptionR
         raise InvalidRequestError(f"The model '{entry.id}' has no transcription backend.", param="model")
     backend = entry.transcription
     headers = ignored_or_refused(entry, request.ignored_params())
+    heard_in = backend.language(request.language)  # also refuses a language the model cannot take
     native, chat = False, None
     if request.translate:
         native, chat = _translation_mode(registry, entry.id, backend, entry.extra)
@@ -247,7 +248,7 @@ async def prepare_transcription(registry: ModelRegistry, request: TranscriptionR
         pcm, windows = await asyncio.to_thread(_decode_and_split, request.file, longest)
     except AudioDecodeError as exc:
         raise InvalidRequestError(exc.message, param="file", code=exc.code) from None
-    language = "english" if request.translate else language_name(backend.language(request.language))
+    language = "english" if request.translate else language_name(heard_in)
     return TranscriptionJob(request, backend, pcm, windows, language, headers, native, chat)
 
 
