@@ -387,3 +387,16 @@ def test_languages_are_whisper_codes_or_a_400(harness):
         timeout=30,
     )
     assert asr.status_code == 200, asr.text
+
+
+def test_a_configured_language_whisper_lacks_leaves_the_model_unserved():
+    # Served, every request would get a 400 (or, on a device, Chinese): refused at start-up instead.
+    settings = Settings(
+        models={"ears-yue": ModelSettings(type="transcription", device_model="whisper-tiny", language="yue")}
+    )
+    h = Harness(settings=settings).start()
+    try:
+        ids = [m.id for m in client(h).models.list().data]
+        assert "ears-yue" not in ids and "whisper-tiny" in ids
+    finally:
+        h.stop()

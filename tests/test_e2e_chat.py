@@ -458,3 +458,8 @@ def test_a_configured_prefill_len_replaces_the_descriptors_window():
         h.assert_no_leak()
     finally:
         h.stop()
+
+
+def test_a_prefill_len_too_small_for_the_margin_is_a_config_error():
+    with pytest.raises(ValueError, match="prefill_len"):
+        ModelSettings(device_model=LLM, prefill_len=20)

@@ -149,7 +149,7 @@ class ModelSettings(_Strict):
     system_prompt: str | None = Field(None, description="used when a request brings no system message")
     prefill_len: int | None = Field(
         None,
-        ge=16,
+        ge=32,  # the gateway keeps 20 tokens of margin (tokens.PREFILL_MARGIN): less leaves no prompt
         description="chat: tokens the templated prompt may use, for a model whose descriptor does not say "
         "it right (chunked-prefill models; docs/protocol-notes.md, item 10)",
     )

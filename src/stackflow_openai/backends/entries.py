@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from stackflow_openai.config import ModelSettings, Settings
+from stackflow_openai.languages import WHISPER_LANGUAGES
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 from .base import ModelEntry
@@ -141,6 +142,12 @@ class EntryBuilder:
                 log.warning("model %s: device model %s is not on any device (yet)", model_id, mode)
             return
         if conf.type == "transcription":
+            if model.unit == "whisper" and conf.language and conf.language not in WHISPER_LANGUAGES:
+                # Served, every request would be refused (a device's whisper would transcribe Chinese).
+                log.error(
+                    "model %s: whisper cannot transcribe language %r; not served", model_id, conf.language
+                )
+                return
             extra = (
                 {"translation_chat_model": conf.translation_chat_model} if conf.translation_chat_model else {}
             )

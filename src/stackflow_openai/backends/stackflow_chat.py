@@ -49,8 +49,9 @@ _IMAGE_TOKENS = {
 _SMOLVLM_IMAGE_TOKENS = 64 + 3
 _INTERNVL_SIZE = re.compile(r"-(\d{3})-")
 _FALLBACK_IMAGE_TOKENS = 256  # InternVL at 448 px, the largest common case: never overfill the window
-# InternVL2/2.5 and SmolVLM's scripts template a prompt with an image under this system prompt, whatever
-# the setup said (`encode_vpm`); InternVL3 and Qwen3-VL keep the setup's.
+# InternVL2/2.5's scripts template a prompt with an image under this system prompt whatever the setup
+# said, SmolVLM's under no system block at all (`encode_vpm`; counting this one is then conservative);
+# InternVL3 and Qwen3-VL keep the setup's.
 _IMAGE_SYSTEM_PROMPT = "Please describe the image shortly."
 _FIXED_IMAGE_PROMPT_FAMILIES = ("internvl2-", "internvl2.5-", "smolvlm-")
 

@@ -204,8 +204,9 @@ def _held_back(text: str) -> bool:
     return text.encode("utf-8", "surrogatepass").endswith(b"\xbd")
 
 
-# What the InternVL2.5 tokenizer script puts in place of the system prompt when there is an image.
+# What the InternVL2/2.5 tokenizer scripts put in place of the system prompt when there is an image.
 IMAGE_SYSTEM_PROMPT = "Please describe the image shortly."
+_FIXED_IMAGE_PROMPT = ("internvl2-", "internvl2.5-")
 # The vision input size (px) of each VLM model file on the emulated device.
 VISION_INPUT_PX = {"internvl2.5-1B-364-ax630c": 364}
 
@@ -222,8 +223,10 @@ class VlmInstance(LlmInstance):
         # InternVL: one token per 28x28 px of the vision model's input, whose size a device reads from
         # the model file (vpm_width/vpm_height in a setup are overwritten by it), not the descriptor.
         side = VISION_INPUT_PX.get(self.model.mode, 448)
-        # The device's tokenizer script (`encode_vpm`) replaces the setup's system prompt with its own.
-        return session.prompt_tokens(text, IMAGE_SYSTEM_PROMPT) + (side // 28) ** 2 * len(images)
+        # InternVL2/2.5's tokenizer script (`encode_vpm`) replaces the setup's system prompt with its own.
+        fixed = self.model.mode.startswith(_FIXED_IMAGE_PROMPT)
+        text_tokens = session.prompt_tokens(text, IMAGE_SYSTEM_PROMPT if fixed else None)
+        return text_tokens + (side // 28) ** 2 * len(images)
 
     async def on_user_data(self, object: str, data: str) -> None:
         payload = self.decode_common(object, data)
