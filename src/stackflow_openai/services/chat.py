@@ -14,14 +14,10 @@ What the device cannot do natively is done here (see design.md "Honesty about pa
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
-from stackflow_openai.backends.base import ChatBackend, ModelEntry, UnitSettings
-from stackflow_openai.errors import InvalidRequestError
+from stackflow_openai.backends.base import ChatBackend, ModelEntry
 from stackflow_openai.protocol import ChatCompletionRequest, Usage
 from stackflow_openai.sse import text_event_encoder
 from stackflow_openai.tokens import Tokenizers
@@ -36,32 +32,26 @@ from .common import (
     check_n,
     collect_choices,
     forward_or_backend,
-    new_id,
     parse_body,
     report_ignored,
-    require_text,
-    run_counting,
     stop_list,
     stream_choices,
-    token_budget,
 )
-from .generation import Job
 from .images import ImageLoader
 from .limiter import FinishReason
-from .prompt import DEFAULT_SYSTEM_PROMPT, fit_prompt, parse_messages
+from .plan import PlanBuilder, PlanRequest
+from .prompt import parse_messages
 from .registry import ModelRegistry, resolve_model
 
 __all__ = ["ChatService"]
 
-log = logging.getLogger(__name__)
 _PLACEHOLDER = "\x00text\x00"  # marks where the text goes while a template is built (any string would do)
 
 
 class ChatService:
     def __init__(self, registry: ModelRegistry, tokenizers: Tokenizers, images: ImageLoader) -> None:
         self._registry = registry
-        self._tokenizers = tokenizers
-        self._images = images
+        self._planner = PlanBuilder(tokenizers, images)
 
     async def create(self, body: Mapping[str, Any]) -> ServiceResult:
         request = parse_body(ChatCompletionRequest, body)
@@ -82,55 +72,20 @@ class ChatService:
         self, request: ChatCompletionRequest, entry: ModelEntry, backend: ChatBackend
     ) -> GenerationPlan:
         n = check_n(request.n, entry)
-        info = backend.info
-        conversation = parse_messages(request.messages)
-        refs = [ref for turn in conversation.turns for ref in turn.images]
-        if refs and not info.vision:
-            raise InvalidRequestError(
-                f"The model '{entry.id}' does not accept images.",
-                param=refs[0].param,
-                code="images_not_supported",
-            )
-        require_text(conversation.turns[-1].text, param=f"messages[{len(request.messages) - 1}].content")
-        system = conversation.system_prompt or entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
-        await self._tokenizers.load_for(info)  # first use: loads in a worker thread, not on the loop
-        fit = partial(
-            fit_prompt,
-            self._tokenizers,
-            info,
-            system,
-            conversation.turns,
-            image_tokens=int(entry.extra.get("image_tokens", info.image_tokens)),
-            instructions=conversation.system_prompt or entry.extra.get("system_prompt"),
-        )
-        chars = len(system) + sum(len(turn.text) for turn in conversation.turns)
-        fitted = await run_counting(fit, chars=chars)
-        if fitted.dropped:
-            log.info("%s: dropped the %d oldest turns to fit the prefill window", entry.id, fitted.dropped)
-        images = [await self._images.load(ref) for turn in fitted.turns for ref in turn.images]
-        max_tokens = request.max_completion_tokens or request.max_tokens
-        budget = token_budget(info, fitted.prompt_tokens, max_tokens, param="messages")
-        settings = UnitSettings(
-            system_prompt=system,
-            max_token_len=info.max_token_len,  # one setup signature per model (docs/decisions.md)
+        plan_request = PlanRequest(
+            conversation=parse_messages(request.messages),
+            max_tokens=request.max_completion_tokens or request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
-        )
-        include_usage = bool(
-            request.stream and request.stream_options and request.stream_options.include_usage
-        )
-        return GenerationPlan(
-            id=new_id("chatcmpl"),
-            created=int(time.time()),
-            model=entry.id,
-            backend=backend,
-            settings=settings,
-            jobs=[Job(fitted.user_text, images, budget)] * n,
+            n=n,
             stops=stop_list(request.stop),
-            counter=self._tokenizers.for_model(info),
-            prompt_tokens=fitted.prompt_tokens,
-            include_usage=include_usage,
+            include_usage=bool(
+                request.stream and request.stream_options and request.stream_options.include_usage
+            ),
+            text_param=f"messages[{len(request.messages) - 1}].content",
         )
+        plan, _fitted = await self._planner.build(entry, backend, plan_request)
+        return plan
 
 
 async def _collect(plan: GenerationPlan) -> dict[str, Any]:
