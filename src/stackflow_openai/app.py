@@ -3,9 +3,10 @@
     app = create_app(registry, HttpSettings(...))
 
 ``app.state`` holds: registry, settings, tokenizers, images (ImageLoader), metrics, chat_service,
-completion_service, model_service. The lifespan starts the registry, and on shutdown closes the image
-client and stops the registry. Tokenizers load on the first request that needs one (Qwen's BPE: ~40 MiB
-and ~0.3 s, in a worker thread), so a gateway that serves only audio or other models never pays for it.
+completion_service, model_service, responses_service (and responses_observed: it with metrics). The
+lifespan starts the registry, and on shutdown closes the image client, the response store and the
+registry. Tokenizers load on the first request that needs one (Qwen's BPE: ~40 MiB and ~0.3 s, in a
+worker thread), so a gateway that serves only audio or other models never pays for it.
 
 Middlewares, outermost first: CORS (only when origins are configured), then ONE operations middleware
 (`_Operations`): request id + access log + metrics, API keys, body limits, the last-resort 500, and the
@@ -38,7 +39,13 @@ from stackflow_openai.ops.limits import BodyLimit
 from stackflow_openai.ops.metrics import Metrics
 from stackflow_openai.ops.observe import ObservedService
 from stackflow_openai.ops.reqlog import REQUEST_ID_HEADER, RequestObservation
-from stackflow_openai.routers import audio_router, chat_router, completions_router, models_router
+from stackflow_openai.routers import (
+    audio_router,
+    chat_router,
+    completions_router,
+    models_router,
+    responses_router,
+)
 from stackflow_openai.routers.chat import create_chat_completion
 from stackflow_openai.routers.completions import create_completion
 from stackflow_openai.routers.health import router as health_router
@@ -51,6 +58,9 @@ from stackflow_openai.services import (
     ModelService,
 )
 from stackflow_openai.services.images import Resolver
+from stackflow_openai.services.responses import ResponsesService
+from stackflow_openai.store import SqliteResponseStore
+from stackflow_openai.store.sqlite import DB_NAME
 from stackflow_openai.tokens import Tokenizers
 
 __all__ = ["HttpSettings", "ModelRegistry", "create_app"]
@@ -69,6 +79,9 @@ class HttpSettings:
     protect_health: bool = False  # keys required on /health and /ready too
     protect_metrics: bool = False  # keys required on /metrics too
     cors_origins: tuple[str, ...] = ()  # empty: CORS off
+    data_dir: str | None = None  # stored responses go here; None: in memory only (tests, embedding)
+    responses_retention_days: float = 30.0
+    responses_max_bytes: int = 256 * 1024 * 1024
 
     def __repr__(self) -> str:  # never show the keys
         return f"HttpSettings(api_keys={len(self.api_keys)} configured, cors_origins={self.cors_origins!r})"
@@ -204,6 +217,7 @@ def create_app(
             yield
         finally:
             await images.aclose()
+            await store.close()
             await registry.stop()
 
     app = FastAPI(title="stackflow-openai", version=__version__, lifespan=lifespan)
@@ -219,6 +233,13 @@ def create_app(
     app.state.chat_service = ObservedService(ChatService(registry, tokenizers, images), registry, metrics)
     app.state.completion_service = ObservedService(CompletionService(registry, tokenizers), registry, metrics)
     app.state.model_service = ModelService(registry)
+    store = SqliteResponseStore(  # opened on first use: a gateway that never stores creates no file
+        f"{settings.data_dir}/{DB_NAME}" if settings.data_dir else None,
+        retention_days=settings.responses_retention_days,
+        max_bytes=settings.responses_max_bytes,
+    )
+    app.state.responses_service = ResponsesService(registry, tokenizers, images, store)
+    app.state.responses_observed = ObservedService(app.state.responses_service, registry, metrics)
 
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(BackendError, _api_error)
@@ -230,6 +251,7 @@ def create_app(
     app.include_router(completions_router)
     app.include_router(models_router)
     app.include_router(audio_router)  # written by the audio helper (routers/audio.py)
+    app.include_router(responses_router)
     app.include_router(health_router)
     return app
 

@@ -23,6 +23,8 @@ _LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 _TTFT = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60)
 _WAIT = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SETUP = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+_PROMPT_COMPLETION = ("prompt_tokens", "completion_tokens")
+_INPUT_OUTPUT = ("input_tokens", "output_tokens")
 
 
 class Metrics:
@@ -95,8 +97,9 @@ class Metrics:
                 self.tokens.labels(model, "prompt"),
                 self.tokens.labels(model, "completion"),
             )
-        for child, key in zip(series, ("prompt_tokens", "completion_tokens"), strict=True):
-            value = usage.get(key)
+        # Chat and completions name them prompt/completion tokens, the Responses API input/output.
+        for child, key, other in zip(series, _PROMPT_COMPLETION, _INPUT_OUTPUT, strict=True):
+            value = usage.get(key, usage.get(other))
             if isinstance(value, int) and value > 0:
                 child.inc(value)
 

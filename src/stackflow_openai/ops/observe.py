@@ -10,7 +10,7 @@ request to the first chunk with text.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, Protocol
 
@@ -24,7 +24,8 @@ __all__ = ["ObservedService"]
 
 
 class _Service(Protocol):
-    async def create(self, body: Mapping[str, Any]) -> ServiceResult: ...
+    @property
+    def create(self) -> Callable[..., Awaitable[ServiceResult]]: ...  # (body, **options)
 
 
 class ObservedService:
@@ -33,7 +34,8 @@ class ObservedService:
         self.registry = registry
         self.metrics = metrics
 
-    async def create(self, body: Mapping[str, Any]) -> ServiceResult:
+    async def create(self, body: Mapping[str, Any], **options: Any) -> ServiceResult:
+        """`options` go to the service as they are (the responses service's `owner`)."""
         started = time.monotonic()
         requested = body.get("model")
         requested = requested if isinstance(requested, str) else ""
@@ -42,7 +44,7 @@ class ObservedService:
         # Labels use the served model's id (aliases resolved): a client's arbitrary model names must
         # not create new time series.
         model = entry.id if entry is not None else "unknown"
-        result = await self.inner.create(body)
+        result = await self.inner.create(body, **options)
         if isinstance(result, JsonResult):
             self.metrics.usage(model, result.body.get("usage"))
         elif isinstance(result, StreamResult):

@@ -149,7 +149,10 @@ async def _disconnected(request: Request) -> None:
 
 
 async def serve_json_request(
-    request: Request, create: Callable[[Mapping[str, Any]], Awaitable[ServiceResult]]
+    request: Request,
+    create: Callable[[Mapping[str, Any]], Awaitable[ServiceResult]],
+    *,
+    respond: Callable[[ServiceResult], Awaitable[Response]] = to_response,
 ) -> Response:
     """Read the body, run the service and build the response; if the client disconnects before the
     response is ready (waiting for a unit, or a whole non-stream generation), cancel the work so the
@@ -157,7 +160,8 @@ async def serve_json_request(
 
     The work runs in this task, and a watcher task cancels it (one plain cancellation, which the
     services' clean-up survives) when the disconnect comes: a second task for the work cost an
-    event-loop round trip per request (docs/performance.md)."""
+    event-loop round trip per request (docs/performance.md). `respond` turns the service's result into
+    the response (an endpoint whose streams are not framed as chat's passes its own)."""
     body = await read_json_body(request)
     task = asyncio.current_task()
     assert task is not None
@@ -176,7 +180,7 @@ async def serve_json_request(
 
     watcher.add_done_callback(on_disconnect)
     try:
-        return await to_response(await create(body))
+        return await respond(await create(body))
     except asyncio.CancelledError:
         if not gone or task.uncancel() > 0:
             raise  # not (only) ours: e.g. the server shutting down

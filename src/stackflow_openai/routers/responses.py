@@ -1,0 +1,79 @@
+"""/v1/responses: create, retrieve, delete, list input items. HTTP only; the work is in
+services/responses.py. A response belongs to the API key that created it (only its hash is kept)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from stackflow_openai.services import ServiceResult, StreamResult
+from stackflow_openai.services.common import Chunk
+from stackflow_openai.services.responses import ResponsesService
+from stackflow_openai.sse import EventStreamResponse, aclose_quietly
+from stackflow_openai.store import key_owner
+
+from .common import serve_json_request, to_response
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["responses"])
+
+
+def _service(request: Request) -> ResponsesService:
+    return request.app.state.responses_service  # type: ignore[no-any-return]
+
+
+def _owner(request: Request) -> str:
+    """The hashed key of the caller when keys are configured (the middleware has checked it), else ""."""
+    if not request.app.state.settings.api_keys:
+        return ""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return key_owner(token.strip() if scheme.lower() == "bearer" else None)
+
+
+async def _frames(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
+    # The service frames every event itself (`event:` lines, no [DONE]: a Responses stream ends with
+    # its response.completed / incomplete / failed event).
+    try:
+        assert isinstance(first, bytes)
+        yield first
+        async for chunk in rest:
+            assert isinstance(chunk, bytes)
+            yield chunk
+    finally:
+        await aclose_quietly(rest)
+
+
+async def _respond(result: ServiceResult) -> Response:
+    if isinstance(result, StreamResult):
+        first = await anext(result.chunks)  # before the 200: errors until the device starts are statuses
+        return EventStreamResponse(_frames(first, result.chunks), headers=result.headers)
+    return await to_response(result)
+
+
+@router.post("/v1/responses", summary="Create a model response (JSON or SSE stream)")
+async def create_response(request: Request) -> Response:
+    service = request.app.state.responses_observed
+    return await serve_json_request(request, partial(service.create, owner=_owner(request)), respond=_respond)
+
+
+@router.get("/v1/responses/{response_id}", summary="Retrieve a stored response")
+async def retrieve_response(response_id: str, request: Request) -> dict[str, Any]:
+    return await _service(request).retrieve(response_id, owner=_owner(request))
+
+
+@router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
+async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
+    return await _service(request).delete(response_id, owner=_owner(request))
+
+
+@router.get("/v1/responses/{response_id}/input_items", summary="List a stored response's input items")
+async def list_input_items(response_id: str, request: Request) -> dict[str, Any]:
+    query: dict[str, Any] = dict(request.query_params)
+    if "include" in query:
+        query["include"] = request.query_params.getlist("include")
+    return await _service(request).input_items(response_id, query, owner=_owner(request))

@@ -1,0 +1,259 @@
+"""The OpenAI Responses API (`/v1/responses`) as a front end over the chat generation core.
+
+A request's input items (and, with `previous_response_id`, the stored items and outputs of the
+responses before it) become the same conversation a chat request does (services/responses_input.py);
+services/plan.py fits it to the device and builds the plan; the plan's events become a Response object
+or its SSE events (services/responses_run.py). Responses are stored (`store`, default true as at
+OpenAI) through the `ResponseStore` interface, visible only to the API key that created them.
+
+Departures from OpenAI, each answered with a 400 that says so: `background`, `conversation` and
+`prompt` (stored prompts) are not served; built-in tools (web search, file search, ...) do not exist
+on a device. `truncation` is OpenAI's: `disabled` (the default) refuses a conversation that does not
+fit the prefill window, `auto` drops its oldest items.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from stackflow_openai.errors import InvalidRequestError, NotFoundError, UnsupportedParameter
+from stackflow_openai.protocol.responses import ResponseCreateRequest, ResponseInputItemsQuery
+from stackflow_openai.store import ResponseStore, StoredResponse
+from stackflow_openai.tokens import Tokenizers
+
+from .common import JsonResult, ProxyResult, ServiceResult, StreamResult, forward_or_backend, parse_body
+from .images import ImageLoader
+from .params import IGNORED_HEADER, header_list, ignored_params, reject_if_strict
+from .plan import PlanBuilder, PlanRequest
+from .prompt import Conversation
+from .registry import ModelRegistry, resolve_model
+from .responses_input import ParsedInput, item_id, normalize_input, to_conversation
+from .responses_output import ResponseHead
+from .responses_run import collect_response, stream_response
+
+__all__ = ["CHAIN_LIMIT", "ResponsesService"]
+
+# Responses read back for a previous_response_id: far more turns than any device window holds (a few
+# hundred tokens), so a longer conversation is cut here the way fitting would cut it anyway.
+CHAIN_LIMIT = 200
+_ALWAYS_NEUTRAL = frozenset({"max_tool_calls", "prompt_cache_retention", "stream_options"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Saver:
+    store: ResponseStore
+    owner: str
+    previous_response_id: str | None
+    items: list[dict[str, Any]]
+    enabled: bool
+
+    async def __call__(self, body: dict[str, Any]) -> None:
+        if self.enabled:
+            record = StoredResponse(
+                body["id"], self.owner, body["created_at"], self.previous_response_id, body, self.items
+            )
+            await self.store.put(record)
+
+
+class ResponsesService:
+    def __init__(
+        self, registry: ModelRegistry, tokenizers: Tokenizers, images: ImageLoader, store: ResponseStore
+    ) -> None:
+        self._registry = registry
+        self._planner = PlanBuilder(tokenizers, images)
+        self._store = store
+
+    async def create(self, body: Mapping[str, Any], *, owner: str = "") -> ServiceResult:
+        request = parse_body(ResponseCreateRequest, body)
+        _refuse_unsupported(request)
+        entry = resolve_model(
+            self._registry, request.model, kinds=("chat", "proxy"), endpoint="/v1/responses"
+        )
+        backend = await forward_or_backend(entry, "/responses", body)
+        if isinstance(backend, ProxyResult):
+            return backend  # the upstream stores it (or not): GET /v1/responses/{id} here will not find it
+        ignored = _ignored(request, body)
+        reject_if_strict(ignored, strict=entry.strict_params)
+        headers = {IGNORED_HEADER: header_list(ignored)} if ignored else {}
+        parsed = normalize_input(request.input)
+        conversation = await self._conversation(request, parsed, owner)
+        plan_request = PlanRequest(
+            conversation,
+            max_tokens=request.max_output_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            param="input",
+            text_param=parsed.text_param,
+            truncate=request.truncation == "auto",
+            id_prefix="resp",
+        )
+        plan, _fitted = await self._planner.build(entry, backend, plan_request)
+        head = _head(request, body, entry.id)
+        save = _Saver(
+            self._store, owner, request.previous_response_id, parsed.items, request.store is not False
+        )
+        if request.stream:
+            usage: dict[str, int] = {}
+            return StreamResult(stream_response(plan, head, save, usage), headers, usage)
+        return JsonResult(await collect_response(plan, head, save), headers)
+
+    async def _conversation(
+        self, request: ResponseCreateRequest, parsed: ParsedInput, owner: str
+    ) -> Conversation:
+        history: list[dict[str, Any]] = []
+        previous = request.previous_response_id
+        if previous is not None:
+            chain = await self._store.chain(previous, owner, limit=CHAIN_LIMIT)
+            if not chain:
+                raise InvalidRequestError(
+                    f"Previous response with id '{previous}' not found.",
+                    param="previous_response_id",
+                    code="previous_response_not_found",
+                )
+            if len(chain) == CHAIN_LIMIT and chain[0].previous_response_id and request.truncation != "auto":
+                raise InvalidRequestError(
+                    f"The conversation before '{previous}' is longer than {CHAIN_LIMIT} responses, far more "
+                    "than the model's window: set truncation to 'auto' to drop the oldest items.",
+                    param="previous_response_id",
+                    code="context_length_exceeded",
+                )
+            for record in chain:
+                history += record.input_items
+                history += record.response.get("output") or []
+        return to_conversation(request.instructions, history, parsed.items)
+
+    async def retrieve(self, response_id: str, *, owner: str = "") -> dict[str, Any]:
+        return (await self._get(response_id, owner)).response
+
+    async def delete(self, response_id: str, *, owner: str = "") -> dict[str, Any]:
+        if not await self._store.delete(response_id, owner):
+            raise _not_found(response_id)
+        return {"id": response_id, "object": "response", "deleted": True}
+
+    async def input_items(
+        self, response_id: str, query: Mapping[str, Any], *, owner: str = ""
+    ) -> dict[str, Any]:
+        """One page of a response's input items, as OpenAI's cursor lists: `after`/`before` are item ids."""
+        params = parse_body(ResponseInputItemsQuery, query)
+        items = list((await self._get(response_id, owner)).input_items)
+        if params.order == "desc":
+            items.reverse()
+        ids = [item["id"] for item in items]
+        start, end = 0, len(items)
+        for cursor, name in ((params.after, "after"), (params.before, "before")):
+            if cursor is not None and cursor not in ids:
+                raise InvalidRequestError(f"No input item with id '{cursor}' in this response.", param=name)
+        if params.after is not None:
+            start = ids.index(params.after) + 1
+        if params.before is not None:
+            end = ids.index(params.before)
+        window = items[start:end]
+        # `before` pages towards the start: the page is the items just before the cursor.
+        page = (
+            window[-params.limit :]
+            if params.before is not None and params.after is None
+            else window[: params.limit]
+        )
+        has_more = len(page) < len(window)
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": has_more,
+        }
+
+    async def _get(self, response_id: str, owner: str) -> StoredResponse:
+        record = await self._store.get(response_id, owner)
+        if record is None:
+            raise _not_found(response_id)
+        return record
+
+
+def _not_found(response_id: str) -> NotFoundError:
+    # A response of another API key is "not found" too: its existence is not revealed.
+    return NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
+
+
+def _refuse_unsupported(request: ResponseCreateRequest) -> None:
+    if request.background:
+        raise UnsupportedParameter(
+            "Background responses are not supported by this gateway: send the request without "
+            "'background' (stream it if it takes long).",
+            param="background",
+        )
+    if request.conversation is not None:
+        raise UnsupportedParameter(
+            "Conversations are not supported by this gateway: continue with previous_response_id.",
+            param="conversation",
+        )
+    if request.prompt is not None:
+        raise UnsupportedParameter(
+            "Stored prompt templates ('prompt') are not supported: send instructions and input.",
+            param="prompt",
+        )
+    for index, tool in enumerate(request.tools or []):
+        kind = tool.get("type")
+        if kind != "function":
+            raise UnsupportedParameter(
+                f"The built-in tool '{kind}' is not available on a StackFlow device: only function "
+                "tools are.",
+                param=f"tools[{index}].type",
+            )
+        raise UnsupportedParameter(
+            "Function tools are not supported by this gateway yet.", param=f"tools[{index}]"
+        )
+    choice = request.tool_choice
+    if choice not in (None, "auto", "none") and not request.tools:
+        raise InvalidRequestError("tool_choice needs tools to choose from.", param="tool_choice")
+    text_format = (request.text or {}).get("format") or {"type": "text"}
+    if text_format.get("type") != "text":
+        raise UnsupportedParameter(
+            f"text.format '{text_format.get('type')}' is not supported by this gateway yet: only 'text'.",
+            param="text.format",
+        )
+
+
+def _ignored(request: ResponseCreateRequest, body: Mapping[str, Any]) -> list[str]:
+    extra = {k: v for k, v in (request.model_extra or {}).items() if k not in _ALWAYS_NEUTRAL}
+    if extra.get("include") == []:
+        extra.pop("include")
+    ignored = ignored_params(extra, body)
+    verbosity = (request.text or {}).get("verbosity")
+    if verbosity not in (None, "medium"):  # OpenAI's default; the device has no such knob
+        ignored.append("text.verbosity")
+    return sorted(ignored)
+
+
+def _head(request: ResponseCreateRequest, body: Mapping[str, Any], model: str) -> ResponseHead:
+    reasoning = {"effort": None, "summary": None, **(request.reasoning or {})}
+    text = {"format": {"type": "text"}, **(request.text or {})}
+    extra = request.model_extra or {}
+    return ResponseHead(
+        id=item_id("resp"),
+        created_at=int(time.time()),
+        model=model,
+        instructions=request.instructions,
+        max_output_tokens=request.max_output_tokens,
+        previous_response_id=request.previous_response_id,
+        reasoning=reasoning,
+        store=request.store is not False,
+        temperature=request.temperature,
+        text=text,
+        tool_choice=request.tool_choice if request.tool_choice is not None else "auto",
+        tools=list(request.tools or []),
+        top_p=request.top_p,
+        truncation=request.truncation or "disabled",
+        parallel_tool_calls=request.parallel_tool_calls is not False,
+        metadata=dict(request.metadata or {}),
+        user=_str_or_none(extra.get("user")),
+        safety_identifier=_str_or_none(extra.get("safety_identifier")),
+        prompt_cache_key=_str_or_none(extra.get("prompt_cache_key")),
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
