@@ -42,6 +42,7 @@ __all__ = [
     "HealthSettings",
     "ModelSettings",
     "PoolSettings",
+    "ResponsesSettings",
     "ServerSettings",
     "Settings",
     "load_settings",
@@ -134,6 +135,17 @@ class ImageSettings(_Strict):
     allowed_hosts: list[str] = Field(default_factory=list, description="hosts allowed even if private")
 
 
+class ResponsesSettings(_Strict):
+    retention_days: float = Field(
+        30.0, gt=0, description="stored responses older than this many days are deleted (OpenAI's 30)"
+    )
+    max_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="stored responses beyond this many bytes of JSON: the oldest are deleted first",
+    )
+
+
 class ModelSettings(_Strict):
     """An explicit model entry; it overrides a discovered model of the same name."""
 
@@ -205,6 +217,14 @@ class Settings(_Strict):
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="explicit model entries")
     aliases: dict[str, str] = Field(default_factory=dict, description="client-facing name → model id")
     strict_params: bool = Field(False, description="strict_params for every model")
+    data_dir: str | None = Field(
+        None,
+        description="directory of the gateway's data (stored responses); default "
+        "$XDG_DATA_HOME/stackflow-openai, else ~/.local/share/stackflow-openai",
+    )
+    responses: ResponsesSettings = Field(
+        default_factory=ResponsesSettings, description="stored responses of the Responses API"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -31,6 +31,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
         settings.server.host = args.host
     if getattr(args, "port", None) is not None:
         settings.server.port = args.port
+    if getattr(args, "data_dir", None):
+        settings.data_dir = args.data_dir
     for key in getattr(args, "api_key", None) or ():
         settings.auth.api_keys.append(SecretStr(key))
     return settings
@@ -38,6 +40,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 def http_settings(settings: Settings):  # type: ignore[no-untyped-def]
     from stackflow_openai.app import HttpSettings
+    from stackflow_openai.store import default_data_dir
 
     return HttpSettings(
         image_max_bytes=settings.images.max_bytes,
@@ -49,6 +52,9 @@ def http_settings(settings: Settings):  # type: ignore[no-untyped-def]
         protect_health=settings.auth.protect_health,
         protect_metrics=settings.auth.protect_metrics,
         cors_origins=tuple(settings.server.cors_origins),
+        data_dir=settings.data_dir or str(default_data_dir()),
+        responses_retention_days=settings.responses.retention_days,
+        responses_max_bytes=settings.responses.max_bytes,
     )
 
 
