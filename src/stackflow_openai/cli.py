@@ -71,12 +71,6 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "$XDG_DATA_HOME/stackflow-openai, else ~/.local/share/stackflow-openai",
     )
     serve.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="directory of the gateway's data (stored responses of /v1/responses); default "
-        "$XDG_DATA_HOME/stackflow-openai, else ~/.local/share/stackflow-openai",
-    )
-    serve.add_argument(
         "--emulator", action="store_true", help="start an in-process device emulator and serve its models"
     )
     serve.add_argument(
