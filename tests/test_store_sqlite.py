@@ -121,4 +121,6 @@ def test_default_data_dir_follows_xdg() -> None:
     assert default_data_dir({"XDG_DATA_HOME": "/data", "HOME": "/h"}) == Path("/data/stackflow-openai")
     assert default_data_dir({"HOME": "/h"}) == Path("/h/.local/share/stackflow-openai")
     # A relative XDG_DATA_HOME is invalid by the specification and ignored.
-    assert default_data_dir({"XDG_DATA_HOME": "rel", "HOME": "/h"}) == Path("/h/.local/share/stackflow-openai")
+    assert default_data_dir({"XDG_DATA_HOME": "rel", "HOME": "/h"}) == Path(
+        "/h/.local/share/stackflow-openai"
+    )

@@ -76,7 +76,7 @@ class ResponseHead:
         incomplete_reason: str | None = None,
         error: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        return {
+        body = {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
@@ -105,9 +105,14 @@ class ResponseHead:
             "top_p": self.top_p,
             "truncation": self.truncation,
             "usage": usage,
-            "user": self.user,
             "metadata": self.metadata,
         }
+        # OpenAI's schema has no null for these: left out until there is a value (the SDKs read None).
+        if usage is None:
+            del body["usage"]
+        if self.user is not None:
+            body["user"] = self.user
+        return body
 
 
 class ResponseEvents:
