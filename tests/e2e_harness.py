@@ -5,6 +5,8 @@ The official OpenAI SDK (sync or async) is then pointed at `harness.base_url` fr
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -29,6 +31,7 @@ class Harness(BackgroundLoop):
         self.emulator: Emulator
         self.gateway: Gateway
         self.base_url = ""
+        self._own_data_dir: str | None = None  # a temporary data dir made here, removed by stop()
 
     @property
     def registry(self) -> GatewayRegistry:
@@ -44,6 +47,8 @@ class Harness(BackgroundLoop):
             await self.start_emulator()
         self.settings.devices = [DeviceSettings(name="emu", host="127.0.0.1", port=self.emulator.port)]
         self.settings.server.port = 0
+        if self.settings.data_dir is None:  # stored responses: never in the user's real data directory
+            self.settings.data_dir = self._own_data_dir = tempfile.mkdtemp(prefix="stackflow-openai-test-")
         self.gateway = await start_gateway(self.settings)
         self.base_url = f"http://127.0.0.1:{self.gateway.port}/v1"
 
@@ -89,3 +94,5 @@ class Harness(BackgroundLoop):
             self.call(self.emulator.stop)
         finally:
             self.stop_loop()
+            if self._own_data_dir is not None:
+                shutil.rmtree(self._own_data_dir, ignore_errors=True)

@@ -1,9 +1,11 @@
-"""Hypothesis fuzzing of the JSON bodies of /v1/chat/completions, /v1/completions and /v1/audio/speech.
+"""Hypothesis fuzzing of the JSON bodies of /v1/chat/completions, /v1/completions, /v1/responses and
+/v1/audio/speech.
 
 The OpenAPI document has no body schemas (see test_fuzz_openapi.py), so the bodies are generated here:
 a plausible request in which any field may be replaced by a random JSON value, or a random object.
 Every response must be a success or a 4xx in OpenAI's shape (never a 5xx, never a hang), a stream
-must end with [DONE], and afterwards the gateway still serves and has leaked no unit instance.
+must end with [DONE] (a Responses stream: with its terminal response event), and afterwards the
+gateway still serves and has leaked no unit instance.
 Bounded: a fixed number of examples per endpoint, small values, a timeout on every request.
 """
 
@@ -161,6 +163,55 @@ SPEECH = mutated(
 )
 
 
+INPUT_PART = st.one_of(
+    st.fixed_dictionaries({"type": st.just("input_text"), "text": PROMPT}),
+    st.fixed_dictionaries({"type": st.sampled_from(["input_image", "input_file"]), "image_url": TEXT}),
+    st.dictionaries(st.text(max_size=8), JSON, max_size=3),
+)
+INPUT_ITEM = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "role": st.one_of(st.sampled_from(["user", "user", "assistant", "system", "developer"]), JSON),
+            "content": st.one_of(PROMPT, st.lists(INPUT_PART, min_size=1, max_size=3), JSON),
+        },
+        optional={"type": st.sampled_from(["message", "item_reference", "reasoning"])},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("function_call"), "call_id": TEXT, "name": TEXT, "arguments": TEXT}
+    ),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": TEXT, "output": JSON}),
+    st.dictionaries(st.text(max_size=8), JSON, max_size=3),
+)
+RESPONSES = mutated(
+    {
+        "model": st.sampled_from([LLM, LLM, LLM, VLM, "gpt-4o", "tts-1"]),
+        "input": st.one_of(PROMPT, PROMPT, st.lists(INPUT_ITEM, min_size=1, max_size=3)),
+    },
+    {
+        "instructions": TEXT,
+        "max_output_tokens": st.integers(min_value=-1, max_value=60),
+        "stream": st.booleans(),
+        "store": st.booleans(),
+        "truncation": st.sampled_from(["auto", "disabled", "middle"]),
+        "temperature": st.floats(min_value=-0.5, max_value=2.5, allow_nan=False),
+        "top_p": st.floats(min_value=-0.5, max_value=1.5, allow_nan=False),
+        "metadata": st.dictionaries(st.text(max_size=70), st.text(max_size=20), max_size=3),
+        "previous_response_id": st.one_of(st.just("resp_nope"), TEXT),
+        "text": st.fixed_dictionaries(
+            {"format": st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object"])})}
+        ),
+        "tools": st.lists(
+            st.fixed_dictionaries({"type": st.sampled_from(["function", "web_search"])}), max_size=2
+        ),
+        "tool_choice": st.sampled_from(["auto", "none", "required"]),
+        "reasoning": st.fixed_dictionaries({"effort": st.sampled_from(["low", "high"])}),
+        "background": st.booleans(),
+        "include": st.lists(TEXT, max_size=2),
+    },
+)
+_RESPONSE_ENDS = ("event: response.completed\n", "event: response.incomplete\n", "event: response.failed\n")
+
+
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Harness]:
     # Fuzzed system prompts make a new setup signature almost every time: the pool must keep evicting
@@ -202,7 +253,9 @@ def check(http: httpx.Client, path: str, body: dict[str, Any]) -> None:
         assert_error_shape(json.loads(raw), where)
     elif content_type.startswith("text/event-stream"):
         text = raw.decode()
-        assert text.endswith("data: [DONE]\n\n") or '"speech.audio.done"' in text, f"{where}: {text[-200:]!r}"
+        last = text.rstrip("\n").rsplit("\n\n", 1)[-1]
+        ended = text.endswith("data: [DONE]\n\n") or last.startswith(_RESPONSE_ENDS)
+        assert ended or '"speech.audio.done"' in text, f"{where}: {text[-200:]!r}"
         for line in text.splitlines():
             if line.startswith("data: {") and '"error"' in line[:15]:
                 assert_error_shape(json.loads(line[6:]), where)
@@ -222,6 +275,12 @@ def test_fuzz_chat_completions(http: httpx.Client, body: dict[str, Any]) -> None
 @given(body=COMPLETION)
 def test_fuzz_completions(http: httpx.Client, body: dict[str, Any]) -> None:
     check(http, "/completions", body)
+
+
+@FUZZ
+@given(body=RESPONSES)
+def test_fuzz_responses(http: httpx.Client, body: dict[str, Any]) -> None:
+    check(http, "/responses", body)
 
 
 @FUZZ

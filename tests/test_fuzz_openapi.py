@@ -52,6 +52,11 @@ def assert_openai_shaped(status: int, body: Any, where: str) -> None:
 def test_the_document_lists_the_openai_routes() -> None:
     paths = set(SCHEMA.raw_schema["paths"])
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/audio/speech"} <= paths
+    assert {
+        "/v1/responses",
+        "/v1/responses/{response_id}",
+        "/v1/responses/{response_id}/input_items",
+    } <= paths
 
 
 @settings(

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from stackflow_openai.services import ServiceResult, StreamResult
@@ -72,8 +72,16 @@ async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/responses/{response_id}/input_items", summary="List a stored response's input items")
-async def list_input_items(response_id: str, request: Request) -> dict[str, Any]:
-    query: dict[str, Any] = dict(request.query_params)
-    if "include" in query:
-        query["include"] = request.query_params.getlist("include")
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    after: str | None = None,
+    before: str | None = None,
+    limit: int | None = None,
+    order: str | None = None,
+    include: Annotated[list[str] | None, Query()] = None,
+) -> dict[str, Any]:
+    # Declared for the OpenAPI document; the service validates them (OpenAI-shaped 400s).
+    given = {"after": after, "before": before, "limit": limit, "order": order, "include": include}
+    query = {name: value for name, value in given.items() if value is not None}
     return await _service(request).input_items(response_id, query, owner=_owner(request))
