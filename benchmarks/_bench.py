@@ -259,15 +259,27 @@ class RawHttp:
 
 
 def _count_event(event: bytes, result: StreamResult, count: bytes | None = None) -> None:
-    if event == b"data: [DONE]":
+    if event.startswith(b"event: "):  # the Responses API names its events (and sends no [DONE])
+        kind = event[len(b"event: ") : event.index(b"\n")]
+        if kind in (b"response.completed", b"response.incomplete"):
+            result.done = True
+        elif kind == b"response.failed":
+            result.errors += 1
+        elif kind == b"response.output_text.delta":
+            _count_content(event, result, count)
+    elif event == b"data: [DONE]":
         result.done = True
     elif event.startswith(b'data: {"error"'):
         result.errors += 1
     elif b'"delta":{"content":"' in event or b'"text":"' in event:
         if b'"content":""' in event or b'"text":""' in event:
             return
-        result.content_events += 1
-        if count is not None:
-            result.marks += event.count(count)
-        if result.first_content is None:
-            result.first_content = time.perf_counter()
+        _count_content(event, result, count)
+
+
+def _count_content(event: bytes, result: StreamResult, count: bytes | None) -> None:
+    result.content_events += 1
+    if count is not None:
+        result.marks += event.count(count)
+    if result.first_content is None:
+        result.first_content = time.perf_counter()

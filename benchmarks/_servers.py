@@ -114,6 +114,7 @@ async def run_gateway(args: argparse.Namespace) -> None:
     settings = Settings(
         devices=[parse_device(args.device)],
         pool=PoolSettings(queue_limit=args.queue_limit, queue_timeout=args.queue_timeout),
+        data_dir=args.data_dir,
     )
     registry = GatewayRegistry(settings)
     if args.unit_limit:
@@ -155,6 +156,7 @@ def main() -> None:
     gw.add_argument("--queue-limit", type=int, default=32)
     gw.add_argument("--queue-timeout", type=float, default=30.0)
     gw.add_argument("--unit-limit", type=int, default=0)
+    gw.add_argument("--data-dir", default=None, help="stored responses (default: the user's data dir)")
     args = parser.parse_args()
     if os.environ.get("BENCH_UVLOOP") == "1":  # experiment: what uvloop would change (if installed)
         import uvloop
