@@ -74,6 +74,7 @@ class ChatModelInfo:
     vision: bool = False
     image_tokens: int = 0  # prefill positions one image takes (VLM)
     image_system_prompt: str | None = None  # what the device puts in place of the system prompt with an image
+    name: str = ""  # the device model (lsmode mode): its family picks the tool format and reasoning split
 
 
 @dataclass(frozen=True, slots=True)

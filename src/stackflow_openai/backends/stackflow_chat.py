@@ -92,6 +92,7 @@ def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
         vision=model.unit == "vlm",
         image_tokens=_image_tokens(model),
         image_system_prompt=_image_system_prompt(model),
+        name=model.mode,
     )
 
 

@@ -37,8 +37,9 @@ from .common import (
     stop_list,
     stream_choices,
 )
+from .generation import ChoiceFinished, ChoiceFinishReason, ChoiceToolCall
 from .images import ImageLoader
-from .limiter import FinishReason
+from .output import build_output_spec
 from .plan import PlanBuilder, PlanRequest
 from .prompt import parse_messages
 from .registry import ModelRegistry, resolve_model
@@ -62,18 +63,20 @@ class ChatService:
         if isinstance(backend, ProxyResult):
             return backend
         headers = report_ignored(request, body, entry)
-        plan = await self._plan(request, entry, backend)
+        plan = await self._plan(request, body, entry, backend)
+        legacy = bool(body.get("functions"))  # answered with the legacy function_call
         if request.stream:
             usage: dict[str, int] = {}
-            return StreamResult(stream_choices(plan, _ChatChunks(plan), usage), headers, usage)
-        return JsonResult(await _collect(plan), headers)
+            return StreamResult(stream_choices(plan, _ChatChunks(plan, legacy), usage), headers, usage)
+        return JsonResult(await _collect(plan, legacy), headers)
 
     async def _plan(
-        self, request: ChatCompletionRequest, entry: ModelEntry, backend: ChatBackend
+        self, request: ChatCompletionRequest, body: Mapping[str, Any], entry: ModelEntry, backend: ChatBackend
     ) -> GenerationPlan:
         n = check_n(request.n, entry)
+        spec = build_output_spec(body, backend.info.name or entry.id, entry.extra)
         plan_request = PlanRequest(
-            conversation=parse_messages(request.messages),
+            conversation=parse_messages(request.messages, spec.tool_format),
             max_tokens=request.max_completion_tokens or request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
@@ -82,21 +85,44 @@ class ChatService:
             include_usage=bool(
                 request.stream and request.stream_options and request.stream_options.include_usage
             ),
+            output=spec,
             text_param=f"messages[{len(request.messages) - 1}].content",
         )
         plan, _fitted = await self._planner.build(entry, backend, plan_request)
         return plan
 
 
-async def _collect(plan: GenerationPlan) -> dict[str, Any]:
+def _message(choice: ChoiceFinished, legacy: bool) -> dict[str, Any]:
+    """The assistant message of one finished choice, as OpenAI writes it (tool calls, or the legacy
+    function_call; reasoning_content as DeepSeek's API and vLLM add it)."""
+    calls = choice.tool_calls
+    message: dict[str, Any] = {"role": "assistant", "content": choice.text or (None if calls else "")}
+    if choice.reasoning is not None:
+        message["reasoning_content"] = choice.reasoning
+    message["refusal"] = None
+    if calls and legacy:
+        message["function_call"] = {"name": calls[0].name, "arguments": calls[0].arguments}
+    elif calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in calls
+        ]
+    return message
+
+
+def _reason(reason: ChoiceFinishReason, legacy: bool) -> str:
+    return "function_call" if legacy and reason == "tool_calls" else reason
+
+
+async def _collect(plan: GenerationPlan, legacy: bool) -> dict[str, Any]:
     """The chat.completion object (built directly, in the field order of protocol.ChatCompletion)."""
     finished, usage = await collect_choices(plan)
     choices = [
         {
             "index": choice.index,
-            "message": {"role": "assistant", "content": choice.text, "refusal": None},
+            "message": _message(choice, legacy),
             "logprobs": None,
-            "finish_reason": choice.finish_reason,
+            "finish_reason": _reason(choice.finish_reason, legacy),
         }
         for choice in finished
     ]
@@ -114,8 +140,9 @@ class _ChatChunks:
     """chat.completion.chunk objects, built directly in the field order of protocol.ChatCompletionChunk
     (a pydantic round trip per chunk was a tenth of the gateway's CPU per delta, docs/performance.md)."""
 
-    def __init__(self, plan: GenerationPlan) -> None:
+    def __init__(self, plan: GenerationPlan, legacy: bool = False) -> None:
         self._plan = plan
+        self._legacy = legacy
         self._text_events: dict[int, Callable[[str], bytes]] = {}  # choice index -> its text event encoder
 
     def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> dict[str, Any]:
@@ -132,7 +159,7 @@ class _ChatChunks:
         return chunk
 
     @staticmethod
-    def _choice(index: int, delta: dict[str, str], reason: FinishReason | None = None) -> dict[str, Any]:
+    def _choice(index: int, delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
         return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
 
     def started(self, index: int) -> Chunk:
@@ -145,8 +172,29 @@ class _ChatChunks:
             encode = self._text_events[index] = text_event_encoder(template, _PLACEHOLDER)
         return encode(text)
 
-    def finished(self, index: int, reason: FinishReason) -> Chunk:
-        return self._chunk([self._choice(index, {}, reason)])
+    def reasoning(self, index: int, text: str) -> Chunk:
+        return self._chunk([self._choice(index, {"reasoning_content": text})])
+
+    def tool_call(self, event: ChoiceToolCall) -> list[Chunk]:
+        """OpenAI's deltas for one call: id, type and name with empty arguments, then the arguments."""
+        call = event.call
+        if self._legacy:
+            if event.call_index > 0:
+                return []  # function_call carries one call
+            head: dict[str, Any] = {"function_call": {"name": call.name, "arguments": ""}}
+            tail: dict[str, Any] = {"function_call": {"arguments": call.arguments}}
+        else:
+            opening = {"name": call.name, "arguments": ""}
+            head = {
+                "tool_calls": [
+                    {"index": event.call_index, "id": call.id, "type": "function", "function": opening}
+                ]
+            }
+            tail = {"tool_calls": [{"index": event.call_index, "function": {"arguments": call.arguments}}]}
+        return [self._chunk([self._choice(event.index, delta)]) for delta in (head, tail)]
+
+    def finished(self, index: int, reason: ChoiceFinishReason) -> Chunk:
+        return self._chunk([self._choice(index, {}, _reason(reason, self._legacy))])
 
     def usage(self, usage: Usage) -> Chunk:
         return self._chunk([], usage)

@@ -15,26 +15,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 import anyio
 
 from stackflow_openai.backends.base import ChatBackend, ChatUnit, UnitSettings
+from stackflow_openai.errors import APIError
 from stackflow_openai.tokens import TokenCounter
 
 from .limiter import FinishReason, OutputLimiter
 
 __all__ = [
     "CLEANUP_TIMEOUT",
+    "Answer",
+    "AnswerFilter",
     "ChoiceEvent",
+    "ChoiceFinishReason",
     "ChoiceFinished",
+    "ChoiceReasoning",
     "ChoiceStarted",
     "ChoiceText",
+    "ChoiceToolCall",
     "Detached",
+    "FilterFactory",
     "Job",
+    "ToolCall",
     "generate_choices",
 ]
 
@@ -62,14 +70,75 @@ class ChoiceText:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str  # "call_..."
+    name: str
+    arguments: str  # a JSON object, as text (what OpenAI sends)
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceReasoning:
+    """Text of the model's <think> part (reasoning models), kept out of the visible answer."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceToolCall:
+    """One complete, validated tool call of a choice (calls are held until whole: never partial)."""
+
+    index: int
+    call_index: int
+    call: ToolCall
+
+
+ChoiceFinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True, slots=True)
 class ChoiceFinished:
     index: int
-    finish_reason: FinishReason
-    text: str  # the whole output of this choice
-    completion_tokens: int
+    finish_reason: ChoiceFinishReason
+    text: str  # the visible answer of this choice ('' when it is only tool calls)
+    completion_tokens: int  # everything generated for it: reasoning, tool-call text and re-asks too
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str | None = None  # the <think> text, when the model's reasoning is split off
 
 
-ChoiceEvent = ChoiceStarted | ChoiceText | ChoiceFinished
+ChoiceEvent = ChoiceStarted | ChoiceText | ChoiceReasoning | ChoiceToolCall | ChoiceFinished
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What an `AnswerFilter` made of a finished generation."""
+
+    text: str
+    finish_reason: ChoiceFinishReason
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str | None = None
+    events: tuple[ChoiceEvent, ...] = ()  # still to stream before ChoiceFinished (calls, held JSON)
+
+
+class AnswerFilter(Protocol):
+    """Turns one choice's raw output into what the client sees (services/output.py): reasoning split
+    off, tool calls parsed and validated, JSON checked. Sans-IO: it never touches the unit; a re-ask is
+    a `Job` it returns, which the generation loop runs on the same leased unit."""
+
+    def feed(self, text: str) -> list[ChoiceEvent]:
+        """Events to stream for newly released raw text (text before a tool call, reasoning, ...)."""
+        ...
+
+    def finish(self, reason: FinishReason) -> Answer | Job:
+        """The generation ended: the answer, or a re-ask to run (its output goes to `retried`)."""
+        ...
+
+    def retried(self, text: str, reason: FinishReason) -> Answer | Job:
+        """A re-ask's whole output: the answer, another re-ask, or raises an APIError."""
+        ...
+
+
+FilterFactory = Callable[[int], AnswerFilter]  # choice index -> its filter
 
 
 async def _next_or_none(source: AsyncIterator[T]) -> T | None:
@@ -262,11 +331,15 @@ async def generate_choices(
     counter: TokenCounter,
     stops: Sequence[str],
     stream: bool = True,
+    filters: FilterFactory | None = None,
 ) -> AsyncGenerator[ChoiceEvent, None]:
     """Events of every job in order: Started, Text..., Finished per choice index.
 
     A ChoiceText carries all the text released since the previous one (see `_ChoiceReader`). With
-    `stream=False` only the ChoiceFinished events come (the consumer is woken once per choice)."""
+    `stream=False` only the ChoiceFinished events come (the consumer is woken once per choice).
+    With `filters`, each choice's raw text goes through its `AnswerFilter` (reasoning, tool calls, JSON),
+    and re-asks run on the same unit. A filter's final refusal (an APIError) is raised only after the
+    lease has ended normally: the unit is healthy and goes back to the pool warm."""
     if all(job.budget == 0 for job in jobs):
         # max_tokens=0 (a completions client scoring its prompt with echo): no unit, nothing generated.
         for index in range(len(jobs)):
@@ -274,8 +347,10 @@ async def generate_choices(
                 yield ChoiceStarted(index)
             yield ChoiceFinished(index, "length", "", 0)
         return
+    refusal: APIError | None = None
     async with _leased(backend.lease(settings)) as unit:
         for index, job in enumerate(jobs):
+            answer_filter = filters(index) if filters is not None else None
             limiter = OutputLimiter(counter, stops=stops, budget=job.budget)
             reader = _ChoiceReader(unit.generate(job.prompt, images=job.images), limiter)
             try:
@@ -285,10 +360,60 @@ async def generate_choices(
                     await reader.started()
                     yield ChoiceStarted(index)
                     while (text := await reader.next_text()) is not None:
-                        yield ChoiceText(index, text)
+                        if answer_filter is None:
+                            yield ChoiceText(index, text)
+                        else:
+                            for event in answer_filter.feed(text):
+                                yield event
                 else:
                     await reader.ended()
+                    if answer_filter is not None:
+                        answer_filter.feed(limiter.text)
             finally:
                 await reader.close()
             text = limiter.text
-            yield ChoiceFinished(index, limiter.finish_reason, text, counter.count(text))
+            if answer_filter is None:
+                yield ChoiceFinished(index, limiter.finish_reason, text, counter.count(text))
+                continue
+            try:
+                answer, more_tokens = await _settle(
+                    unit, answer_filter, limiter.finish_reason, counter, stops
+                )
+            except APIError as exc:
+                refusal = exc
+                break
+            if stream:
+                for event in answer.events:
+                    yield event
+            yield ChoiceFinished(
+                index,
+                answer.finish_reason,
+                answer.text,
+                counter.count(text) + more_tokens,
+                answer.tool_calls,
+                answer.reasoning,
+            )
+    if refusal is not None:
+        raise refusal
+
+
+async def _settle(
+    unit: ChatUnit,
+    answer_filter: AnswerFilter,
+    reason: FinishReason,
+    counter: TokenCounter,
+    stops: Sequence[str],
+) -> tuple[Answer, int]:
+    """The filter's answer, running the re-asks it asks for (never streamed); and their token count."""
+    result = answer_filter.finish(reason)
+    generated = 0
+    while isinstance(result, Job):
+        limiter = OutputLimiter(counter, stops=stops, budget=result.budget)
+        reader = _ChoiceReader(unit.generate(result.prompt, images=result.images), limiter)
+        try:
+            await reader.ended()
+        finally:
+            await reader.close()
+        generated += counter.count(limiter.text)
+        result = answer_filter.retried(limiter.text, limiter.finish_reason)
+    return result, generated

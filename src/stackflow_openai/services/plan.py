@@ -1,26 +1,29 @@
 """A conversation → a GenerationPlan: the one plan builder of every chat-like front end.
 
 Chat completions and the Responses API (and the Realtime API) each translate their own wire format into
-a `PlanRequest` (a parsed conversation and the generation parameters); everything after that is common:
-the image check, the system prompt default, prompt fitting into the prefill window, image loading, the
-token budget and the unit settings (design.md "Growing it").
+a `PlanRequest` (a parsed conversation, the generation parameters and what the answer must be: tools,
+JSON, reasoning, as an `OutputSpec`); everything after that is common: the image check, the system prompt
+default, the tool definitions and JSON instruction (services/output.py), prompt fitting into the prefill
+window, image loading, the token budget, the unit settings and the answer filters with their re-asks
+(design.md "Growing it").
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
-from stackflow_openai.backends.base import ChatBackend, ModelEntry, UnitSettings
+from stackflow_openai.backends.base import ChatBackend, ChatModelInfo, ModelEntry, UnitSettings
 from stackflow_openai.errors import ContextLengthExceeded, InvalidRequestError
-from stackflow_openai.tokens import Tokenizers
+from stackflow_openai.tokens import PREFILL_MARGIN, Tokenizers
 
 from .common import GenerationPlan, new_id, require_text, run_counting, token_budget
 from .generation import Job
 from .images import ImageLoader
-from .prompt import DEFAULT_SYSTEM_PROMPT, Conversation, FittedPrompt, fit_prompt
+from .output import OutputSpec
+from .prompt import DEFAULT_SYSTEM_PROMPT, Conversation, FittedPrompt, Turn, fit_prompt
 
 __all__ = ["PlanBuilder", "PlanRequest"]
 
@@ -38,10 +41,21 @@ class PlanRequest:
     n: int = 1
     stops: list[str] = field(default_factory=list)
     include_usage: bool = False
+    output: OutputSpec | None = None  # tools, JSON, reasoning split (services/output.py); None: raw text
     param: str = "messages"  # the request field named by context-length errors
     text_param: str = "messages"  # the field holding the last message (named when it is empty)
     truncate: bool = True  # drop the oldest turns to fit; False: 400 when any would have to go
     id_prefix: str = "chatcmpl"
+
+
+@dataclass(frozen=True, slots=True)
+class _Prompt:
+    """The prompt before fitting: setup system prompt, turns, and the tool text led into the user turn."""
+
+    system: str
+    turns: list[Turn]
+    user_prefix: str
+    tools_text: str
 
 
 class PlanBuilder:
@@ -63,15 +77,24 @@ class PlanBuilder:
                 code="images_not_supported",
             )
         require_text(conversation.turns[-1].text, param=request.text_param)
-        fitted = await self._fit(entry, backend, request)
+        prompt = _prompt(entry, info, request, has_images=bool(refs))
+        fitted = await self._fit(entry, info, prompt, request)
         images = [await self._images.load(ref) for turn in fitted.turns for ref in turn.images]
         budget = token_budget(info, fitted.prompt_tokens, request.max_tokens, param=request.param)
         settings = UnitSettings(
-            system_prompt=_system(entry, request),
+            system_prompt=prompt.system,
             max_token_len=info.max_token_len,  # one setup signature per model (docs/decisions.md)
             temperature=request.temperature,
             top_p=request.top_p,
         )
+        spec = request.output
+        filters = None
+        if spec is not None and spec.active:
+            image_cost = len(images) * _image_tokens(entry, info)
+            retry = partial(
+                self._retry_job, info, fitted.system_prompt, fitted.user_text, images, image_cost, request
+            )
+            filters = spec.factory(retry)
         plan = GenerationPlan(
             id=new_id(request.id_prefix),
             created=int(time.time()),
@@ -83,30 +106,37 @@ class PlanBuilder:
             counter=self._tokenizers.for_model(info),
             prompt_tokens=fitted.prompt_tokens,
             include_usage=request.include_usage,
+            filters=filters,
         )
         return plan, fitted
 
-    async def _fit(self, entry: ModelEntry, backend: ChatBackend, request: PlanRequest) -> FittedPrompt:
-        info = backend.info
+    async def _fit(
+        self, entry: ModelEntry, info: ChatModelInfo, prompt: _Prompt, request: PlanRequest
+    ) -> FittedPrompt:
         conversation = request.conversation
-        system = _system(entry, request)
         await self._tokenizers.load_for(info)  # first use: loads in a worker thread, not on the loop
         fit = partial(
             fit_prompt,
             self._tokenizers,
             info,
-            system,
-            conversation.turns,
-            image_tokens=int(entry.extra.get("image_tokens", info.image_tokens)),
+            prompt.system,
+            prompt.turns,
+            image_tokens=_image_tokens(entry, info),
             instructions=conversation.system_prompt or entry.extra.get("system_prompt"),
             param=request.param,
+            user_prefix=prompt.user_prefix,
         )
-        chars = len(system) + sum(len(turn.text) for turn in conversation.turns)
-        fitted = await run_counting(fit, chars=chars)
+        chars = len(prompt.system) + sum(len(turn.text) for turn in prompt.turns)
+        try:
+            fitted = await run_counting(fit, chars=chars)
+        except ContextLengthExceeded as exc:
+            if not prompt.tools_text:
+                raise
+            raise self._tools_too_long(exc, info, request.output) from exc
         if fitted.dropped and not request.truncate:
             raise ContextLengthExceeded(
                 f"The conversation needs more than this model's prefill window of {info.prefill_len} tokens "
-                f"(the oldest {fitted.dropped} of its {len(conversation.turns)} turns would have to go). "
+                f"(the oldest {fitted.dropped} of its {len(prompt.turns)} turns would have to go). "
                 "Shorten it, or set truncation to 'auto' to drop the oldest items.",
                 param=request.param,
             )
@@ -114,6 +144,55 @@ class PlanBuilder:
             log.info("%s: dropped the %d oldest turns to fit the prefill window", entry.id, fitted.dropped)
         return fitted
 
+    def _tools_too_long(
+        self, exc: ContextLengthExceeded, info: ChatModelInfo, spec: OutputSpec | None
+    ) -> ContextLengthExceeded:
+        assert spec is not None
+        tokens = self._tokenizers.for_model(info).count(spec.tools_prompt())
+        count = len(spec.tools.tools) if spec.tools else 0
+        return ContextLengthExceeded(
+            f"{exc.message} The definitions of the {count} tools take {tokens} of these tokens: send fewer "
+            "tools, or use a model with a larger prefill window (docs/tools.md).",
+            param="tools",
+        )
 
-def _system(entry: ModelEntry, request: PlanRequest) -> str:
-    return request.conversation.system_prompt or entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
+    def _retry_job(
+        self,
+        info: ChatModelInfo,
+        system: str,
+        user_text: str,
+        images: list[bytes],
+        image_cost: int,
+        request: PlanRequest,
+        correction: str,
+    ) -> Job | None:
+        """The re-ask after an unusable answer: the same turn plus the correction, if it still fits."""
+        prompt = f"{user_text}\n\n{correction}"
+        tokens = self._tokenizers.prompt_tokens(info, system, prompt) + image_cost
+        if tokens > info.prefill_len - PREFILL_MARGIN or tokens >= info.max_token_len:
+            log.info("a re-ask would not fit the prefill window (%d tokens): not asked", tokens)
+            return None
+        return Job(prompt, images, token_budget(info, tokens, request.max_tokens, param=request.param))
+
+
+def _image_tokens(entry: ModelEntry, info: ChatModelInfo) -> int:
+    return int(entry.extra.get("image_tokens", info.image_tokens))
+
+
+def _prompt(entry: ModelEntry, info: ChatModelInfo, request: PlanRequest, *, has_images: bool) -> _Prompt:
+    """The system prompt and turns with what the output spec adds: the JSON instruction at the end of the
+    user turn (followed best there, and no new setup), the tool definitions where the family wants them."""
+    conversation = request.conversation
+    system = conversation.system_prompt or entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
+    turns = conversation.turns
+    spec = request.output
+    if spec is None:
+        return _Prompt(system, turns, "", "")
+    if spec.json is not None:
+        turns = [*turns[:-1], replace(turns[-1], text=f"{turns[-1].text}\n\n{spec.json.instruction()}")]
+    tools_text = spec.tools_prompt()
+    # A VLM that swaps in its own system prompt with an image would drop tools written there.
+    in_system = spec.tool_format.placement == "system" and not (has_images and info.image_system_prompt)
+    if tools_text and in_system:
+        system = f"{system}\n\n{tools_text}"  # as Qwen's template does: part of the setup signature
+    return _Prompt(system, turns, "" if in_system else tools_text, tools_text)

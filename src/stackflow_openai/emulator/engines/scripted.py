@@ -3,9 +3,11 @@
 Nothing here is a model. Outputs are pure functions of the inputs, so tests can predict them:
 
 - LLM/VLM: the answer repeats the prompt's words ("You said 3 words: hello big world."), one piece
-  per word-ish token; `max_new_tokens` cuts it. `prompt_tokens` counts the templated prompt with the
-  Qwen tokenizer for Qwen/InternVL models (what the device counts with), else estimates
-  (~3.5 ASCII characters per token, CJK characters about one each, plus the template).
+  per word-ish token; `max_new_tokens` cuts it. A prompt that carries tools or asks for JSON gets a
+  call in its family's format or schema-valid JSON instead (scripted_tools.py). `prompt_tokens`
+  counts the templated prompt with the Qwen tokenizer for Qwen/InternVL models (what the device
+  counts with), else estimates (~3.5 ASCII characters per token, CJK characters about one each,
+  plus the template).
 - TTS: a non-silent 16 kHz s16le waveform, one short tone per character (pitch from the character),
   silence for spaces and punctuation; longer text gives longer audio, `speed` shortens it.
 - ASR: one word per ~0.4 s of non-silent audio, picked from a fixed vocabulary by a checksum of
@@ -27,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from stackflow_openai.emulator.engines.base import LlmSettings
+from stackflow_openai.emulator.engines.scripted_tools import scripted_json_answer, scripted_tool_answer
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = [
@@ -168,7 +171,8 @@ class ScriptedLlmSession:
         return estimate_tokens(templated)
 
     async def generate(self, prompt: str, *, images: list[bytes], max_new_tokens: int) -> AsyncIterator[str]:
-        pieces = scripted_pieces(scripted_answer(prompt, len(images)))[: max(0, max_new_tokens)]
+        answer = scripted_tool_answer(self.settings.system_prompt, prompt) or scripted_json_answer(prompt)
+        pieces = scripted_pieces(answer or scripted_answer(prompt, len(images)))[: max(0, max_new_tokens)]
         for number, piece in enumerate(pieces):
             delay = self._timing.time_to_first_token if number == 0 else self._token_interval()
             if delay > 0:
