@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from e2e_harness import Harness
 from gateway_runner import start_gateway
@@ -162,3 +163,41 @@ def test_client_disconnect_mid_stream_keeps_the_unit_and_stores_it_cancelled(tmp
         h.assert_no_leak()
     finally:
         h.stop()
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def test_function_tool_round_trip(harness: Harness) -> None:
+    client = sdk(harness)
+    first = client.responses.create(model=LLM, input="Is it sunny in Barcelona?", tools=[WEATHER])  # type: ignore[list-item]
+    validate_responses("Response", first.model_dump(mode="json", exclude_unset=True))
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Barcelona"}
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "22 degrees and sunny"}
+    second = client.responses.create(
+        model=LLM,
+        previous_response_id=first.id,
+        input=[result],  # type: ignore[list-item]
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert second.status == "completed" and "22 degrees and sunny" in second.output_text
+    assert not [item for item in second.output if item.type == "function_call"]
+    items = client.responses.input_items.list(second.id).data
+    assert [item.type for item in items] == ["function_call_output"]
+
+
+class Capital(BaseModel):
+    city: str
+    country: str
+
+
+def test_responses_parse_with_a_json_schema(harness: Harness) -> None:
+    parsed = sdk(harness).responses.parse(model=LLM, input="Name the capital of France.", text_format=Capital)
+    assert isinstance(parsed.output_parsed, Capital) and parsed.output_parsed.city
+    assert json.loads(parsed.output_text).keys() == {"city", "country"}

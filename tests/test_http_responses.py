@@ -13,7 +13,7 @@ import pytest
 from fakes import QWEN_P128, FakeChatBackend, assert_error, chat_entry, client_for, make_app
 from responses_schema import parse_response_events, validate_responses
 from stackflow_openai.app import HttpSettings
-from stackflow_openai.backends.base import BackendUnavailable
+from stackflow_openai.backends.base import BackendUnavailable, ChatModelInfo
 
 BACKENDS: dict[str, FakeChatBackend] = {}
 STARTS = ("created", "in_progress", "output_item.added", "content_part.added")
@@ -76,13 +76,10 @@ async def test_item_input_becomes_the_chat_conversation(client: httpx.AsyncClien
     backend = BACKENDS["m"]
     assert backend.leases[-1].settings.system_prompt == "You are kind.\n\nBe terse."
     prompt = backend.generations[-1].prompt
-    for line in (
-        "User: My name is Ann.",
-        "Assistant: Hi Ann.",
-        '[called lookup({"q":"Ann"})]',
-        "Tool: Ann is 7.",
-    ):
-        assert line in prompt
+    # The call and its result as the model family (Qwen) writes them, as chat's tool_calls would be.
+    call = '<tool_call>\n{"name": "lookup", "arguments": {"q": "Ann"}}\n</tool_call>'
+    assert f"User: My name is Ann.\nAssistant: Hi Ann.\n{call}\n" in prompt
+    assert "Tool: <tool_response>\nAnn is 7.\n</tool_response>" in prompt
     assert prompt.endswith("How old am I?")
     listed = (await client.get(f"/v1/responses/{body['id']}/input_items", params={"order": "asc"})).json()
     validate_responses("ResponseItemList", listed)
@@ -298,3 +295,99 @@ async def test_metrics_count_response_tokens(client: httpx.AsyncClient) -> None:
         x for x in metrics.splitlines() if x.startswith("stackflow_openai_tokens_total") and 'model="m"' in x
     )
     assert float(line.rsplit(" ", 1)[1]) > 0, json.dumps(line)
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+QWEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+async def tools_client(script: list[str], info: Any = None) -> AsyncIterator[httpx.AsyncClient]:
+    backend = FakeChatBackend(info or QWEN3, script=script)
+    async with client_for(make_app([chat_entry("t", backend)])) as http:
+        yield http
+
+
+QWEN3 = ChatModelInfo(
+    prefill_len=512, max_token_len=1023, tokenizer="qwen", template="qwen", name="qwen3-1.7B"
+)
+QWEN25 = ChatModelInfo(
+    prefill_len=512, max_token_len=1023, tokenizer="qwen", template="qwen", name="qwen2.5-0.5B"
+)
+
+
+async def test_function_call_output_items_and_stream_events() -> None:
+    async for http in tools_client(["Let me check.", QWEN_CALL], QWEN25):
+        body = {"model": "t", "input": "Weather in Paris?", "tools": [WEATHER]}
+        response = await http.post("/v1/responses", json=body)
+        result = response.json()
+        validate_responses("Response", result)
+        message, call = result["output"]
+        assert message["content"][0]["text"] == "Let me check." and call["type"] == "function_call"
+        assert call["name"] == "get_weather" and json.loads(call["arguments"]) == {"city": "Paris"}
+        assert call["call_id"].startswith("call_") and call["id"].startswith("fc_")
+        assert result["tools"][0]["name"] == "get_weather" and result["tools"][0]["strict"] is True
+        streamed = await http.post("/v1/responses", json={**body, "stream": True})
+        events = parse_response_events(streamed.text)
+        kinds = [
+            e["type"]
+            for e in events
+            if e.get("item", {}).get("type") == "function_call" or "function" in e["type"]
+        ]
+        assert kinds == [
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+        ]
+        final = events[-1]["response"]
+        assert [item["type"] for item in final["output"]] == ["message", "function_call"]
+        assert final["output"][1]["arguments"] == call["arguments"]
+
+
+async def test_reasoning_becomes_a_reasoning_item_with_summary_text() -> None:
+    async for http in tools_client(["<think>The user greets.", "</think>", "Hello!"]):
+        result = (await http.post("/v1/responses", json={"model": "t", "input": "Hi"})).json()
+        validate_responses("Response", result)
+        reasoning, message = result["output"]
+        assert (
+            reasoning["type"] == "reasoning" and reasoning["summary"][0]["text"].strip() == "The user greets."
+        )
+        assert message["content"][0]["text"] == "Hello!"
+        assert result["usage"]["output_tokens_details"]["reasoning_tokens"] > 0
+        streamed = await http.post("/v1/responses", json={"model": "t", "input": "Hi", "stream": True})
+        events = parse_response_events(streamed.text)
+        summary = "".join(e["delta"] for e in events if e["type"] == "response.reasoning_summary_text.delta")
+        assert summary.strip() == "The user greets."
+        assert [i["type"] for i in events[-1]["response"]["output"]] == ["reasoning", "message"]
+
+
+async def test_text_format_json_schema_and_param_names() -> None:
+    async for http in tools_client(['{"city": "Paris"}'], QWEN25):
+        schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        text = {"format": {"type": "json_schema", "name": "place", "schema": schema, "strict": True}}
+        result = (
+            await http.post("/v1/responses", json={"model": "t", "input": "Where?", "text": text})
+        ).json()
+        validate_responses("Response", result)
+        assert json.loads(result["output"][0]["content"][0]["text"]) == {"city": "Paris"}
+        assert result["text"]["format"]["name"] == "place"
+        bad = {
+            "model": "t",
+            "input": "x",
+            "text": {"format": {"type": "json_schema", "name": "p", "schema": 3}},
+        }
+        assert_error(await http.post("/v1/responses", json=bad), 400, param="text.format.schema")
+        bad = {"model": "t", "input": "x", "text": {"format": {"type": "xml"}}}
+        assert_error(await http.post("/v1/responses", json=bad), 400, param="text.format.type")
+        forced = {
+            "model": "t",
+            "input": "x",
+            "tools": [WEATHER],
+            "tool_choice": {"type": "function", "name": "nope"},
+        }
+        assert_error(await http.post("/v1/responses", json=forced), 400, param="tool_choice")

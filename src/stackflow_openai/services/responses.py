@@ -6,6 +6,8 @@ services/plan.py fits it to the device and builds the plan; the plan's events be
 or its SSE events (services/responses_run.py). Responses are stored (`store`, default true as at
 OpenAI) through the `ResponseStore` interface, visible only to the API key that created them.
 
+Function tools, `tool_choice`, `parallel_tool_calls`, `text.format` (json_object / json_schema) and
+reasoning items come from the shared core (services/output.py, through services/responses_tools.py).
 Departures from OpenAI, each answered with a 400 that says so: `background`, `conversation` and
 `prompt` (stored prompts) are not served; built-in tools (web search, file search, ...) do not exist
 on a device. `truncation` is OpenAI's: `disabled` (the default) refuses a conversation that does not
@@ -26,6 +28,7 @@ from stackflow_openai.tokens import Tokenizers
 
 from .common import JsonResult, ProxyResult, ServiceResult, StreamResult, forward_or_backend, parse_body
 from .images import ImageLoader
+from .output import OutputSpec
 from .params import IGNORED_HEADER, header_list, ignored_params, reject_if_strict
 from .plan import PlanBuilder, PlanRequest
 from .prompt import Conversation
@@ -33,6 +36,7 @@ from .registry import ModelRegistry, resolve_model
 from .responses_input import ParsedInput, item_id, normalize_input, to_conversation
 from .responses_output import ResponseHead
 from .responses_run import collect_response, stream_response
+from .responses_tools import echo_tools, output_spec
 
 __all__ = ["CHAIN_LIMIT", "ResponsesService"]
 
@@ -79,9 +83,11 @@ class ResponsesService:
         reject_if_strict(ignored, strict=entry.strict_params)
         headers = {IGNORED_HEADER: header_list(ignored)} if ignored else {}
         parsed = normalize_input(request.input)
-        conversation = await self._conversation(request, parsed, owner)
+        spec = output_spec(body, backend.info.name or entry.id, entry.extra)
+        conversation = await self._conversation(request, parsed, owner, spec)
         plan_request = PlanRequest(
             conversation,
+            output=spec,
             max_tokens=request.max_output_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
@@ -101,7 +107,7 @@ class ResponsesService:
         return JsonResult(await collect_response(plan, head, save), headers)
 
     async def _conversation(
-        self, request: ResponseCreateRequest, parsed: ParsedInput, owner: str
+        self, request: ResponseCreateRequest, parsed: ParsedInput, owner: str, spec: OutputSpec
     ) -> Conversation:
         history: list[dict[str, Any]] = []
         previous = request.previous_response_id
@@ -123,7 +129,7 @@ class ResponsesService:
             for record in chain:
                 history += record.input_items
                 history += record.response.get("output") or []
-        return to_conversation(request.instructions, history, parsed.items)
+        return to_conversation(request.instructions, history, parsed.items, spec.tool_format)
 
     async def retrieve(self, response_id: str, *, owner: str = "") -> dict[str, Any]:
         return (await self._get(response_id, owner)).response
@@ -195,26 +201,6 @@ def _refuse_unsupported(request: ResponseCreateRequest) -> None:
             "Stored prompt templates ('prompt') are not supported: send instructions and input.",
             param="prompt",
         )
-    for index, tool in enumerate(request.tools or []):
-        kind = tool.get("type")
-        if kind != "function":
-            raise UnsupportedParameter(
-                f"The built-in tool '{kind}' is not available on a StackFlow device: only function "
-                "tools are.",
-                param=f"tools[{index}].type",
-            )
-        raise UnsupportedParameter(
-            "Function tools are not supported by this gateway yet.", param=f"tools[{index}]"
-        )
-    choice = request.tool_choice
-    if choice not in (None, "auto", "none") and not request.tools:
-        raise InvalidRequestError("tool_choice needs tools to choose from.", param="tool_choice")
-    text_format = (request.text or {}).get("format") or {"type": "text"}
-    if text_format.get("type") != "text":
-        raise UnsupportedParameter(
-            f"text.format '{text_format.get('type')}' is not supported by this gateway yet: only 'text'.",
-            param="text.format",
-        )
 
 
 def _ignored(request: ResponseCreateRequest, body: Mapping[str, Any]) -> list[str]:
@@ -244,7 +230,7 @@ def _head(request: ResponseCreateRequest, body: Mapping[str, Any], model: str) -
         temperature=request.temperature,
         text=text,
         tool_choice=request.tool_choice if request.tool_choice is not None else "auto",
-        tools=list(request.tools or []),
+        tools=echo_tools(request.tools),
         top_p=request.top_p,
         truncation=request.truncation or "disabled",
         parallel_tool_calls=request.parallel_tool_calls is not False,

@@ -7,8 +7,8 @@ plain string), earlier assistant output messages, `function_call` and `function_
 `previous_response_id` is rebuilt from those stored items and the stored outputs, with the same code.
 
 Turns: system and developer messages join `instructions` in the setup system prompt; user and
-assistant messages become turns; a function call becomes an assistant turn `[called name(arguments)]`
-and its output a tool turn, as chat completions renders them (services/prompt.py). Reasoning items are
+assistant messages become turns; function calls and their outputs are written in the model family's own
+tool format, as chat completions writes tool_calls and tool messages (services/prompt.py). Reasoning items are
 kept in the record but not shown to the model again (a reasoning model's template drops old thoughts).
 """
 
@@ -21,7 +21,8 @@ from typing import Any
 
 from stackflow_openai.errors import InvalidRequestError
 
-from .prompt import Conversation, ImageRef, Turn
+from .prompt import Conversation, HistoryFormat, ImageRef, Turn
+from .responses_tools import tool_arguments
 
 __all__ = ["ParsedInput", "item_id", "normalize_input", "to_conversation"]
 
@@ -165,12 +166,16 @@ def normalize_input(value: str | list[dict[str, Any]] | None) -> ParsedInput:
     return ParsedInput(items, f"input[{last}].content" if last >= 0 else "input")
 
 
-def _turn(item: Mapping[str, Any], image_param: str) -> Turn | None:
+def _turn(item: Mapping[str, Any], image_param: str, tool_format: HistoryFormat | None) -> Turn | None:
     kind = item.get("type")
     if kind == "function_call":
-        return Turn("assistant", f"[called {item['name']}({item['arguments']})]")
+        name, arguments = item["name"], item["arguments"]
+        if tool_format is not None:  # written as the model family writes its own calls
+            return Turn("assistant", tool_format.call_text(name, tool_arguments(arguments)))
+        return Turn("assistant", f"[called {name}({arguments})]")
     if kind == "function_call_output":
-        return Turn("tool", str(item.get("output", "")))
+        output = str(item.get("output", ""))
+        return Turn("tool", tool_format.result_text(output) if tool_format is not None else output)
     if kind != "message":
         return None  # reasoning, and output items of kinds this gateway never produces
     texts = [part.get("text") or part.get("refusal") or "" for part in item["content"]]
@@ -183,19 +188,27 @@ def _turn(item: Mapping[str, Any], image_param: str) -> Turn | None:
 
 
 def to_conversation(
-    instructions: str | None, history: Iterable[Mapping[str, Any]], items: list[dict[str, Any]]
+    instructions: str | None,
+    history: Iterable[Mapping[str, Any]],
+    items: list[dict[str, Any]],
+    tool_format: HistoryFormat | None = None,
 ) -> Conversation:
-    """The conversation of stored `history` items (earlier inputs and outputs) and this request's items."""
+    """The conversation of stored `history` items (earlier inputs and outputs) and this request's items.
+
+    An assistant message and the function calls after it are one assistant turn, as chat completions
+    writes an assistant message with tool_calls."""
     system: list[str] = [instructions] if instructions and instructions.strip() else []
     turns: list[Turn] = []
     sources = [(item, "previous_response_id") for item in history]
     sources += [(item, f"input[{i}].content[{{j}}].image_url") for i, item in enumerate(items)]
     for item, image_param in sources:
-        turn = _turn(item, image_param)
+        turn = _turn(item, image_param, tool_format)
         if turn is None:
             continue
         if turn.role in ("system", "developer"):
             system.append(turn.text)
+        elif item.get("type") == "function_call" and turns and turns[-1].role == "assistant":
+            turns[-1] = Turn("assistant", f"{turns[-1].text}\n{turn.text}".lstrip("\n"), turns[-1].images)
         else:
             turns.append(turn)
     joined = "\n\n".join(s for s in system if s.strip())

@@ -16,18 +16,26 @@ from typing import Any, Literal
 
 from stackflow_openai.protocol import Usage
 
-__all__ = ["ResponseEvents", "ResponseHead", "Status", "message_item", "response_usage"]
+__all__ = [
+    "ResponseEvents",
+    "ResponseHead",
+    "Status",
+    "function_call_item",
+    "message_item",
+    "reasoning_item",
+    "response_usage",
+]
 
 Status = Literal["completed", "incomplete", "failed", "cancelled", "in_progress"]
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def response_usage(usage: Usage) -> dict[str, Any]:
+def response_usage(usage: Usage, reasoning_tokens: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": usage.total_tokens,
     }
 
@@ -40,6 +48,25 @@ def message_item(item_id: str, text: str | None, status: Status) -> dict[str, An
     """An assistant output message; `text` None: no content part yet (in progress)."""
     content = [] if text is None else [output_text_part(text)]
     return {"id": item_id, "type": "message", "status": status, "content": content, "role": "assistant"}
+
+
+def reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
+    """A reasoning model's thoughts, as a summary (OpenAI's only readable form of them)."""
+    summary = [] if text is None else [{"type": "summary_text", "text": text}]
+    return {"id": item_id, "type": "reasoning", "summary": summary}
+
+
+def function_call_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: Status
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "arguments": arguments,
+        "call_id": call_id,
+        "name": name,
+    }
 
 
 @dataclass(slots=True)
@@ -163,6 +190,46 @@ class ResponseEvents:
                 content_index=0,
                 part=output_text_part(""),
             ),
+        ]
+
+    def reasoning_started(self, item_id: str, output_index: int) -> list[bytes]:
+        where = {"item_id": item_id, "output_index": output_index, "summary_index": 0}
+        return [
+            self.event(
+                "response.output_item.added", output_index=output_index, item=reasoning_item(item_id, None)
+            ),
+            self.event(
+                "response.reasoning_summary_part.added", **where, part={"type": "summary_text", "text": ""}
+            ),
+        ]
+
+    def reasoning_delta(self, item_id: str, output_index: int, text: str) -> bytes:
+        where = {"item_id": item_id, "output_index": output_index, "summary_index": 0}
+        return self.event("response.reasoning_summary_text.delta", **where, delta=text)
+
+    def reasoning_done(self, item: dict[str, Any], output_index: int) -> list[bytes]:
+        part = item["summary"][0]
+        where = {"item_id": item["id"], "output_index": output_index, "summary_index": 0}
+        return [
+            self.event("response.reasoning_summary_text.done", **where, text=part["text"]),
+            self.event("response.reasoning_summary_part.done", **where, part=part),
+            self.event("response.output_item.done", output_index=output_index, item=item),
+        ]
+
+    def function_call(self, item: dict[str, Any], output_index: int) -> list[bytes]:
+        """A whole call (the core holds calls until they are complete): added, arguments, done."""
+        opened = {**item, "status": "in_progress", "arguments": ""}
+        where = {"item_id": item["id"], "output_index": output_index}
+        return [
+            self.event("response.output_item.added", output_index=output_index, item=opened),
+            self.event("response.function_call_arguments.delta", **where, delta=item["arguments"]),
+            self.event(
+                "response.function_call_arguments.done",
+                **where,
+                name=item["name"],
+                arguments=item["arguments"],
+            ),
+            self.event("response.output_item.done", output_index=output_index, item=item),
         ]
 
     def message_done(self, item: dict[str, Any], output_index: int) -> list[bytes]:

@@ -3,6 +3,11 @@
 Both end by handing the final Response object to `save` (the store, when `store` is true) BEFORE the
 client hears that it is complete: a response a client saw completed is on disk (store/sqlite.py).
 
+Output items, in the order the model produced them: a `reasoning` item (a reasoning model's thoughts,
+split off by the core), the assistant `message` (left out when the answer is only tool calls), then one
+`function_call` item per call. A stream opens each item when its first piece comes and closes it when
+the next kind starts; tool calls come whole (the core holds them until they are valid).
+
 A stream's first event is made only after the device produced its first piece (the plan's
 ChoiceStarted): a busy pool, a bad image or a refused input still become an HTTP error status. An error
 after that ends the stream with `response.failed`. A client that goes away closes this generator: the
@@ -20,12 +25,21 @@ from typing import Any
 
 import anyio
 
-from stackflow_openai.errors import to_openai_error
+from stackflow_openai.errors import APIError, to_openai_error
 
 from .common import GenerationPlan, collect_choices
-from .generation import ChoiceFinished, ChoiceText
+from .generation import ChoiceFinished, ChoiceReasoning, ChoiceText, ChoiceToolCall, ToolCall
 from .responses_input import item_id
-from .responses_output import ResponseEvents, ResponseHead, Status, message_item, response_usage
+from .responses_output import (
+    ResponseEvents,
+    ResponseHead,
+    Status,
+    function_call_item,
+    message_item,
+    reasoning_item,
+    response_usage,
+)
+from .responses_tools import responses_error
 
 __all__ = ["Save", "collect_response", "stream_response"]
 
@@ -34,27 +48,111 @@ Save = Callable[[dict[str, Any]], Awaitable[None]]
 _SAVE_TIMEOUT = 30.0
 
 
-def _final(head: ResponseHead, plan: GenerationPlan, finished: ChoiceFinished, msg_id: str) -> dict[str, Any]:
-    cut = finished.finish_reason == "length"
-    status: Status = "incomplete" if cut else "completed"
-    usage = response_usage(plan.usage(finished.completion_tokens))
+def _status(finished: ChoiceFinished) -> Status:
+    return "incomplete" if finished.finish_reason == "length" else "completed"
+
+
+def _call_item(call: ToolCall) -> dict[str, Any]:
+    return function_call_item(item_id("fc"), call.id, call.name, call.arguments, "completed")
+
+
+def _final(
+    head: ResponseHead, plan: GenerationPlan, finished: ChoiceFinished, output: list[dict[str, Any]]
+) -> dict[str, Any]:
+    status = _status(finished)
+    reasoning_tokens = plan.counter.count(finished.reasoning) if finished.reasoning else 0
+    usage = response_usage(plan.usage(finished.completion_tokens), reasoning_tokens)
     return head.body(
         status,
-        [message_item(msg_id, finished.text, status)],
+        output,
         usage,
-        completed_at=None if cut else int(time.time()),
-        incomplete_reason="max_output_tokens" if cut else None,
+        completed_at=int(time.time()) if status == "completed" else None,
+        incomplete_reason="max_output_tokens" if status == "incomplete" else None,
     )
 
 
 async def collect_response(plan: GenerationPlan, head: ResponseHead, save: Save) -> dict[str, Any]:
-    finished, _usage = await collect_choices(plan)
-    body = _final(head, plan, finished[0], item_id("msg"))
+    try:
+        [finished], _usage = await collect_choices(plan)
+    except APIError as exc:  # e.g. no valid tool call after the re-ask: named in this API's terms
+        raise responses_error(exc) from None
+    output = []
+    if finished.reasoning is not None:
+        output.append(reasoning_item(item_id("rs"), finished.reasoning))
+    if finished.text or not finished.tool_calls:
+        output.append(message_item(item_id("msg"), finished.text, _status(finished)))
+    output += [_call_item(call) for call in finished.tool_calls]
+    body = _final(head, plan, finished, output)
     await save(body)
     return body
 
 
+class _StreamOutput:
+    """The output items of a stream: each opened by its first piece, closed when another kind starts."""
+
+    def __init__(self, events: ResponseEvents) -> None:
+        self.events = events
+        self.items: list[dict[str, Any]] = []  # closed items, in output order
+        self._kind: str | None = None  # "reasoning" or "message": the item open now
+        self._id = ""
+        self._parts: list[str] = []
+
+    def _open(self, kind: str) -> list[bytes]:
+        if self._kind == kind:
+            return []
+        frames = self._close("completed")
+        self._kind, self._id = kind, item_id("rs" if kind == "reasoning" else "msg")
+        index = len(self.items)
+        if kind == "reasoning":
+            return frames + self.events.reasoning_started(self._id, index)
+        return frames + self.events.message_started(self._id, index)
+
+    def _item(self, status: Status) -> dict[str, Any]:
+        text = "".join(self._parts)
+        if self._kind == "reasoning":
+            return reasoning_item(self._id, text)
+        return message_item(self._id, text, status)
+
+    def _close(self, status: Status) -> list[bytes]:
+        if self._kind is None:
+            return []
+        item, index = self._item(status), len(self.items)
+        done = self.events.reasoning_done if self._kind == "reasoning" else self.events.message_done
+        self.items.append(item)
+        self._kind, self._parts = None, []
+        return done(item, index)
+
+    def reasoning(self, text: str) -> list[bytes]:
+        frames = self._open("reasoning")
+        self._parts.append(text)
+        return [*frames, self.events.reasoning_delta(self._id, len(self.items), text)]
+
+    def text(self, text: str) -> list[bytes]:
+        frames = self._open("message")
+        self._parts.append(text)
+        return [*frames, self.events.text_delta(self._id, len(self.items), text)]
+
+    def tool_call(self, call: ToolCall) -> list[bytes]:
+        frames = self._close("completed")
+        item = _call_item(call)
+        frames += self.events.function_call(item, len(self.items))
+        self.items.append(item)
+        return frames
+
+    def finish(self, finished: ChoiceFinished) -> list[bytes]:
+        frames: list[bytes] = []
+        if not self.items and self._kind is None:
+            frames = self._open("message")  # an empty answer is an empty message, as without a stream
+        return frames + self._close(_status(finished))
+
+    def partial(self) -> list[dict[str, Any]]:
+        """The items so far, the open one as incomplete (a failed or abandoned stream)."""
+        return self.items + ([self._item("incomplete")] if self._kind is not None else [])
+
+
 def _failure(exc: Exception) -> dict[str, str]:
+    if isinstance(exc, APIError):
+        exc = responses_error(exc)
     status, error, _headers = to_openai_error(exc)
     log.warning("response stream ended by an error (%d): %s", status, error["error"]["message"])
     # OpenAI's ResponseError codes are few; a device or gateway failure is a server_error.
@@ -65,40 +163,39 @@ async def stream_response(
     plan: GenerationPlan, head: ResponseHead, save: Save, usage_out: dict[str, int]
 ) -> AsyncGenerator[bytes, None]:
     events = ResponseEvents()
-    msg_id = item_id("msg")
-    pieces: list[str] = []
+    output = _StreamOutput(events)
     outcome: dict[str, Any] | None = None  # the final Response object, once there is one
     async with aclosing(plan.events(stream=True)) as source:
         await anext(source)  # ChoiceStarted: the device accepted the input (errors: an HTTP status)
         try:
             yield events.event("response.created", response=head.body("in_progress", []))
             yield events.event("response.in_progress", response=head.body("in_progress", []))
-            for frame in events.message_started(msg_id, 0):
-                yield frame
             finished: ChoiceFinished | None = None
             async for event in source:
                 if type(event) is ChoiceText:
-                    pieces.append(event.text)
-                    yield events.text_delta(msg_id, 0, event.text)
-                elif isinstance(event, ChoiceFinished):
-                    finished = event
+                    frames = output.text(event.text)
+                elif type(event) is ChoiceReasoning:
+                    frames = output.reasoning(event.text)
+                elif type(event) is ChoiceToolCall:
+                    frames = output.tool_call(event.call)
+                else:
+                    assert isinstance(event, ChoiceFinished)
+                    finished, frames = event, output.finish(event)
+                for frame in frames:
+                    yield frame
             assert finished is not None
-            outcome = _final(head, plan, finished, msg_id)
+            outcome = _final(head, plan, finished, output.items)
             usage_out.update(plan.usage(finished.completion_tokens).model_dump())
-            for frame in events.message_done(outcome["output"][0], 0):
-                yield frame
             await save(outcome)
             kind = "response.completed" if outcome["status"] == "completed" else "response.incomplete"
             yield events.event(kind, response=outcome)
         except Exception as exc:  # the 200 is out: report in-band, as OpenAI does
-            output = [message_item(msg_id, "".join(pieces), "incomplete")]
-            outcome = head.body("failed", output, error=_failure(exc))
+            outcome = head.body("failed", output.partial(), error=_failure(exc))
             await _save_quietly(save, outcome)
             yield events.event("response.failed", response=outcome)
         finally:
             if outcome is None:  # the client went away (this generator is being closed)
-                output = [message_item(msg_id, "".join(pieces), "incomplete")]
-                await _save_quietly(save, head.body("cancelled", output))
+                await _save_quietly(save, head.body("cancelled", output.partial()))
 
 
 async def _save_quietly(save: Save, body: dict[str, Any]) -> None:
