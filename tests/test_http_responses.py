@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -391,3 +392,15 @@ async def test_text_format_json_schema_and_param_names() -> None:
             "tool_choice": {"type": "function", "name": "nope"},
         }
         assert_error(await http.post("/v1/responses", json=forced), 400, param="tool_choice")
+
+
+async def test_a_broken_store_is_a_clear_503_and_store_false_still_works(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    settings = HttpSettings(data_dir=str(tmp_path / "a-file" / "data"))
+    async with client_for(make_app([chat_entry("m", FakeChatBackend())], settings)) as http:
+        response = await http.post("/v1/responses", json={"model": "m", "input": "Hi"})
+        error = assert_error(response, 503, code="store_unavailable")
+        assert "a-file" in error["message"] and "store: false" in error["message"]
+        response = await http.post("/v1/responses", json={"model": "m", "input": "Hi", "store": False})
+        assert response.status_code == 200 and response.json()["output"][0]["content"][0]["text"]
+        assert_error(await http.get("/v1/responses/resp_x"), 503, code="store_unavailable")

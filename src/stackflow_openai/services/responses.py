@@ -16,14 +16,20 @@ fit the prefill window, `auto` drops its oldest items.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from stackflow_openai.errors import InvalidRequestError, NotFoundError, UnsupportedParameter
+from stackflow_openai.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    ServiceUnavailable,
+    UnsupportedParameter,
+)
 from stackflow_openai.protocol.responses import ResponseCreateRequest, ResponseInputItemsQuery
-from stackflow_openai.store import ResponseStore, StoredResponse
+from stackflow_openai.store import ResponseStore, StoredResponse, StoreError
 from stackflow_openai.tokens import Tokenizers
 
 from .common import JsonResult, ProxyResult, ServiceResult, StreamResult, forward_or_backend, parse_body
@@ -40,6 +46,8 @@ from .responses_tools import echo_tools, output_spec
 
 __all__ = ["CHAIN_LIMIT", "ResponsesService"]
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 # Responses read back for a previous_response_id: far more turns than any device window holds (a few
 # hundred tokens), so a longer conversation is cut here the way fitting would cut it anyway.
 CHAIN_LIMIT = 200
@@ -59,7 +67,7 @@ class _Saver:
             record = StoredResponse(
                 body["id"], self.owner, body["created_at"], self.previous_response_id, body, self.items
             )
-            await self.store.put(record)
+            await _stored(self.store.put(record))
 
 
 class ResponsesService:
@@ -112,7 +120,7 @@ class ResponsesService:
         history: list[dict[str, Any]] = []
         previous = request.previous_response_id
         if previous is not None:
-            chain = await self._store.chain(previous, owner, limit=CHAIN_LIMIT)
+            chain = await _stored(self._store.chain(previous, owner, limit=CHAIN_LIMIT))
             if not chain:
                 raise InvalidRequestError(
                     f"Previous response with id '{previous}' not found.",
@@ -135,7 +143,7 @@ class ResponsesService:
         return (await self._get(response_id, owner)).response
 
     async def delete(self, response_id: str, *, owner: str = "") -> dict[str, Any]:
-        if not await self._store.delete(response_id, owner):
+        if not await _stored(self._store.delete(response_id, owner)):
             raise _not_found(response_id)
         return {"id": response_id, "object": "response", "deleted": True}
 
@@ -173,10 +181,23 @@ class ResponsesService:
         }
 
     async def _get(self, response_id: str, owner: str) -> StoredResponse:
-        record = await self._store.get(response_id, owner)
+        record = await _stored(self._store.get(response_id, owner))
         if record is None:
             raise _not_found(response_id)
         return record
+
+
+async def _stored(call: Awaitable[T]) -> T:
+    """A store call; a failing store (permissions, a full disk) is a 503 that says where and why."""
+    try:
+        return await call
+    except StoreError as exc:
+        log.error("stored responses: %s", exc)
+        raise ServiceUnavailable(
+            f"The response store is not available ({exc}). Check the gateway's data_dir, or send "
+            "store: false.",
+            code="store_unavailable",
+        ) from exc
 
 
 def _not_found(response_id: str) -> NotFoundError:

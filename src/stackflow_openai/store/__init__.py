@@ -5,8 +5,15 @@ gateway (a file in the data directory). Several gateway replicas behind a load b
 server database implementing the same interface. Nothing below the services layer imports this package.
 """
 
-from .base import ResponseStore, StoredResponse, key_owner
+from .base import ResponseStore, StoredResponse, StoreError, key_owner
 from .paths import default_data_dir
 from .sqlite import SqliteResponseStore
 
-__all__ = ["ResponseStore", "SqliteResponseStore", "StoredResponse", "default_data_dir", "key_owner"]
+__all__ = [
+    "ResponseStore",
+    "SqliteResponseStore",
+    "StoreError",
+    "StoredResponse",
+    "default_data_dir",
+    "key_owner",
+]

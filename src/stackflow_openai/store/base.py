@@ -6,7 +6,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["ResponseStore", "StoredResponse", "key_owner"]
+__all__ = ["ResponseStore", "StoreError", "StoredResponse", "key_owner"]
+
+
+class StoreError(Exception):
+    """The store cannot be used (its file cannot be opened or written: permissions, a full disk)."""
 
 
 def key_owner(api_key: str | None) -> str:
@@ -30,7 +34,8 @@ class StoredResponse:
 
 
 class ResponseStore(Protocol):
-    """Stored responses, isolated by owner: a lookup with another owner finds nothing."""
+    """Stored responses, isolated by owner: a lookup with another owner finds nothing. Every method
+    raises `StoreError` when the storage itself fails."""
 
     async def put(self, record: StoredResponse) -> None:
         """Store (or replace) a response; durable when this returns."""

@@ -29,7 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import StoredResponse
+from .base import StoredResponse, StoreError
 
 __all__ = ["DB_NAME", "SqliteResponseStore"]
 
@@ -92,9 +92,12 @@ class SqliteResponseStore:
         return await loop.run_in_executor(self._executor, partial(self._call, fn, *args))
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._db is None:
-            self._db = self._open()
-        return fn(self._db, *args)
+        try:
+            if self._db is None:
+                self._db = self._open()
+            return fn(self._db, *args)
+        except (sqlite3.Error, OSError) as exc:  # permissions, a full disk, a file that is no database
+            raise StoreError(f"{self.path}: {exc}") from exc
 
     # ---- the interface --------------------------------------------------------------------------------
     async def put(self, record: StoredResponse) -> None:
