@@ -225,7 +225,8 @@ HA_SYSTEM = (
     "You are a voice assistant for Home Assistant. Answer questions about the world truthfully. "
     "Answer in plain text. Keep it simple and to the point.\nCurrent time is 07:45.\n"
     "Available devices: light.kitchen (Kitchen light, off), light.living_room (Living room light, on), "
-    "climate.hall (Hall thermostat, 20 C), cover.garage (Garage door, closed), lock.front (Front door, locked)"
+    "climate.hall (Hall thermostat, 20 C), cover.garage (Garage door, closed), "
+    "lock.front (Front door, locked)"
 )
 
 
@@ -242,7 +243,7 @@ HA_TOOLS = [
         "Sets the brightness of a light",
         name={"type": "string"},
         brightness={"type": "integer", "minimum": 0, "maximum": 100},
-    ),  # fmt: skip
+    ),
     _ha_tool("HassClimateSetTemperature", "Sets a thermostat", temperature={"type": "number"}),
     _ha_tool("HassClimateGetTemperature", "Gets the current temperature", name={"type": "string"}),
     _ha_tool("HassOpenCover", "Opens a cover such as a garage door", name={"type": "string"}),

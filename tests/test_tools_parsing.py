@@ -39,7 +39,8 @@ def test_qwen_tools_are_written_exactly_as_qwen25s_chat_template_writes_them() -
         "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
         "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
         '{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city", '
-        '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}\n'
+        '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}, '
+        '"required": ["city"]}}}\n'
         '{"type": "function", "function": {"name": "light_on", "parameters": {"type": "object", '
         '"properties": {}}}}\n</tools>\n\n'
         "For each function call, return a json object with function name and arguments within "
@@ -122,7 +123,8 @@ def test_bad_response_formats_are_refused() -> None:
         "<tool_call>\n{'name': 'get_weather', 'arguments': {'city': 'Paris'}}\n</tool_call>",  # single quotes
         '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris",},}</tool_call>',  # trailing commas
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}',  # no closing tag
-        '<tool_call>\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}\n</tool_call>',  # string
+        # arguments as a JSON string
+        '<tool_call>\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}\n</tool_call>',
         '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',  # code fence, no tags
         '{"name": "get_weather", "parameters": {"city": "Paris"}}',  # Llama 3.2
         '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',

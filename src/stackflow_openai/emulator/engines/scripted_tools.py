@@ -154,8 +154,8 @@ def _longest_word(text: str) -> str:
     words = _WORD.findall(text)
     names = [w for w in words[1:] if w[0].isupper()]
     if names:
-        return names[-1]
-    return max(words, key=len) if words else "value"
+        return str(names[-1])
+    return str(max(words, key=len)) if words else "value"
 
 
 def _call_text(family: str, name: str, arguments: Any) -> str:

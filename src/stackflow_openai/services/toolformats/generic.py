@@ -40,7 +40,10 @@ class GenericToolFormat:
 
     def correction(self, problem: str) -> str:
         # Short: the format is already in the prompt, and a re-ask must still fit the prefill window.
-        return f"Your previous answer was not a usable function call: {problem}. Answer again with only the call."
+        return (
+            f"Your previous answer was not a usable function call: {problem}. "
+            "Answer again with only the call."
+        )
 
 
 GENERIC = GenericToolFormat()

@@ -55,7 +55,10 @@ class Llama3ToolFormat:
 
     def correction(self, problem: str) -> str:
         # Short: the format is already in the prompt, and a re-ask must still fit the prefill window.
-        return f"Your previous answer was not a usable function call: {problem}. Answer again with only the JSON."
+        return (
+            f"Your previous answer was not a usable function call: {problem}. "
+            "Answer again with only the JSON."
+        )
 
 
 LLAMA3 = Llama3ToolFormat()

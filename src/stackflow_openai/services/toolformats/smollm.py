@@ -49,7 +49,10 @@ class SmolLM2ToolFormat:
 
     def correction(self, problem: str) -> str:
         # Short: the format is already in the prompt, and a re-ask must still fit the prefill window.
-        return f"Your previous answer was not a usable function call: {problem}. Answer again with only the call."
+        return (
+            f"Your previous answer was not a usable function call: {problem}. "
+            "Answer again with only the call."
+        )
 
 
 SMOLLM2 = SmolLM2ToolFormat()
