@@ -45,7 +45,8 @@ class JsonRequest:
         return f"{SCHEMA_LEAD}\n{json.dumps(self.schema, ensure_ascii=False, separators=(',', ':'))}"
 
     def correction(self, problem: str) -> str:
-        return f"Your previous answer was not usable: {problem}. {self.instruction()}"
+        # The instruction (and schema) already ends the user turn the re-ask repeats.
+        return f"Your previous answer was not usable: {problem}. Answer again with only the JSON object."
 
 
 def parse_response_format(value: Any) -> JsonRequest | None:

@@ -7,7 +7,8 @@ answers deterministically in the same family's call format:
 - tools (Qwen `<tools>` lines, SmolLM2's `<tools>[...]`, the generic list, Llama 3.2's user-turn block):
   it calls the function the prompt insists on ("You must call the function X."), else the one whose name
   shares most words with the question, else the first, with arguments built from its JSON schema (every
-  property: enum → first value, string → the longest word of the question, integer/number → its minimum
+  property: enum → first value, string → the question's last capitalised word
+  or else its longest, integer/number → its minimum
   or 1, boolean → true, arrays of one item, nested objects and `$ref`s followed). After a tool result
   (the prompt ends with `<tool_response>` or a `Tool:` line) it answers in words with that result.
 - JSON (the gateway's "Answer with only one JSON object" instruction): a value built from the schema,
@@ -29,11 +30,13 @@ __all__ = ["malformed_answer", "scripted_json_answer", "scripted_tool_answer"]
 _JSON_LEAD = "Answer with only one JSON object, no other text."
 _SCHEMA_MARK = "It must be valid against this JSON schema:\n"
 _NEW_MESSAGE = "Now answer the user's new message: "
+_REASK = "\n\nYour previous answer was not"
 _LLAMA_LEAD = "Given the following functions, please respond with a JSON for a function call"
 _LLAMA_DEFS = "Do not use variables.\n\n"
 _GENERIC_LEAD = "You can call these functions (JSON definitions):\n"
 _MUST_CALL = re.compile(r"You must call the function ([A-Za-z0-9_-]+)\.")
 _WORD = re.compile(r"[A-Za-z0-9]+")
+_NAME_PART = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")  # get_weather, HassTurnOn, TV_on
 _DECODER = json.JSONDecoder()
 
 
@@ -78,6 +81,7 @@ def _functions(tools: list[Any]) -> list[dict[str, Any]]:
 
 
 def _question(prompt: str) -> str:
+    prompt = prompt.split(_REASK)[0]  # a re-ask repeats the question, then says what went wrong
     at = prompt.rfind(_NEW_MESSAGE)
     return prompt[at + len(_NEW_MESSAGE) :] if at >= 0 else prompt
 
@@ -101,7 +105,7 @@ def _pick(functions: list[dict[str, Any]], system: str, prompt: str) -> dict[str
     words = {w.lower() for w in _WORD.findall(_question(prompt))}
 
     def overlap(function: dict[str, Any]) -> int:
-        return len(words & {w.lower() for w in re.split(r"[_\W]+", function["name"]) if w})
+        return len(words & {w.lower() for w in _NAME_PART.findall(function["name"])})
 
     return max(functions, key=overlap)  # the first of the best (max keeps the first)
 
@@ -145,8 +149,13 @@ def _value(schema: Any, root: dict[str, Any], word: str, depth: int = 0) -> Any:
 
 
 def _longest_word(text: str) -> str:
+    """The word a string argument gets: the last capitalised word after the first (a name: "Paris"),
+    else the longest one."""
     words = _WORD.findall(text)
-    return max(words, key=len) if words else "value"
+    names = [w for w in words[1:] if w[0].isupper()]
+    if names:
+        return str(names[-1])
+    return str(max(words, key=len)) if words else "value"
 
 
 def _call_text(family: str, name: str, arguments: Any) -> str:

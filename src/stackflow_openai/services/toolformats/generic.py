@@ -39,9 +39,10 @@ class GenericToolFormat:
         return f"<tool_response>\n{content}\n</tool_response>"
 
     def correction(self, problem: str) -> str:
+        # Short: the format is already in the prompt, and a re-ask must still fit the prefill window.
         return (
             f"Your previous answer was not a usable function call: {problem}. "
-            f"Answer again with only the function call, in this format:\n{_CALL_FORMAT}"
+            "Answer again with only the call."
         )
 
 

@@ -54,9 +54,10 @@ class Llama3ToolFormat:
         return content
 
     def correction(self, problem: str) -> str:
+        # Short: the format is already in the prompt, and a re-ask must still fit the prefill window.
         return (
             f"Your previous answer was not a usable function call: {problem}. "
-            f"Answer again with only the JSON, in the format {_CALL_FORMAT}."
+            "Answer again with only the JSON."
         )
 
 
