@@ -3,6 +3,7 @@ building, truncation, refusals, ignored parameters, input item pages, key isolat
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,16 @@ from typing import Any
 import httpx
 import pytest
 
-from fakes import QWEN_P128, FakeChatBackend, assert_error, chat_entry, client_for, make_app
+from fakes import (
+    QWEN_P128,
+    VLM_INFO,
+    FakeChatBackend,
+    assert_error,
+    chat_entry,
+    client_for,
+    image_bytes,
+    make_app,
+)
 from responses_schema import parse_response_events, validate_responses
 from stackflow_openai.app import HttpSettings
 from stackflow_openai.backends.base import BackendUnavailable, ChatModelInfo
@@ -404,3 +414,22 @@ async def test_a_broken_store_is_a_clear_503_and_store_false_still_works(tmp_pat
         response = await http.post("/v1/responses", json={"model": "m", "input": "Hi", "store": False})
         assert response.status_code == 200 and response.json()["output"][0]["content"][0]["text"]
         assert_error(await http.get("/v1/responses/resp_x"), 503, code="store_unavailable")
+
+
+async def test_image_urls_follow_the_ssrf_rules_and_errors_name_the_input_part() -> None:
+    backend = FakeChatBackend(VLM_INFO, script=["a red square"])
+    async with client_for(make_app([chat_entry("v", backend)])) as http:
+        parts = [{"type": "input_text", "text": "What is it?"}]
+        private = {"type": "input_image", "image_url": "http://127.0.0.1:9/cat.png"}
+        body = {"model": "v", "input": [{"role": "user", "content": [*parts, private]}]}
+        error = assert_error(await http.post("/v1/responses", json=body), 400)
+        assert error["param"] == "input[0].content[1].image_url"
+        data_url = "data:image/png;base64," + base64.b64encode(image_bytes()).decode()
+        good = {"type": "input_image", "image_url": data_url, "detail": "low"}
+        body = {"model": "v", "input": [{"role": "user", "content": [*parts, good]}]}
+        result = (await http.post("/v1/responses", json=body)).json()
+        assert result["output"][0]["content"][0]["text"] == "a red square"
+        assert len(backend.generations[-1].images) == 1  # converted to JPEG and sent with the prompt
+        listed = (await http.get(f"/v1/responses/{result['id']}/input_items")).json()
+        validate_responses("ResponseItemList", listed)
+        assert listed["data"][0]["content"][1] == good

@@ -6,6 +6,7 @@ from .completions import CompletionService
 from .images import ImageLoader, ImagePolicy
 from .models import ModelService
 from .registry import ModelRegistry, resolve_model
+from .responses import ResponsesService
 
 __all__ = [
     "ChatService",
@@ -16,6 +17,7 @@ __all__ = [
     "ModelRegistry",
     "ModelService",
     "ProxyResult",
+    "ResponsesService",
     "ServiceResult",
     "StreamResult",
     "resolve_model",
