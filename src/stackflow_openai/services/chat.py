@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -48,12 +48,13 @@ from .common import (
 from .generation import Job
 from .images import ImageLoader
 from .limiter import FinishReason
-from .prompt import DEFAULT_SYSTEM_PROMPT, fit_prompt, parse_messages
+from .prompt import DEFAULT_SYSTEM_PROMPT, ImageRef, fit_prompt, parse_messages
 from .registry import ModelRegistry, resolve_model
 
 __all__ = ["ChatService"]
 
 log = logging.getLogger(__name__)
+IMAGES_DROPPED_HEADER = "X-Images-Dropped"  # images of earlier turns not sent to a one-image model
 _PLACEHOLDER = "\x00text\x00"  # marks where the text goes while a template is built (any string would do)
 
 
@@ -72,14 +73,14 @@ class ChatService:
         if isinstance(backend, ProxyResult):
             return backend
         headers = report_ignored(request, body, entry)
-        plan = await self._plan(request, entry, backend)
+        plan = await self._plan(request, entry, backend, headers)
         if request.stream:
             usage: dict[str, int] = {}
             return StreamResult(stream_choices(plan, _ChatChunks(plan), usage), headers, usage)
         return JsonResult(await _collect(plan), headers)
 
     async def _plan(
-        self, request: ChatCompletionRequest, entry: ModelEntry, backend: ChatBackend
+        self, request: ChatCompletionRequest, entry: ModelEntry, backend: ChatBackend, headers: dict[str, str]
     ) -> GenerationPlan:
         n = check_n(request.n, entry)
         info = backend.info
@@ -92,6 +93,7 @@ class ChatService:
                 code="images_not_supported",
             )
         require_text(conversation.turns[-1].text, param=f"messages[{len(request.messages) - 1}].content")
+        _check_image_count(conversation.turns[-1].images, info.max_images, entry.id)
         system = conversation.system_prompt or entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
         await self._tokenizers.load_for(info)  # first use: loads in a worker thread, not on the loop
         fit = partial(
@@ -107,7 +109,13 @@ class ChatService:
         fitted = await run_counting(fit, chars=chars)
         if fitted.dropped:
             log.info("%s: dropped the %d oldest turns to fit the prefill window", entry.id, fitted.dropped)
-        images = [await self._images.load(ref) for turn in fitted.turns for ref in turn.images]
+        refs = [ref for turn in fitted.turns for ref in turn.images]
+        if info.max_images is not None and len(refs) > info.max_images:
+            # The device would keep only the last one anyway; earlier turns' images are not sent, and the
+            # answer says how many were left out (their turns' text stays).
+            headers[IMAGES_DROPPED_HEADER] = str(len(refs) - info.max_images)
+            refs = refs[len(refs) - info.max_images :]
+        images = [await self._images.load(ref) for ref in refs]
         max_tokens = request.max_completion_tokens or request.max_tokens
         budget = token_budget(info, fitted.prompt_tokens, max_tokens, param="messages")
         settings = UnitSettings(
@@ -131,6 +139,19 @@ class ChatService:
             prompt_tokens=fitted.prompt_tokens,
             include_usage=include_usage,
         )
+
+
+def _check_image_count(refs: Sequence[ImageRef], max_images: int | None, model: str) -> None:
+    """Several images in the message being answered would be answered about only the last one (the
+    device keeps one per inference): refused, since such an answer would look right and be wrong."""
+    if max_images is None or len(refs) <= max_images:
+        return
+    raise InvalidRequestError(
+        f"The model '{model}' sees only {max_images} image per request (its device unit keeps the last one "
+        f"it was sent), but the last message has {len(refs)}. Send one image per message.",
+        param=refs[max_images].param,
+        code="too_many_images",
+    )
 
 
 async def _collect(plan: GenerationPlan) -> dict[str, Any]:

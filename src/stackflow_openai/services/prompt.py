@@ -146,6 +146,17 @@ def render_user_text(turns: Sequence[Turn]) -> str:
     return f"{HISTORY_HEADER}\n" + "\n".join(lines)
 
 
+def _chunk_hint(info: ChatModelInfo) -> str:
+    if info.prefill_chunk is None:
+        return ""
+    # The device's real window is in its model file; using the chunk is safe, but may be far too small.
+    return (
+        f" (The model prefills in chunks of {info.prefill_chunk} tokens and its descriptor does not state "
+        "its real window, so one chunk is assumed; if the model file takes more, set `prefill_len` for "
+        "this model in the gateway's configuration.)"
+    )
+
+
 def fit_prompt(
     tokenizers: Tokenizers,
     info: ChatModelInfo,
@@ -177,6 +188,8 @@ def fit_prompt(
         if dropped not in costs:
             kept = turns[dropped:]
             images = sum(len(t.images) for t in kept)
+            if info.max_images is not None:  # only the newest are sent (services/chat.py)
+                images = min(images, info.max_images)
             system, user_text = render(kept)
             costs[dropped] = tokenizers.prompt_tokens(info, system, user_text) + images * image_tokens
         return costs[dropped]
@@ -186,7 +199,7 @@ def fit_prompt(
         raise ContextLengthExceeded(
             f"This model's prefill window is {info.prefill_len} tokens and {PREFILL_MARGIN} are kept as a "
             f"safety margin, but the system prompt and the last message alone need {cost(hi)} tokens. "
-            "Please shorten them.",
+            f"Please shorten them.{_chunk_hint(info)}",
             param=param,
         )
     while lo < hi:  # smallest number of dropped turns that fits
