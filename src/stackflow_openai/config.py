@@ -101,9 +101,23 @@ class DeviceSettings(_Strict):
 class PoolSettings(_Strict):
     queue_limit: int = Field(32, ge=0, description="requests that may wait for a unit; more get 503")
     queue_timeout: float = Field(30.0, gt=0, description="seconds a request may wait for a unit")
-    cleanup_orphans: bool = Field(
-        True, description="exit instances left on a device by an earlier run (at start and reconnect)"
+    orphan_cleanup: Literal["owned", "all", "off"] = Field(
+        "owned",
+        description="at start and reconnect, exit instances left on a device: 'owned' only those this "
+        "gateway set up (remembered in state_dir), 'all' every llm/vlm/tts/asr instance it does not "
+        "hold now (other applications' too), 'off' none",
     )
+    cleanup_orphans: bool | None = Field(
+        None, description="deprecated: false is orphan_cleanup: off, true is orphan_cleanup: owned"
+    )
+
+    @model_validator(mode="after")
+    def _legacy_cleanup(self) -> PoolSettings:
+        # `cleanup_orphans: true` used to exit every instance; its safe reading now is "owned". A user
+        # who wants the old clean sweep says so with orphan_cleanup: all.
+        if self.cleanup_orphans is False and "orphan_cleanup" not in self.model_fields_set:
+            self.orphan_cleanup = "off"
+        return self
 
 
 class HealthSettings(_Strict):
@@ -205,6 +219,17 @@ class Settings(_Strict):
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="explicit model entries")
     aliases: dict[str, str] = Field(default_factory=dict, description="client-facing name → model id")
     strict_params: bool = Field(False, description="strict_params for every model")
+    state_dir: str | None = Field(
+        None,
+        description="where the gateway remembers the device instances it set up (for orphan_cleanup: "
+        "owned); default $XDG_DATA_HOME/stackflow-openai or ~/.local/share/stackflow-openai",
+    )
+
+    def state_path(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(data_home) / "stackflow-openai"
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
