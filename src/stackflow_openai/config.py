@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from stackflow_openai.languages import language_code
+from stackflow_openai.plugin_config import old_plugin_message, old_plugin_signs
 
 __all__ = [
     "CONFIG_ENV",
@@ -262,16 +263,9 @@ def load_settings(path: str | Path | None, *, environ: Mapping[str, str] | None 
     env = os.environ if environ is None else environ
     text, raw = "", cast(dict[str, Any], {})
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+        text, raw = read_yaml(path)
+        if signs := old_plugin_signs(raw):
+            raise ConfigError(old_plugin_message(path, signs))
     origins = _apply_env(raw, env)
     try:
         settings = Settings.model_validate(raw)
@@ -280,6 +274,21 @@ def load_settings(path: str | Path | None, *, environ: Mapping[str, str] | None 
     base = Path(path).parent if path is not None else Path.cwd()
     _add_keys(settings, base, env)
     return settings
+
+
+def read_yaml(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """(text, top-level mapping) of a YAML config file, or a ConfigError that says what is wrong."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return text, raw
 
 
 def _add_keys(settings: Settings, base: Path, env: Mapping[str, str]) -> None:
