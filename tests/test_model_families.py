@@ -111,3 +111,15 @@ def test_a_one_image_model_counts_only_the_image_it_is_sent(tokenizers: Tokenize
     turns = [Turn("user", "Look.", image), Turn("assistant", "A cat."), Turn("user", "And this?", image)]
     fitted = fit_prompt(tokenizers, info, "sys", turns, image_tokens=info.image_tokens)
     assert fitted.dropped == 0  # two images would need 338 positions; only the newest is sent
+
+
+def test_llama_3_2_gets_the_system_message_in_its_user_turn(tokenizers: Tokenizers) -> None:
+    # Its tokenizer script templates the user turn alone: the setup's prompt would be lost.
+    info = chat_info_for(descriptor("llama3.2-1B-p256-ax630c"))
+    assert info.text_system_prompt == ""
+    assert chat_info_for(descriptor("openbuddy-llama3.2-1B-ax630c")).text_system_prompt is None
+    turns = [Turn("user", "Hello")]
+    fitted = fit_prompt(tokenizers, info, "Answer in French.", turns, instructions="Answer in French.")
+    assert fitted.user_text == "Answer in French.\n\nHello"
+    plain = fit_prompt(tokenizers, info, "You are a helpful assistant.", turns)  # no system message sent
+    assert plain.user_text == "Hello"

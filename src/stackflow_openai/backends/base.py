@@ -74,6 +74,7 @@ class ChatModelInfo:
     vision: bool = False
     image_tokens: int = 0  # prefill positions one image takes (VLM)
     image_system_prompt: str | None = None  # what the device puts in place of the system prompt with an image
+    text_system_prompt: str | None = None  # the same for a text-only prompt ("" : none at all)
     max_images: int | None = None  # images one inference can use (None: no limit); the device keeps the last
     prefill_chunk: int | None = None  # set when `prefill_len` is only the prefill chunk, not the window
 

@@ -104,6 +104,12 @@ def _image_system_prompt(model: ModelDescriptor) -> str | None:
     return _IMAGE_SYSTEM_PROMPT if fixed else None
 
 
+def _text_system_prompt(model: ModelDescriptor) -> str | None:
+    # Llama 3.2's tokenizer scripts template the user turn alone: the setup's prompt is never used
+    # (dev:main_llm/scripts/tokenizer_llama3.2-1B-*.py, `encode`, system message commented out).
+    return "" if model.mode.lower().startswith("llama3.2") else None
+
+
 def _family(mode: str) -> tuple[str, str]:
     """(tokenizer, template) of a model; the longest matching prefix wins (openbuddy-llama3 is not llama3)."""
     name = mode.lower()
@@ -127,6 +133,7 @@ def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
         vision=vision,
         image_tokens=_image_tokens(model),
         image_system_prompt=_image_system_prompt(model),
+        text_system_prompt=_text_system_prompt(model),
         # The single-image runner keeps only the last image a turn sent (main.cpp ~432-439, ~751).
         max_images=1 if runner == "single" else None,
         # The other two prefill in `_pNNN_` chunks up to a window only the model file states.

@@ -172,17 +172,19 @@ def fit_prompt(
     Dropping turns only ever shortens the prompt, so a binary search over the number dropped needs
     O(log n) counts even for long conversations.
 
-    A VLM whose device tokenizer puts a fixed system prompt in front of any prompt with an image
-    (`info.image_system_prompt`) never sees `system_prompt` then: the request's own `instructions`
-    (its system messages, if any) lead the user text instead, and the count uses the fixed prompt."""
+    A model whose device tokenizer puts a fixed system prompt (or none) in front of a prompt with an image
+    (`info.image_system_prompt`, InternVL2/2.5, SmolVLM) or of any text prompt (`info.text_system_prompt`,
+    Llama 3.2) never sees `system_prompt` then: the request's own `instructions` (its system messages, if
+    any) lead the user text instead, and the count uses the fixed prompt."""
     window = info.prefill_len - PREFILL_MARGIN
     costs: dict[int, int] = {}  # each count once (a single turn is counted for the check and the result)
 
     def render(kept: Sequence[Turn]) -> tuple[str, str]:
         text = render_user_text(kept)
-        if info.image_system_prompt is None or not any(t.images for t in kept):
+        fixed = info.image_system_prompt if any(t.images for t in kept) else info.text_system_prompt
+        if fixed is None:
             return system_prompt, text
-        return info.image_system_prompt, f"{instructions}\n\n{text}" if instructions else text
+        return fixed, f"{instructions}\n\n{text}" if instructions else text
 
     def cost(dropped: int) -> int:
         if dropped not in costs:
