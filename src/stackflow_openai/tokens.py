@@ -147,15 +147,17 @@ class EstimateCounter:
 
     Weights per character, chosen so the estimate is at or above the Qwen BPE count on every sample in
     tests/test_services_tokens.py (English, Chinese, Japanese, Korean, Russian, Hindi, Thai, code, emoji,
-    digits, punctuation, URLs, base64, random ASCII and random CJK), measured ratios in brackets:
+    digits, punctuation, URLs, base64, random ASCII and random CJK), measured ratios in brackets, and at
+    or above SmolLM2's (SmolVLM's language model, the one family counted with this estimate;
+    tests/local/test_local_tokens.py):
 
     - non-ASCII: 1 token per UTF-8 byte. For any byte-level BPE this is a hard upper bound (a byte is never
       split), and English-centric vocabularies (SmolLM) come close to it on CJK; Qwen needs 0.17 (common
       Chinese) to 0.85 (random astral characters) per byte.
     - ASCII digits, punctuation, newlines and control characters: 1 each (Qwen splits digits one by one;
       "a\\nb\\nc" is one token per character).
-    - ASCII letters: 0.7 each, at least 1 per run of letters (English prose 0.2, random mixed-case letters
-      0.66, a lone letter between newlines 1).
+    - ASCII letters: 0.75 each, at least 1 per run of letters (English prose 0.2, random mixed-case letters
+      0.66 with Qwen and 0.72 with SmolLM2's 49k vocabulary, a lone letter between newlines 1).
     - spaces and tabs: 0.5 (they usually merge into the next word: " the" is one token).
 
     English is over-counted about 3x. That costs context on estimate models, but an under-count would
@@ -163,7 +165,7 @@ class EstimateCounter:
     """
 
     name = "estimate"
-    LETTER = 0.7
+    LETTER = 0.75
     SPACE = 0.5
 
     def count(self, text: str) -> int:
