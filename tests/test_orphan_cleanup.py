@@ -116,6 +116,7 @@ def test_the_state_file_follows_setups_and_exits(tmp_path: Path) -> None:
         assert ledger() == {work_id: LLM}
         h.stop_gateway()  # a clean shutdown exits its units and forgets them
         assert ledger() == {}
+        assert list(tmp_path.iterdir()) == []  # and leaves no file behind
     finally:
         h.stop()
 

@@ -72,6 +72,10 @@ class OwnedUnits:
     def _save(self) -> None:
         body = json.dumps({"format": _FORMAT, "device": self.device, "units": self._units}, indent=1)
         try:
+            if not self._units:
+                # Nothing owned: no file (an emulator on a new port each run would otherwise leave one each).
+                self.path.unlink(missing_ok=True)
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".owned-units-", dir=self.path.parent)
             try:
