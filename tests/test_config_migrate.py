@@ -126,6 +126,7 @@ def test_the_migrate_command_writes_a_file_config_check_accepts(tmp_path: Path) 
     check = _cli("check", str(new))
     assert check.returncode == 0, check.stderr
     assert "devices    device (192.168.20.56:10001)" in check.stdout
+    assert "leftovers  owned (recorded in " in check.stdout  # only its own units are exited at start
     again = _cli("migrate", str(old), "-o", str(new))
     assert again.returncode == 2 and "--force" in again.stderr
     assert _cli("migrate", str(old), "-o", str(new), "--force").returncode == 0

@@ -291,6 +291,9 @@ def _config_check(path: str) -> int:
     print(f"  aliases    {', '.join(f'{a}→{t}' for a, t in settings.aliases.items()) or 'defaults only'}")
     print(f"  api keys   {keys or 'none (no authentication)'}")
     print(f"  cors       {', '.join(settings.server.cors_origins) or 'off'}")
+    cleanup = settings.pool.orphan_cleanup
+    where = f" (recorded in {settings.state_path()})" if cleanup == "owned" else ""
+    print(f"  leftovers  {cleanup}{where}")
     if overrides:
         print(f"  overridden by the environment: {', '.join(overrides)}")
     return 0
