@@ -143,3 +143,21 @@ def test_a_file_of_this_gateway_is_not_migrated(tmp_path: Path) -> None:
     mine.write_text("server:\n  port: 9000\ndevices:\n  - host: 127.0.0.1\n")
     result = _cli("migrate", str(mine))
     assert result.returncode == 2 and "nothing to migrate" in result.stderr
+
+
+def test_what_the_old_server_key_meant_is_said_in_the_new_file() -> None:
+    early = migrate_plugin_config(yaml.safe_load((FIXTURES / "config-b12b845.yaml").read_text()))
+    assert any("(0.0.0.0:8000) was read by no version" in note for note in early.notes)
+    current = migrate_plugin_config(yaml.safe_load((FIXTURES / "config-dcc871d.yaml").read_text()))
+    assert any("(127.0.0.1:10001) is the device" in note for note in current.notes)
+    text = render_migration(current, "old.yaml")
+    assert text.startswith("# stackflow-openai config, migrated by")
+    assert "#   - the plugin's `server` (127.0.0.1:10001) is the device" in text
+
+
+def test_a_file_with_no_device_address_gets_the_local_device() -> None:
+    migration = migrate_plugin_config(
+        {"models": {"big": {"type": "openai_proxy", "base_url": "http://gpu.invalid/v1"}}}
+    )
+    assert migration.config["devices"] == [{"name": "device", "host": "127.0.0.1", "port": 10001}]
+    assert any("no device address" in note for note in migration.notes)

@@ -57,6 +57,9 @@ def migrate_plugin_config(raw: Mapping[str, Any]) -> Migration:
     if isinstance(server, dict) and server.get("host") and server.get("port") != _PLUGIN_LISTEN["port"]:
         devices.add(str(server["host"]), int(server.get("port") or LLM_SYS_PORT))
         out.notes.append(f"the plugin's `server` ({server['host']}:{server.get('port')}) is the device")
+    elif isinstance(server, dict):
+        where = f"{server.get('host')}:{server.get('port')}"
+        out.notes.append(f"the plugin's `server` ({where}) was read by no version of the plugin")
     models: dict[str, Any] = {}
     entries = raw.get("models")
     for name, entry in (entries or {}).items() if isinstance(entries, dict) else ():
@@ -70,9 +73,10 @@ def migrate_plugin_config(raw: Mapping[str, Any]) -> Migration:
             f"{', '.join(dropped)} of the device entries dropped: the gateway reads each model's prefill "
             "window, memory need and unit from the device's descriptors and picks the unit's formats itself"
         )
-    out.config["devices"] = devices.settings() or [
-        {"name": "device", "host": "127.0.0.1", "port": LLM_SYS_PORT}
-    ]
+    out.config["devices"] = devices.settings()
+    if not out.config["devices"]:
+        out.config["devices"] = [{"name": "device", "host": "127.0.0.1", "port": LLM_SYS_PORT}]
+        out.notes.append("no device address in the file: the device on this machine (127.0.0.1:10001)")
     if len(out.config["devices"]) == 1:
         for entry in models.values():
             entry.pop("devices", None)  # one device: every model runs there anyway

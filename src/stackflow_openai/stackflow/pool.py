@@ -79,8 +79,7 @@ class PoolObserver(Protocol):
 
 
 class UnitLedger(Protocol):
-    """Remembers the instances this pool set up and has not exited, so that a later run of the gateway
-    can exit its own leftovers and nothing else (wired by the gateway; the pool works without one)."""
+    """Records the instances set up and not yet exited: a later run exits its own leftovers only."""
 
     def opened(self, work_id: str, model: str) -> None: ...
 
