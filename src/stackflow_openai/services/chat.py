@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -48,7 +48,13 @@ from .common import (
 from .generation import Job
 from .images import ImageLoader
 from .limiter import FinishReason
-from .prompt import DEFAULT_SYSTEM_PROMPT, ImageRef, fit_prompt, parse_messages
+from .prompt import (
+    DEFAULT_SYSTEM_PROMPT,
+    check_image_count,
+    fit_prompt,
+    images_to_send,
+    parse_messages,
+)
 from .registry import ModelRegistry, resolve_model
 
 __all__ = ["ChatService"]
@@ -93,7 +99,7 @@ class ChatService:
                 code="images_not_supported",
             )
         require_text(conversation.turns[-1].text, param=f"messages[{len(request.messages) - 1}].content")
-        _check_image_count(conversation.turns[-1].images, info.max_images, entry.id)
+        check_image_count(conversation.turns[-1].images, info.max_images, entry.id)
         system = conversation.system_prompt or entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
         await self._tokenizers.load_for(info)  # first use: loads in a worker thread, not on the loop
         fit = partial(
@@ -109,12 +115,9 @@ class ChatService:
         fitted = await run_counting(fit, chars=chars)
         if fitted.dropped:
             log.info("%s: dropped the %d oldest turns to fit the prefill window", entry.id, fitted.dropped)
-        refs = [ref for turn in fitted.turns for ref in turn.images]
-        if info.max_images is not None and len(refs) > info.max_images:
-            # The device would keep only the last one anyway; earlier turns' images are not sent, and the
-            # answer says how many were left out (their turns' text stays).
-            headers[IMAGES_DROPPED_HEADER] = str(len(refs) - info.max_images)
-            refs = refs[len(refs) - info.max_images :]
+        refs, dropped = images_to_send(fitted.turns, info.max_images)
+        if dropped:
+            headers[IMAGES_DROPPED_HEADER] = str(dropped)
         images = [await self._images.load(ref) for ref in refs]
         max_tokens = request.max_completion_tokens or request.max_tokens
         budget = token_budget(info, fitted.prompt_tokens, max_tokens, param="messages")
@@ -139,19 +142,6 @@ class ChatService:
             prompt_tokens=fitted.prompt_tokens,
             include_usage=include_usage,
         )
-
-
-def _check_image_count(refs: Sequence[ImageRef], max_images: int | None, model: str) -> None:
-    """Several images in the message being answered would be answered about only the last one (the
-    device keeps one per inference): refused, since such an answer would look right and be wrong."""
-    if max_images is None or len(refs) <= max_images:
-        return
-    raise InvalidRequestError(
-        f"The model '{model}' sees only {max_images} image per request (its device unit keeps the last one "
-        f"it was sent), but the last message has {len(refs)}. Send one image per message.",
-        param=refs[max_images].param,
-        code="too_many_images",
-    )
 
 
 async def _collect(plan: GenerationPlan) -> dict[str, Any]:

@@ -41,7 +41,9 @@ __all__ = [
     "FittedPrompt",
     "ImageRef",
     "Turn",
+    "check_image_count",
     "fit_prompt",
+    "images_to_send",
     "parse_messages",
     "render_user_text",
 ]
@@ -213,3 +215,26 @@ def fit_prompt(
     kept = list(turns[lo:])
     system, user_text = render(kept)
     return FittedPrompt(system, user_text, cost(lo), kept, lo)
+
+
+def check_image_count(refs: Sequence[ImageRef], max_images: int | None, model: str) -> None:
+    """Several images in the message being answered would be answered about only the last one (a one-image
+    VLM keeps the last it was sent): refused, since such an answer would look right and be wrong."""
+    if max_images is None or len(refs) <= max_images:
+        return
+    raise InvalidRequestError(
+        f"The model '{model}' sees only {max_images} image per request (its device unit keeps the last one "
+        f"it was sent), but the last message has {len(refs)}. Send one image per message.",
+        param=refs[max_images].param,
+        code="too_many_images",
+    )
+
+
+def images_to_send(turns: Sequence[Turn], max_images: int | None) -> tuple[list[ImageRef], int]:
+    """(the images of `turns` to send, how many older ones are left out). A one-image model gets the
+    newest: the device would keep only the last anyway, and chat UIs resend the history's images; the
+    turns' text stays, and the caller says how many were left out (`fit_prompt` counts only these)."""
+    refs = [ref for turn in turns for ref in turn.images]
+    if max_images is None or len(refs) <= max_images:
+        return refs, 0
+    return refs[len(refs) - max_images :], len(refs) - max_images
