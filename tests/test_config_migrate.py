@@ -161,3 +161,12 @@ def test_a_file_with_no_device_address_gets_the_local_device() -> None:
     )
     assert migration.config["devices"] == [{"name": "device", "host": "127.0.0.1", "port": 10001}]
     assert any("no device address" in note for note in migration.notes)
+
+
+def test_serve_refuses_the_plugins_file_instead_of_listening_on_the_devices_port(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from stackflow_openai.cli import main
+
+    assert main(["serve", "--config", str(FIXTURES / "config-dcc871d.yaml")]) == 2
+    assert "config migrate" in capsys.readouterr().err
