@@ -300,10 +300,12 @@ def test_client_disconnect_mid_stream_then_the_same_unit_serves_the_next_request
 
 
 def test_orphans_are_exited_at_start_and_every_instance_at_shutdown():
+    # orphan_cleanup: all (the default, "owned", spares units it did not set up: test_orphan_cleanup.py)
+    from stackflow_openai.config import PoolSettings
     from stackflow_openai.stackflow.connection import Connection
     from stackflow_openai.stackflow.setups import llm_setup
 
-    h = Harness()
+    h = Harness(settings=Settings(pool=PoolSettings(orphan_cleanup="all")))
     h.thread.start()
     h.call(h.start_emulator)
 

@@ -106,3 +106,49 @@ async def test_image_url_on_loopback_is_refused_by_default(image_server: str) ->
     response = await post(backend, image_message(image_server))
     assert_error(response, 400, param="messages[0].content[1].image_url", code="image_url_forbidden")
     assert backend.leases == []
+
+
+def _data_url(size: tuple[int, int]) -> str:
+    return "data:image/png;base64," + base64.b64encode(image_bytes("PNG", size, "RGB")).decode()
+
+
+def _image_part(size: tuple[int, int]) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": _data_url(size)}}
+
+
+ONE_IMAGE_VLM = replace(VLM_INFO, max_images=1)  # InternVL2/2.5 and SmolVLM keep the last image sent
+
+
+async def test_several_images_in_the_last_message_to_a_one_image_model_are_refused() -> None:
+    backend = FakeChatBackend(ONE_IMAGE_VLM)
+    content = [{"type": "text", "text": "Compare them."}, _image_part((16, 16)), _image_part((32, 32))]
+    body = {"model": "qwen", "messages": [{"role": "user", "content": content}]}
+    error = assert_error(
+        await post(backend, body), 400, param="messages[0].content[2].image_url", code="too_many_images"
+    )
+    assert "only 1 image" in error["message"]
+    assert backend.leases == []  # no unit was touched
+
+
+async def test_a_one_image_model_gets_the_newest_image_and_the_answer_says_so() -> None:
+    backend = FakeChatBackend(ONE_IMAGE_VLM)
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, _image_part((16, 16))]},
+        {"role": "assistant", "content": "A red square."},
+        {"role": "user", "content": [{"type": "text", "text": "And this one?"}, _image_part((40, 20))]},
+    ]
+    response = await post(backend, {"model": "qwen", "messages": messages})
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Images-Dropped"] == "1"
+    (jpeg,) = backend.generations[0].images
+    with Image.open(io.BytesIO(jpeg)) as image:
+        assert image.size == (40, 20)  # the newest
+
+
+async def test_a_many_image_model_gets_every_image() -> None:
+    backend = FakeChatBackend(VLM_INFO)  # Qwen3-VL and InternVL3 take all the images of a turn
+    content = [{"type": "text", "text": "Compare them."}, _image_part((16, 16)), _image_part((32, 32))]
+    response = await post(backend, {"model": "qwen", "messages": [{"role": "user", "content": content}]})
+    assert response.status_code == 200, response.text
+    assert "X-Images-Dropped" not in response.headers
+    assert len(backend.generations[0].images) == 2

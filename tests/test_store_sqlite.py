@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from stackflow_openai.store import SqliteResponseStore, StoredResponse, default_data_dir, key_owner
+from stackflow_openai.store import SqliteResponseStore, StoredResponse, key_owner
 from stackflow_openai.store.sqlite import DB_NAME
 
 DAY = 86400
@@ -115,12 +115,3 @@ async def test_calls_run_off_the_event_loop(tmp_path: Path) -> None:
     await asyncio.gather(*(store._run(note) for _ in range(5)))
     assert threads and loop_thread not in threads and all(t.startswith("response-store") for t in threads)
     await store.close()
-
-
-def test_default_data_dir_follows_xdg() -> None:
-    assert default_data_dir({"XDG_DATA_HOME": "/data", "HOME": "/h"}) == Path("/data/stackflow-openai")
-    assert default_data_dir({"HOME": "/h"}) == Path("/h/.local/share/stackflow-openai")
-    # A relative XDG_DATA_HOME is invalid by the specification and ignored.
-    assert default_data_dir({"XDG_DATA_HOME": "rel", "HOME": "/h"}) == Path(
-        "/h/.local/share/stackflow-openai"
-    )

@@ -35,7 +35,7 @@ def vlm(mode: str, param: dict[str, Any] | None = None) -> ModelDescriptor:
         ("internvl2.5-1B-448-ax650", None, 256),
         ("internvl3-1B-448-ax630c", None, 256),  # by the size in its name
         ("smolvlm-256M-ax630c", None, 67),  # 64 image tokens and three around them
-        ("qwen3-vl-2B-Int4-ax630c", QWEN3_VL_PARAM, 144),  # (384 / (16 * 2)) ** 2
+        ("qwen3-vl-2B-Int4-ax630c", QWEN3_VL_PARAM, 146),  # (384 / (16 * 2)) ** 2 + vision_start/end
         ("some-future-vlm", None, 256),  # unknown geometry: the largest common case
     ],
 )

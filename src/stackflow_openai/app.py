@@ -275,5 +275,5 @@ def _add_middlewares(app: FastAPI, settings: HttpSettings, metrics: Metrics) -> 
             allow_origins=list(settings.cors_origins),
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=[REQUEST_ID_HEADER, "X-Ignored-Params", "Retry-After"],
+            expose_headers=[REQUEST_ID_HEADER, "X-Ignored-Params", "X-Images-Dropped", "Retry-After"],
         )

@@ -67,8 +67,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="directory of the gateway's data (stored responses of /v1/responses); default "
-        "$XDG_DATA_HOME/stackflow-openai, else ~/.local/share/stackflow-openai",
+        help="directory of the stored responses of /v1/responses; default: the state_dir "
+        "($XDG_DATA_HOME/stackflow-openai, else ~/.local/share/stackflow-openai)",
     )
     serve.add_argument(
         "--emulator", action="store_true", help="start an in-process device emulator and serve its models"
@@ -160,6 +160,17 @@ def _tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "The file is never modified.",
     )
     check.add_argument("file", metavar="FILE", help="the YAML config file")
+    migrate = config_sub.add_parser(
+        "migrate",
+        help="convert the old ModuleLLM-OpenAI-Plugin's config.yaml",
+        description="Read OLD, a config.yaml of m5stack's ModuleLLM-OpenAI-Plugin (where `server` is the "
+        "device's address), and write an equivalent config for this gateway: its devices, models, "
+        "pool sizes, system prompts and openai_proxy entries, with notes on what changed. OLD is never "
+        "modified.",
+    )
+    migrate.add_argument("old", metavar="OLD", help="the plugin's config.yaml")
+    migrate.add_argument("-o", "--output", metavar="NEW", help="write here (default: standard output)")
+    migrate.add_argument("--force", action="store_true", help="overwrite NEW if it exists")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -198,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(_models(args))
         if args.command == "doctor":
             return _run(_doctor(args))
+        if args.command == "config" and args.config_command == "migrate":
+            return _config_migrate(args.old, args.output, force=args.force)
         if args.command == "config":
             return _config_check(args.file)
     except Exception as exc:  # a clean one-line message for the usual mistakes (bad config, port in use)
@@ -284,6 +297,41 @@ def _config_check(path: str) -> int:
     print(f"  aliases    {', '.join(f'{a}→{t}' for a, t in settings.aliases.items()) or 'defaults only'}")
     print(f"  api keys   {keys or 'none (no authentication)'}")
     print(f"  cors       {', '.join(settings.server.cors_origins) or 'off'}")
+    cleanup = settings.pool.orphan_cleanup
+    where = f" (recorded in {settings.state_path()})" if cleanup == "owned" else ""
+    print(f"  leftovers  {cleanup}{where}")
     if overrides:
         print(f"  overridden by the environment: {', '.join(overrides)}")
+    return 0
+
+
+def _config_migrate(old: str, output: str | None, *, force: bool) -> int:
+    from pathlib import Path
+
+    from stackflow_openai.config import ConfigError, read_yaml
+    from stackflow_openai.ops.migrate import migrate_plugin_config, render_migration
+    from stackflow_openai.plugin_config import old_plugin_signs
+
+    try:
+        _, raw = read_yaml(old)
+    except ConfigError as exc:
+        print(f"stackflow-openai: {exc}", file=sys.stderr)
+        return 2
+    if not old_plugin_signs(raw):
+        print(
+            f"stackflow-openai: {old}: nothing to migrate: not a config of the old ModuleLLM-OpenAI-Plugin "
+            f"(check it as this gateway's with: stackflow-openai config check {old})",
+            file=sys.stderr,
+        )
+        return 2
+    text = render_migration(migrate_plugin_config(raw), old)
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    target = Path(output)
+    if target.exists() and (not force or target.resolve() == Path(old).resolve()):
+        print(f"stackflow-openai: {output} exists (use --force to overwrite it)", file=sys.stderr)
+        return 2
+    target.write_text(text, encoding="utf-8")
+    print(f"{old} → {output}; check it with: stackflow-openai config check {output}", file=sys.stderr)
     return 0

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from stackflow_openai.languages import language_code
+from stackflow_openai.plugin_config import old_plugin_message, old_plugin_signs
 
 __all__ = [
     "CONFIG_ENV",
@@ -102,9 +103,23 @@ class DeviceSettings(_Strict):
 class PoolSettings(_Strict):
     queue_limit: int = Field(32, ge=0, description="requests that may wait for a unit; more get 503")
     queue_timeout: float = Field(30.0, gt=0, description="seconds a request may wait for a unit")
-    cleanup_orphans: bool = Field(
-        True, description="exit instances left on a device by an earlier run (at start and reconnect)"
+    orphan_cleanup: Literal["owned", "all", "off"] = Field(
+        "owned",
+        description="at start and reconnect, exit instances left on a device: 'owned' only those this "
+        "gateway set up (remembered in state_dir), 'all' every llm/vlm/tts/asr instance it does not "
+        "hold now (other applications' too), 'off' none",
     )
+    cleanup_orphans: bool | None = Field(
+        None, description="deprecated: false is orphan_cleanup: off, true is orphan_cleanup: owned"
+    )
+
+    @model_validator(mode="after")
+    def _legacy_cleanup(self) -> PoolSettings:
+        # `cleanup_orphans: true` used to exit every instance; its safe reading now is "owned". A user
+        # who wants the old clean sweep says so with orphan_cleanup: all.
+        if self.cleanup_orphans is False and "orphan_cleanup" not in self.model_fields_set:
+            self.orphan_cleanup = "off"
+        return self
 
 
 class HealthSettings(_Strict):
@@ -230,14 +245,24 @@ class Settings(_Strict):
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="explicit model entries")
     aliases: dict[str, str] = Field(default_factory=dict, description="client-facing name → model id")
     strict_params: bool = Field(False, description="strict_params for every model")
+    state_dir: str | None = Field(
+        None,
+        description="where the gateway remembers the device instances it set up (for orphan_cleanup: "
+        "owned); default $XDG_DATA_HOME/stackflow-openai or ~/.local/share/stackflow-openai",
+    )
     data_dir: str | None = Field(
         None,
-        description="directory of the gateway's data (stored responses); default "
-        "$XDG_DATA_HOME/stackflow-openai, else ~/.local/share/stackflow-openai",
+        description="directory of the stored responses (/v1/responses); default: state_dir's directory",
     )
     responses: ResponsesSettings = Field(
         default_factory=ResponsesSettings, description="stored responses of the Responses API"
     )
+
+    def state_path(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(data_home) / "stackflow-openai"
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -270,16 +295,9 @@ def load_settings(path: str | Path | None, *, environ: Mapping[str, str] | None 
     env = os.environ if environ is None else environ
     text, raw = "", cast(dict[str, Any], {})
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+        text, raw = read_yaml(path)
+        if signs := old_plugin_signs(raw):
+            raise ConfigError(old_plugin_message(path, signs))
     origins = _apply_env(raw, env)
     try:
         settings = Settings.model_validate(raw)
@@ -288,6 +306,21 @@ def load_settings(path: str | Path | None, *, environ: Mapping[str, str] | None 
     base = Path(path).parent if path is not None else Path.cwd()
     _add_keys(settings, base, env)
     return settings
+
+
+def read_yaml(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """(text, top-level mapping) of a YAML config file, or a ConfigError that says what is wrong."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return text, raw
 
 
 def _add_keys(settings: Settings, base: Path, env: Mapping[str, str]) -> None:

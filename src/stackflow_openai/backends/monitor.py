@@ -23,6 +23,7 @@ from stackflow_openai.config import Settings
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, StackFlowError
 
 from .devices import Device
+from .owned_units import OwnedUnits
 
 __all__ = ["POOLED_UNITS", "DeviceMonitor"]
 
@@ -134,8 +135,7 @@ class DeviceMonitor:
                 await device.client.connect()
                 device.version = await device.client.version()
                 models = await device.client.lsmode()
-            if self.settings.pool.cleanup_orphans:
-                await self._exit_orphans(device)
+            await self._exit_orphans(device, self.settings.pool.orphan_cleanup)
             await device.pool.prune()  # units of the device's previous life
         except _FAILURES as exc:
             if device.state == "starting":
@@ -152,18 +152,16 @@ class DeviceMonitor:
         return True
 
     @staticmethod
-    async def _exit_orphans(device: Device) -> None:
-        """Exit instances left on the device by an earlier run of the gateway (found with taskinfo)."""
-        mine = set(device.pool.work_ids())
-        exited = []
-        for unit_type in POOLED_UNITS:
-            try:
-                for work_id in await device.client.tasklist(unit_type):
-                    if work_id not in mine:
-                        await device.client.exit_instance(work_id)
-                        exited.append(work_id)
-            except DeviceError as exc:  # -9: unit not installed on this device
-                log.debug("device %s: taskinfo %s: %s", device.name, unit_type, exc)
+    async def _exit_orphans(device: Device, mode: str) -> None:
+        """Exit instances left on the device by an earlier run of the gateway (found with taskinfo):
+        with "owned", only those it recorded as its own; with "all", every instance of the unit types it
+        drives that its pool does not hold (another application's too); with "off", none."""
+        if mode == "all":
+            exited = await _exit_all_but_mine(device)
+        elif mode == "owned" and device.owned is not None:
+            exited = await _exit_owned_leftovers(device, device.owned)
+        else:
+            return
         if exited:
             log.info(
                 "device %s: exited %d orphaned instance(s): %s", device.name, len(exited), ", ".join(exited)
@@ -189,3 +187,42 @@ class DeviceMonitor:
             log.info("device %s: its model list changed (%d models)", device.name, len(models))
             device.models = models
             self.on_change()
+
+
+async def _exit_all_but_mine(device: Device) -> list[str]:
+    mine = set(device.pool.work_ids())
+    exited = []
+    for unit_type in POOLED_UNITS:
+        try:
+            for work_id in await device.client.tasklist(unit_type):
+                if work_id not in mine:
+                    await device.client.exit_instance(work_id)
+                    exited.append(work_id)
+        except DeviceError as exc:  # -9: unit not installed on this device
+            log.debug("device %s: taskinfo %s: %s", device.name, unit_type, exc)
+    return exited
+
+
+async def _exit_owned_leftovers(device: Device, owned: OwnedUnits) -> list[str]:
+    """Exit the recorded instances that are still on the device and not in the pool; forget the rest.
+
+    Only the unit's task list is read (taskinfo on a work_id would redirect a live instance's output to
+    the sys connection, protocol §1.4, which must never happen to another application's unit)."""
+    mine = set(device.pool.work_ids())
+    leftovers = [w for w in owned.snapshot() if w not in mine]
+    live: set[str] = set()
+    for unit_type in sorted({w.partition(".")[0] for w in leftovers}):
+        try:
+            live.update(await device.client.tasklist(unit_type))
+        except DeviceError as exc:  # unit not installed (any more): none of its instances can be there
+            log.debug("device %s: taskinfo %s: %s", device.name, unit_type, exc)
+    exited = []
+    for work_id in leftovers:
+        if work_id in live:
+            try:
+                await device.client.exit_instance(work_id)
+                exited.append(work_id)
+            except DeviceError as exc:  # already gone between the list and the exit
+                log.debug("device %s: exit %s: %s", device.name, work_id, exc)
+        owned.closed(work_id)  # exited or gone: either way no longer ours
+    return exited

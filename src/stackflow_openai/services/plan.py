@@ -23,9 +23,19 @@ from .common import GenerationPlan, new_id, require_text, run_counting, token_bu
 from .generation import Job
 from .images import ImageLoader
 from .output import OutputSpec
-from .prompt import DEFAULT_SYSTEM_PROMPT, Conversation, FittedPrompt, Turn, fit_prompt
+from .prompt import (
+    DEFAULT_SYSTEM_PROMPT,
+    Conversation,
+    FittedPrompt,
+    Turn,
+    check_image_count,
+    fit_prompt,
+    images_to_send,
+)
 
-__all__ = ["PlanBuilder", "PlanRequest"]
+__all__ = ["IMAGES_DROPPED_HEADER", "PlanBuilder", "PlanRequest", "Planned"]
+
+IMAGES_DROPPED_HEADER = "X-Images-Dropped"  # images of earlier turns not sent to a one-image model
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,17 @@ class PlanRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Planned:
+    plan: GenerationPlan
+    fitted: FittedPrompt  # which turns were kept (fitted.dropped: how many were left out)
+    images_dropped: int  # older images not sent to a one-image VLM (the front end says so)
+
+    def headers(self) -> dict[str, str]:
+        """What the front end tells the client about the fitting (HTTP headers)."""
+        return {IMAGES_DROPPED_HEADER: str(self.images_dropped)} if self.images_dropped else {}
+
+
+@dataclass(frozen=True, slots=True)
 class _Prompt:
     """The prompt before fitting: setup system prompt, turns, and the tool text led into the user turn."""
 
@@ -63,10 +84,7 @@ class PlanBuilder:
         self._tokenizers = tokenizers
         self._images = images
 
-    async def build(
-        self, entry: ModelEntry, backend: ChatBackend, request: PlanRequest
-    ) -> tuple[GenerationPlan, FittedPrompt]:
-        """The plan, and the fitted prompt it runs (which turns were kept)."""
+    async def build(self, entry: ModelEntry, backend: ChatBackend, request: PlanRequest) -> Planned:
         info = backend.info
         conversation = request.conversation
         refs = [ref for turn in conversation.turns for ref in turn.images]
@@ -77,9 +95,11 @@ class PlanBuilder:
                 code="images_not_supported",
             )
         require_text(conversation.turns[-1].text, param=request.text_param)
+        check_image_count(conversation.turns[-1].images, info.max_images, entry.id)
         prompt = _prompt(entry, info, request, has_images=bool(refs))
         fitted = await self._fit(entry, info, prompt, request)
-        images = [await self._images.load(ref) for turn in fitted.turns for ref in turn.images]
+        refs, images_dropped = images_to_send(fitted.turns, info.max_images)
+        images = [await self._images.load(ref) for ref in refs]
         budget = token_budget(info, fitted.prompt_tokens, request.max_tokens, param=request.param)
         settings = UnitSettings(
             system_prompt=prompt.system,
@@ -108,7 +128,7 @@ class PlanBuilder:
             include_usage=request.include_usage,
             filters=filters,
         )
-        return plan, fitted
+        return Planned(plan, fitted, images_dropped)
 
     async def _fit(
         self, entry: ModelEntry, info: ChatModelInfo, prompt: _Prompt, request: PlanRequest

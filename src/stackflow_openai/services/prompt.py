@@ -44,7 +44,9 @@ __all__ = [
     "HistoryFormat",
     "ImageRef",
     "Turn",
+    "check_image_count",
     "fit_prompt",
+    "images_to_send",
     "parse_messages",
     "render_user_text",
 ]
@@ -175,6 +177,17 @@ def render_user_text(turns: Sequence[Turn]) -> str:
     return f"{HISTORY_HEADER}\n" + "\n".join(lines)
 
 
+def _chunk_hint(info: ChatModelInfo) -> str:
+    if info.prefill_chunk is None:
+        return ""
+    # The device's real window is in its model file; using the chunk is safe, but may be far too small.
+    return (
+        f" (The model prefills in chunks of {info.prefill_chunk} tokens and its descriptor does not state "
+        "its real window, so one chunk is assumed; if the model file takes more, set `prefill_len` for "
+        "this model in the gateway's configuration.)"
+    )
+
+
 def fit_prompt(
     tokenizers: Tokenizers,
     info: ChatModelInfo,
@@ -191,22 +204,26 @@ def fit_prompt(
     Dropping turns only ever shortens the prompt, so a binary search over the number dropped needs
     O(log n) counts even for long conversations.
 
-    A VLM whose device tokenizer puts a fixed system prompt in front of any prompt with an image
-    (`info.image_system_prompt`) never sees `system_prompt` then: the request's own `instructions`
-    (its system messages, if any) lead the user text instead, and the count uses the fixed prompt."""
+    A model whose device tokenizer puts a fixed system prompt (or none) in front of a prompt with an image
+    (`info.image_system_prompt`, InternVL2/2.5, SmolVLM) or of any text prompt (`info.text_system_prompt`,
+    Llama 3.2) never sees `system_prompt` then: the request's own `instructions` (its system messages, if
+    any) lead the user text instead, and the count uses the fixed prompt."""
     window = info.prefill_len - PREFILL_MARGIN
     costs: dict[int, int] = {}  # each count once (a single turn is counted for the check and the result)
 
     def render(kept: Sequence[Turn]) -> tuple[str, str]:
         text = user_prefix + render_user_text(kept)  # (tool definitions of a user-turn tool format)
-        if info.image_system_prompt is None or not any(t.images for t in kept):
+        fixed = info.image_system_prompt if any(t.images for t in kept) else info.text_system_prompt
+        if fixed is None:
             return system_prompt, text
-        return info.image_system_prompt, f"{instructions}\n\n{text}" if instructions else text
+        return fixed, f"{instructions}\n\n{text}" if instructions else text
 
     def cost(dropped: int) -> int:
         if dropped not in costs:
             kept = turns[dropped:]
             images = sum(len(t.images) for t in kept)
+            if info.max_images is not None:  # only the newest are sent (services/chat.py)
+                images = min(images, info.max_images)
             system, user_text = render(kept)
             costs[dropped] = tokenizers.prompt_tokens(info, system, user_text) + images * image_tokens
         return costs[dropped]
@@ -216,7 +233,7 @@ def fit_prompt(
         raise ContextLengthExceeded(
             f"This model's prefill window is {info.prefill_len} tokens and {PREFILL_MARGIN} are kept as a "
             f"safety margin, but the system prompt and the last message alone need {cost(hi)} tokens. "
-            "Please shorten them.",
+            f"Please shorten them.{_chunk_hint(info)}",
             param=param,
         )
     while lo < hi:  # smallest number of dropped turns that fits
@@ -228,3 +245,26 @@ def fit_prompt(
     kept = list(turns[lo:])
     system, user_text = render(kept)
     return FittedPrompt(system, user_text, cost(lo), kept, lo)
+
+
+def check_image_count(refs: Sequence[ImageRef], max_images: int | None, model: str) -> None:
+    """Several images in the message being answered would be answered about only the last one (a one-image
+    VLM keeps the last it was sent): refused, since such an answer would look right and be wrong."""
+    if max_images is None or len(refs) <= max_images:
+        return
+    raise InvalidRequestError(
+        f"The model '{model}' sees only {max_images} image per request (its device unit keeps the last one "
+        f"it was sent), but the last message has {len(refs)}. Send one image per message.",
+        param=refs[max_images].param,
+        code="too_many_images",
+    )
+
+
+def images_to_send(turns: Sequence[Turn], max_images: int | None) -> tuple[list[ImageRef], int]:
+    """(the images of `turns` to send, how many older ones are left out). A one-image model gets the
+    newest: the device would keep only the last anyway, and chat UIs resend the history's images; the
+    turns' text stays, and the caller says how many were left out (`fit_prompt` counts only these)."""
+    refs = [ref for turn in turns for ref in turn.images]
+    if max_images is None or len(refs) <= max_images:
+        return refs, 0
+    return refs[len(refs) - max_images :], len(refs) - max_images

@@ -104,7 +104,9 @@ class ResponsesService:
             truncate=request.truncation == "auto",
             id_prefix="resp",
         )
-        plan, _fitted = await self._planner.build(entry, backend, plan_request)
+        planned = await self._planner.build(entry, backend, plan_request)
+        plan = planned.plan
+        headers.update(planned.headers())
         head = _head(request, body, entry.id)
         save = _Saver(
             self._store, owner, request.previous_response_id, parsed.items, request.store is not False

@@ -21,6 +21,12 @@ _UNIT_PREFIXES = (
 _PREFILL_IN_TEMPLATE = re.compile(r"_p(\d+)_")
 _PREFILL_IN_FLAGS = re.compile(r"--prefill_len\s+(\d+)")
 _KV_IN_FLAGS = re.compile(r"--kv_cache_len\s+(\d+)")
+# AXERA names a chunked-prefill build by its window and context: "...-P1536-CTX2047" (capital P; the
+# lower-case `-p256-` of the single-chunk builds is read from the template instead). Qwen3-VL's runner
+# takes its window from the model file (`prefill_max_token_num`, dev:main_vlm/src/runner/LLM.hpp
+# LLM_Qwen::Init) and prefills it in `_pNNN_` chunks, so this name is the only place the window shows.
+_WINDOW_IN_NAME = re.compile(r"-P(\d+)(?=-|$)")
+_CTX_IN_NAME = re.compile(r"-CTX(\d+)(?=-|$)")
 DEFAULT_PREFILL = 128  # most models (protocol §6)
 DEFAULT_MAX_TOKEN_LEN = 1023  # KV capacity of the p256 / prefill-20e builds when the flags do not say
 
@@ -42,6 +48,7 @@ class ModelDescriptor:
     output_type: tuple[str, ...] = ()
     mode_param: dict[str, Any] = field(default_factory=dict, compare=False)
     prefill_len: int | None = None  # only for llm / vlm
+    prefill_named: bool = False  # the window is stated by the model's name (`-P1536-`), not guessed
     kv_cache_len: int | None = None  # mask length: prompt + generated positions (max_token_len ≤ this)
     cmm_size: int | None = None  # KiB, when the descriptor declares it
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -54,11 +61,13 @@ class ModelDescriptor:
         param = obj.get("mode_param") if isinstance(obj.get("mode_param"), dict) else {}
         assert isinstance(param, dict)
         flags = str(obj.get("compile_flage", ""))
-        prefill = kv = None
+        prefill = kv = named = None
         if unit in ("llm", "vlm"):
-            prefill = _derive_prefill(mode, str(param.get("template_filename_axmodel", "")), flags)
+            names = (mode, str(obj.get("homepage", "")).rstrip("/").rsplit("/", 1)[-1])
+            named = _named(_WINDOW_IN_NAME, names)
+            prefill = named or _derive_prefill(mode, str(param.get("template_filename_axmodel", "")), flags)
             kv_match = _KV_IN_FLAGS.search(flags)
-            kv = int(kv_match.group(1)) if kv_match else DEFAULT_MAX_TOKEN_LEN
+            kv = int(kv_match.group(1)) if kv_match else _named(_CTX_IN_NAME, names) or DEFAULT_MAX_TOKEN_LEN
         cmm = param.get("cmm_size")
         return cls(
             mode=mode,
@@ -69,10 +78,18 @@ class ModelDescriptor:
             output_type=tuple(str(c) for c in obj.get("output_type") or ()),
             mode_param=param,
             prefill_len=prefill,
+            prefill_named=named is not None,
             kv_cache_len=kv,
             cmm_size=cmm if isinstance(cmm, int) else None,
             raw=obj,
         )
+
+
+def _named(pattern: re.Pattern[str], names: tuple[str, ...]) -> int | None:
+    for name in names:
+        if m := pattern.search(name):
+            return int(m.group(1))
+    return None
 
 
 def _derive_prefill(mode: str, template: str, flags: str) -> int:

@@ -34,6 +34,7 @@ __all__ = [
     "PoolError",
     "PoolObserver",
     "PoolUnavailable",
+    "UnitLedger",
     "UnitSource",
 ]
 
@@ -77,6 +78,14 @@ class PoolObserver(Protocol):
     def unit_setup(self, model: str, seconds: float) -> None: ...
 
 
+class UnitLedger(Protocol):
+    """Records the instances set up and not yet exited: a later run exits its own leftovers only."""
+
+    def opened(self, work_id: str, model: str) -> None: ...
+
+    def closed(self, work_id: str) -> None: ...
+
+
 def _signature(setup: Mapping[str, Any]) -> str:
     return json.dumps(setup, sort_keys=True, ensure_ascii=False)
 
@@ -111,6 +120,7 @@ class DevicePool:
         self._waiting = 0
         self._closed = False
         self.observer: PoolObserver | None = None
+        self.ledger: UnitLedger | None = None
         # Units whose connection was lost. After a device reset their work_ids may be handed to new
         # instances, so they are exited (by work_id) before any new setup, never concurrently with one.
         self._lost: list[Unit] = []
@@ -270,6 +280,8 @@ class DevicePool:
         started = time.monotonic()
         try:
             unit = await self.client.open_unit(model.unit, dict(setup), timeout=self.setup_timeout)
+            if self.ledger is not None:
+                self.ledger.opened(unit.work_id, model.mode)
             if self.observer is not None:
                 self.observer.unit_setup(model.mode, time.monotonic() - started)
             return unit
@@ -365,12 +377,15 @@ class DevicePool:
                 self._slots.remove(slot)
             self._cond.notify_all()
 
-    @staticmethod
-    async def _exit_quietly(unit: Unit) -> None:
+    async def _exit_quietly(self, unit: Unit) -> None:
         try:
             await asyncio.shield(unit.exit())
         except (DeviceError, DeviceTimeout, ConnectionLost, OSError) as exc:
+            # Still on the ledger: if it is still on the device, the next start exits it.
             log.warning("exit of %s failed: %s", unit.work_id, exc)
+            return
+        if self.ledger is not None:
+            self.ledger.closed(unit.work_id)
 
     def _group(self, unit_type: str) -> str:
         return _SLOT_GROUP.get(unit_type, unit_type)

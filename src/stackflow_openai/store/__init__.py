@@ -6,7 +6,6 @@ server database implementing the same interface. Nothing below the services laye
 """
 
 from .base import ResponseStore, StoredResponse, StoreError, key_owner
-from .paths import default_data_dir
 from .sqlite import SqliteResponseStore
 
 __all__ = [
@@ -14,6 +13,5 @@ __all__ = [
     "SqliteResponseStore",
     "StoreError",
     "StoredResponse",
-    "default_data_dir",
     "key_owner",
 ]
