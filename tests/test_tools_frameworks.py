@@ -43,7 +43,9 @@ def test_langchain_bind_tools(harness):
         return f"sunny in {city}"
 
     message = _chat(harness).bind_tools([get_weather]).invoke("What is the weather in Paris?")
-    assert message.tool_calls[0]["name"] == "get_weather" and message.tool_calls[0]["args"] == {"city": "Paris"}
+    assert message.tool_calls[0]["name"] == "get_weather" and message.tool_calls[0]["args"] == {
+        "city": "Paris"
+    }
 
 
 def test_langchain_with_structured_output(harness):

@@ -162,7 +162,7 @@ def test_several_calls_and_the_text_around_them() -> None:
     [
         (
             '<tool_call>\n{"name": "get_weather", "arguments": {}}\n</tool_call>',
-            "'city' is a required property",
+            '"city" is a required property',
         ),
         (
             '<tool_call>\n{"name": "weather", "arguments": {"city": "x"}}\n</tool_call>',
@@ -171,7 +171,7 @@ def test_several_calls_and_the_text_around_them() -> None:
         ('<tool_call>\n{"name": "get_weather", "arguments": "not json"}\n</tool_call>', "not a JSON object"),
         (
             '<tool_call>\n{"name": "get_weather", "arguments": {"city": 3}}\n</tool_call>',
-            "is not of type 'string'",
+            'is not of type "string"',
         ),
     ],
 )
