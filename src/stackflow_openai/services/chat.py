@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -96,30 +95,24 @@ class ChatService:
             )
         require_text(conversation.turns[-1].text, param=f"messages[{len(request.messages) - 1}].content")
         system = conversation.system_prompt or entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
-        turns = conversation.turns
-        if spec.json is not None:  # asked for at the end of the user turn: followed best, no new setup
-            turns = [*turns[:-1], replace(turns[-1], text=f"{turns[-1].text}\n\n{spec.json.instruction()}")]
-        tools_text = spec.tools_prompt()
         # A VLM that swaps in its own system prompt with an image would drop tools written there.
-        in_system = spec.tool_format.placement == "system" and not (refs and info.image_system_prompt)
-        if tools_text and in_system:
-            system = f"{system}\n\n{tools_text}"  # as Qwen's template does: part of the setup signature
+        prompt = spec.apply(system, conversation.turns, system_kept=not (refs and info.image_system_prompt))
         await self._tokenizers.load_for(info)  # first use: loads in a worker thread, not on the loop
         fit = partial(
             fit_prompt,
             self._tokenizers,
             info,
-            system,
-            turns,
+            prompt.system,
+            prompt.turns,
             image_tokens=int(entry.extra.get("image_tokens", info.image_tokens)),
             instructions=conversation.system_prompt or entry.extra.get("system_prompt"),
-            user_prefix="" if in_system else tools_text,
+            user_prefix=prompt.user_prefix,
         )
-        chars = len(system) + sum(len(turn.text) for turn in turns)
+        chars = len(prompt.system) + len(prompt.user_prefix) + sum(len(turn.text) for turn in prompt.turns)
         try:
             fitted = await run_counting(fit, chars=chars)
         except ContextLengthExceeded as exc:
-            if not tools_text:
+            if spec.tools is None:
                 raise
             raise self._tools_too_long(exc, info, spec) from exc
         if fitted.dropped:
@@ -128,7 +121,7 @@ class ChatService:
         max_tokens = request.max_completion_tokens or request.max_tokens
         budget = token_budget(info, fitted.prompt_tokens, max_tokens, param="messages")
         settings = UnitSettings(
-            system_prompt=system,
+            system_prompt=prompt.system,
             max_token_len=info.max_token_len,  # one setup signature per model (docs/decisions.md)
             temperature=request.temperature,
             top_p=request.top_p,
