@@ -104,3 +104,30 @@ async def test_a_refused_answer_leaves_the_unit_healthy() -> None:
     assert_error(response, 500, code="tool_call_invalid", param="tools")
     assert len(backend.generations) == 2  # the answer and one re-ask, on one lease
     assert len(backend.leases) == 1 and backend.leases[0].exit_error is None  # not exited as broken
+
+
+def test_the_sdk_sees_reasoning_content_in_messages_and_deltas() -> None:
+    import openai
+
+    from fakes import chat_entry, make_app, serve_in_thread
+
+    app = make_app([chat_entry("r1", FakeChatBackend(R1, THINKING))])
+    with serve_in_thread(app) as url:
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=10)
+        message = (
+            sdk.chat.completions.create(model="r1", messages=[{"role": "user", "content": "Hi"}])
+            .choices[0]
+            .message
+        )
+        assert (
+            message.content == "Hello there!"
+            and message.model_extra["reasoning_content"] == "The user greets me.\n"
+        )
+        stream = sdk.chat.completions.create(
+            model="r1", messages=[{"role": "user", "content": "Hi"}], stream=True
+        )
+        deltas = [c.choices[0].delta for c in stream if c.choices]
+        thinking = "".join((d.model_extra or {}).get("reasoning_content", "") for d in deltas)
+        assert (
+            thinking == "The user greets me.\n" and "".join(d.content or "" for d in deltas) == "Hello there!"
+        )

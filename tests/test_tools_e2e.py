@@ -45,7 +45,11 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture
 def harness():
-    settings = Settings(models={"strict-once": ModelSettings(device_model=LLM, output_retries=0)})
+    models = {
+        f"fmt-{f}": ModelSettings(device_model=BIG, tool_format=f) for f in ("llama3", "smollm2", "generic")
+    }
+    models["strict-once"] = ModelSettings(device_model=LLM, output_retries=0)
+    settings = Settings(models=models)
     h = Harness(settings, engine=RecordingEngine(Timing()), emulator_kwargs={"catalogue_dirs": [CATALOGUE]})
     h.start()
     yield h
@@ -117,6 +121,19 @@ def test_tool_results_come_back_in_the_familys_format_and_get_an_answer(harness)
         in user
     )
     assert user.endswith("Tool: <tool_response>\n18 C, sunny\n</tool_response>")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "marker"),
+    [("llama3", "Given the following functions"), ("smollm2", "<tools>["), ("generic", "You can call these")],
+)
+def test_every_family_format_round_trips(harness, fmt, marker):
+    reply = client(harness).chat.completions.create(model=f"fmt-{fmt}", messages=ASK, tools=[WEATHER, TIME])
+    call = reply.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] == "Paris"
+    system, user = harness.engine.prompts[-1]
+    assert marker in (user if fmt == "llama3" else system)
+    assert ("get_weather" in system) == (fmt != "llama3")  # Llama 3.2 takes the tools in the user turn
 
 
 def test_tool_choice_none_named_and_required(harness):

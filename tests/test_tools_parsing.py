@@ -162,7 +162,7 @@ def test_several_calls_and_the_text_around_them() -> None:
     [
         (
             '<tool_call>\n{"name": "get_weather", "arguments": {}}\n</tool_call>',
-            "'city' is a required property",
+            '"city" is a required property',
         ),
         (
             '<tool_call>\n{"name": "weather", "arguments": {"city": "x"}}\n</tool_call>',
@@ -171,7 +171,7 @@ def test_several_calls_and_the_text_around_them() -> None:
         ('<tool_call>\n{"name": "get_weather", "arguments": "not json"}\n</tool_call>', "not a JSON object"),
         (
             '<tool_call>\n{"name": "get_weather", "arguments": {"city": 3}}\n</tool_call>',
-            "is not of type 'string'",
+            'is not of type "string"',
         ),
     ],
 )
@@ -294,3 +294,47 @@ def test_re_ask_then_refusal() -> None:
     with pytest.raises(ModelOutputError) as caught:
         none_left.finish("stop")
     assert caught.value.code == "structured_output_failed" and len(asked) == 1
+
+
+def test_a_schema_with_a_remote_ref_is_refused_without_fetching_it() -> None:
+    remote = {"type": "object", "properties": {"a": {"$ref": "http://127.0.0.1:9/schema.json"}}}
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_tool_request({"tools": [{"type": "function", "function": {"name": "f", "parameters": remote}}]})
+    assert caught.value.param == "tools[0].function.parameters" and "not followed" in caught.value.message
+
+
+def test_a_call_cut_by_max_tokens_is_not_asked_again() -> None:
+    choice = _spec({"tools": [WEATHER]}).factory(lambda _c: Job("again", [], 5))(0)
+    choice.feed('<tool_call>\n{"name": "get_weather", "argu')
+    with pytest.raises(ModelOutputError) as caught:
+        choice.finish("length")
+    assert "cut at max_tokens" in caught.value.message
+
+
+def test_history_is_written_in_the_familys_format() -> None:
+    from stackflow_openai.protocol import ChatMessage
+    from stackflow_openai.services.prompt import parse_messages
+
+    messages = [
+        ChatMessage(role="user", content="Weather?"),
+        ChatMessage(
+            role="assistant",
+            content=None,
+            tool_calls=[
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+                }
+            ],
+        ),
+        ChatMessage(role="tool", tool_call_id="c1", content="20 C"),
+        ChatMessage.model_validate(
+            {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}}
+        ),
+    ]
+    turns = parse_messages(messages, FORMATS["llama3"]).turns
+    assert turns[1].text == '{"name": "get_weather", "parameters": {"city": "Rome"}}'
+    assert turns[2].text == "20 C" and turns[3].text == '{"name": "f", "parameters": {}}'
+    qwen = parse_messages(messages, FORMATS["qwen"]).turns
+    assert qwen[2].text == "<tool_response>\n20 C\n</tool_response>"

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from typing import Generic, TypeVar
 
 import anyio
 
@@ -26,6 +25,20 @@ from stackflow_openai.backends.base import ChatBackend, ChatUnit, UnitSettings
 from stackflow_openai.errors import APIError
 from stackflow_openai.tokens import TokenCounter
 
+from .events import (
+    Answer,
+    AnswerFilter,
+    ChoiceEvent,
+    ChoiceFinished,
+    ChoiceFinishReason,
+    ChoiceReasoning,
+    ChoiceStarted,
+    ChoiceText,
+    ChoiceToolCall,
+    FilterFactory,
+    Job,
+    ToolCall,
+)
 from .limiter import FinishReason, OutputLimiter
 
 __all__ = [
@@ -49,96 +62,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CLEANUP_TIMEOUT = 30.0  # seconds allowed for pausing a unit and releasing the lease after a request ends
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    prompt: str  # the single user turn
-    images: list[bytes]  # JPEG
-    budget: int  # generated tokens allowed for this choice
-
-
-@dataclass(frozen=True, slots=True)
-class ChoiceStarted:
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class ChoiceText:
-    index: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    id: str  # "call_..."
-    name: str
-    arguments: str  # a JSON object, as text (what OpenAI sends)
-
-
-@dataclass(frozen=True, slots=True)
-class ChoiceReasoning:
-    """Text of the model's <think> part (reasoning models), kept out of the visible answer."""
-
-    index: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChoiceToolCall:
-    """One complete, validated tool call of a choice (calls are held until whole: never partial)."""
-
-    index: int
-    call_index: int
-    call: ToolCall
-
-
-ChoiceFinishReason = Literal["stop", "length", "tool_calls"]
-
-
-@dataclass(frozen=True, slots=True)
-class ChoiceFinished:
-    index: int
-    finish_reason: ChoiceFinishReason
-    text: str  # the visible answer of this choice ('' when it is only tool calls)
-    completion_tokens: int  # everything generated for it: reasoning, tool-call text and re-asks too
-    tool_calls: tuple[ToolCall, ...] = ()
-    reasoning: str | None = None  # the <think> text, when the model's reasoning is split off
-
-
-ChoiceEvent = ChoiceStarted | ChoiceText | ChoiceReasoning | ChoiceToolCall | ChoiceFinished
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What an `AnswerFilter` made of a finished generation."""
-
-    text: str
-    finish_reason: ChoiceFinishReason
-    tool_calls: tuple[ToolCall, ...] = ()
-    reasoning: str | None = None
-    events: tuple[ChoiceEvent, ...] = ()  # still to stream before ChoiceFinished (calls, held JSON)
-
-
-class AnswerFilter(Protocol):
-    """Turns one choice's raw output into what the client sees (services/output.py): reasoning split
-    off, tool calls parsed and validated, JSON checked. Sans-IO: it never touches the unit; a re-ask is
-    a `Job` it returns, which the generation loop runs on the same leased unit."""
-
-    def feed(self, text: str) -> list[ChoiceEvent]:
-        """Events to stream for newly released raw text (text before a tool call, reasoning, ...)."""
-        ...
-
-    def finish(self, reason: FinishReason) -> Answer | Job:
-        """The generation ended: the answer, or a re-ask to run (its output goes to `retried`)."""
-        ...
-
-    def retried(self, text: str, reason: FinishReason) -> Answer | Job:
-        """A re-ask's whole output: the answer, another re-ask, or raises an APIError."""
-        ...
-
-
-FilterFactory = Callable[[int], AnswerFilter]  # choice index -> its filter
 
 
 async def _next_or_none(source: AsyncIterator[T]) -> T | None:
@@ -354,21 +277,9 @@ async def generate_choices(
             limiter = OutputLimiter(counter, stops=stops, budget=job.budget)
             reader = _ChoiceReader(unit.generate(job.prompt, images=job.images), limiter)
             try:
-                if stream:
-                    # The first delta is awaited before ChoiceStarted: a stream's first chunk (and so its
-                    # HTTP status) then comes after the device accepted the input, not before.
-                    await reader.started()
-                    yield ChoiceStarted(index)
-                    while (text := await reader.next_text()) is not None:
-                        if answer_filter is None:
-                            yield ChoiceText(index, text)
-                        else:
-                            for event in answer_filter.feed(text):
-                                yield event
-                else:
-                    await reader.ended()
-                    if answer_filter is not None:
-                        answer_filter.feed(limiter.text)
+                async with aclosing(_read_choice(reader, index, answer_filter, stream=stream)) as events:
+                    async for event in events:
+                        yield event
             finally:
                 await reader.close()
             text = limiter.text
@@ -395,6 +306,27 @@ async def generate_choices(
             )
     if refusal is not None:
         raise refusal
+
+
+async def _read_choice(
+    reader: _ChoiceReader, index: int, answer_filter: AnswerFilter | None, *, stream: bool
+) -> AsyncGenerator[ChoiceEvent, None]:
+    """One choice's events while it generates (only when streaming; otherwise it is read to the end)."""
+    if not stream:
+        await reader.ended()
+        if answer_filter is not None:
+            answer_filter.feed(reader.limiter.text)
+        return
+    # The first delta is awaited before ChoiceStarted: a stream's first chunk (and so its HTTP status)
+    # then comes after the device accepted the input, not before.
+    await reader.started()
+    yield ChoiceStarted(index)
+    while (text := await reader.next_text()) is not None:
+        if answer_filter is None:
+            yield ChoiceText(index, text)
+        else:
+            for event in answer_filter.feed(text):
+                yield event
 
 
 async def _settle(

@@ -11,7 +11,7 @@ unit, up to `retries` times, with the problem named) and finally refuses with `t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from stackflow_openai.errors import APIError
@@ -27,12 +27,13 @@ from .generation import (
     Job,
 )
 from .limiter import FinishReason
+from .prompt import Turn
 from .reasoning import ReasoningMode, ThinkSplitter, default_reasoning
 from .structured import JsonMode, JsonRequest, parse_response_format
 from .toolformats import ToolFormat, format_for
 from .tools import ModeOutcome, ToolRequest, ToolsMode, parse_tool_request
 
-__all__ = ["ChoiceOutput", "ModelOutputError", "OutputSpec", "build_output_spec"]
+__all__ = ["ChoiceOutput", "FormattedPrompt", "ModelOutputError", "OutputSpec", "build_output_spec"]
 
 RetryMaker = Callable[[str], Job | None]  # correction text -> a re-ask job, None when it cannot fit
 
@@ -73,6 +74,15 @@ class _ToolsThenJson:
 
 
 @dataclass(frozen=True, slots=True)
+class FormattedPrompt:
+    """The conversation with the request's tools and JSON instruction written in."""
+
+    system: str
+    turns: list[Turn]
+    user_prefix: str  # tools of a user-turn format, before the rendered conversation
+
+
+@dataclass(frozen=True, slots=True)
 class OutputSpec:
     """What a request asked of the answer; `factory` gives each choice its filter."""
 
@@ -91,6 +101,19 @@ class OutputSpec:
         if self.tools is None:
             return ""
         return self.tool_format.tools_prompt(self.tools.tools, self.tools.rule())
+
+    def apply(self, system: str, turns: list[Turn], *, system_kept: bool = True) -> FormattedPrompt:
+        """Tools into the system prompt (part of the unit's setup signature, as Qwen's template puts them;
+        docs/tools.md says why) or before the user turn (Llama 3.2's format, or when the device would
+        drop the system prompt: `system_kept` False); a JSON instruction at the end of the last turn, where
+        a small model follows it best and where it does not split the unit pool."""
+        if self.json is not None:
+            last = turns[-1]
+            turns = [*turns[:-1], replace(last, text=f"{last.text}\n\n{self.json.instruction()}")]
+        tools = self.tools_prompt()
+        if tools and system_kept and self.tool_format.placement == "system":
+            return FormattedPrompt(f"{system}\n\n{tools}", turns, "")
+        return FormattedPrompt(system, turns, tools)
 
     def mode(self) -> AnswerMode | None:
         tools = ToolsMode(self.tools, self.tool_format) if self.tools is not None else None
@@ -157,6 +180,8 @@ class ChoiceOutput:
         if isinstance(outcome, ModeOutcome):
             return self._answer(outcome, reason, tail)
         assert self._mode is not None
+        if reason == "length":  # cut by max_tokens: a re-ask with the same budget would be cut again
+            raise self._failure(f"{outcome} (the answer was cut at max_tokens)")
         if self._retries_left > 0:
             self._retries_left -= 1
             job = self._make_retry(self._mode.correction(outcome))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 
 from stackflow_openai.backends.base import ChatBackend, ChatModelInfo, ModelEntry, UnitSettings
@@ -22,12 +22,11 @@ from stackflow_openai.tokens import PREFILL_MARGIN, Tokenizers
 from .common import GenerationPlan, new_id, require_text, run_counting, token_budget
 from .generation import Job
 from .images import ImageLoader
-from .output import OutputSpec
+from .output import FormattedPrompt, OutputSpec
 from .prompt import (
     DEFAULT_SYSTEM_PROMPT,
     Conversation,
     FittedPrompt,
-    Turn,
     check_image_count,
     fit_prompt,
     images_to_send,
@@ -67,16 +66,6 @@ class Planned:
     def headers(self) -> dict[str, str]:
         """What the front end tells the client about the fitting (HTTP headers)."""
         return {IMAGES_DROPPED_HEADER: str(self.images_dropped)} if self.images_dropped else {}
-
-
-@dataclass(frozen=True, slots=True)
-class _Prompt:
-    """The prompt before fitting: setup system prompt, turns, and the tool text led into the user turn."""
-
-    system: str
-    turns: list[Turn]
-    user_prefix: str
-    tools_text: str
 
 
 class PlanBuilder:
@@ -131,7 +120,7 @@ class PlanBuilder:
         return Planned(plan, fitted, images_dropped)
 
     async def _fit(
-        self, entry: ModelEntry, info: ChatModelInfo, prompt: _Prompt, request: PlanRequest
+        self, entry: ModelEntry, info: ChatModelInfo, prompt: FormattedPrompt, request: PlanRequest
     ) -> FittedPrompt:
         conversation = request.conversation
         await self._tokenizers.load_for(info)  # first use: loads in a worker thread, not on the loop
@@ -146,11 +135,11 @@ class PlanBuilder:
             param=request.param,
             user_prefix=prompt.user_prefix,
         )
-        chars = len(prompt.system) + sum(len(turn.text) for turn in prompt.turns)
+        chars = len(prompt.system) + len(prompt.user_prefix) + sum(len(turn.text) for turn in prompt.turns)
         try:
             fitted = await run_counting(fit, chars=chars)
         except ContextLengthExceeded as exc:
-            if not prompt.tools_text:
+            if request.output is None or request.output.tools is None:
                 raise
             raise self._tools_too_long(exc, info, request.output) from exc
         if fitted.dropped and not request.truncate:
@@ -199,20 +188,15 @@ def _image_tokens(entry: ModelEntry, info: ChatModelInfo) -> int:
     return int(entry.extra.get("image_tokens", info.image_tokens))
 
 
-def _prompt(entry: ModelEntry, info: ChatModelInfo, request: PlanRequest, *, has_images: bool) -> _Prompt:
-    """The system prompt and turns with what the output spec adds: the JSON instruction at the end of the
-    user turn (followed best there, and no new setup), the tool definitions where the family wants them."""
+def _prompt(
+    entry: ModelEntry, info: ChatModelInfo, request: PlanRequest, *, has_images: bool
+) -> FormattedPrompt:
+    """The system prompt and turns, with what the output spec writes into them (tools, JSON instruction)."""
     conversation = request.conversation
     system = conversation.system_prompt or entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
-    turns = conversation.turns
-    spec = request.output
-    if spec is None:
-        return _Prompt(system, turns, "", "")
-    if spec.json is not None:
-        turns = [*turns[:-1], replace(turns[-1], text=f"{turns[-1].text}\n\n{spec.json.instruction()}")]
-    tools_text = spec.tools_prompt()
+    if request.output is None:
+        return FormattedPrompt(system, conversation.turns, "")
     # A VLM that swaps in its own system prompt with an image would drop tools written there.
-    in_system = spec.tool_format.placement == "system" and not (has_images and info.image_system_prompt)
-    if tools_text and in_system:
-        system = f"{system}\n\n{tools_text}"  # as Qwen's template does: part of the setup signature
-    return _Prompt(system, turns, "" if in_system else tools_text, tools_text)
+    return request.output.apply(
+        system, conversation.turns, system_kept=not (has_images and info.image_system_prompt)
+    )

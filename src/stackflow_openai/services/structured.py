@@ -3,7 +3,7 @@
 The device cannot constrain decoding, so the gateway asks for JSON in words (the schema, compact, at the
 end of the user turn, where a small model follows it best and where it does not split the unit pool the
 way a system prompt would), then extracts the JSON from the answer (code fences, surrounding prose),
-repairs trivial faults (services/jsonfix.py), validates it against the schema (jsonschema), and asks
+repairs trivial faults (services/jsonfix.py), validates it against the schema (services/schemas.py), and asks
 once more with the problem named when it fails (model config `output_retries`). The client gets valid
 JSON or a `structured_output_failed` error: never a 200 its parser would choke on.
 
@@ -20,13 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-
 from stackflow_openai.errors import InvalidRequestError
 
 from .jsonfix import JsonNotFound, extract_json
-from .tools import ModeOutcome, schema_problem
+from .schemas import SchemaInvalid, compile_schema, schema_problem
+from .tools import ModeOutcome
 
 __all__ = ["JsonMode", "JsonRequest", "parse_response_format"]
 
@@ -77,10 +75,10 @@ def parse_response_format(value: Any) -> JsonRequest | None:
             "The JSON schema must be an object.", param="response_format.json_schema.schema"
         )
     try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
+        compile_schema(schema)
+    except SchemaInvalid as exc:
         raise InvalidRequestError(
-            f"'response_format.json_schema.schema' is not a valid JSON schema: {exc.message}",
+            f"'response_format.json_schema.schema' is not a valid JSON schema: {exc}",
             param="response_format.json_schema.schema",
         ) from exc
     return JsonRequest(dict(schema), spec["name"])

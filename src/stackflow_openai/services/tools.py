@@ -22,17 +22,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-
 from stackflow_openai.errors import InvalidRequestError
 
 from .generation import ToolCall
 from .jsonfix import JsonNotFound, extract_json
+from .schemas import SchemaInvalid, compile_schema, schema_problem
 from .toolformats import ToolDef, ToolFormat, parse_tool_calls
 from .toolformats.base import dump_json
 
-__all__ = ["ModeOutcome", "ToolRequest", "ToolsMode", "new_call_id", "parse_tool_request", "schema_problem"]
+__all__ = ["ModeOutcome", "ToolRequest", "ToolsMode", "new_call_id", "parse_tool_request"]
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names
 _START_MARKERS = ("{", "[", "```", "<|python_tag|>")  # a call may open the answer with these
@@ -83,10 +81,10 @@ def _tool_def(function: Any, param: str, original: dict[str, Any]) -> ToolDef:
         if not isinstance(parameters, Mapping):
             raise _fail(f"'{param}.parameters' must be a JSON schema object.", f"{param}.parameters")
         try:
-            Draft202012Validator.check_schema(parameters)
-        except SchemaError as exc:
+            compile_schema(parameters)
+        except SchemaInvalid as exc:
             raise _fail(
-                f"'{param}.parameters' is not a valid JSON schema: {exc.message}", f"{param}.parameters"
+                f"'{param}.parameters' is not a valid JSON schema: {exc}", f"{param}.parameters"
             ) from exc
     return ToolDef(name, description, dict(parameters) if parameters is not None else None, original)
 
@@ -155,17 +153,6 @@ def parse_tool_request(body: Mapping[str, Any]) -> ToolRequest | None:
         tools = [t for t in tools if t.name == forced]
     parallel = body.get("parallel_tool_calls")
     return ToolRequest(tools, choice, forced, parallel is not False and not legacy, legacy)  # type: ignore[arg-type]
-
-
-def schema_problem(value: Any, schema: Mapping[str, Any] | None) -> str | None:
-    """The first way `value` breaks `schema`, in a sentence; None when it is valid."""
-    if not schema:
-        return None
-    error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
-    if error is None:
-        return None
-    where = "/".join(str(p) for p in error.absolute_path)
-    return f"{error.message}" + (f" (at '{where}')" if where else "")
 
 
 class ToolsMode:
