@@ -433,3 +433,18 @@ async def test_image_urls_follow_the_ssrf_rules_and_errors_name_the_input_part()
         listed = (await http.get(f"/v1/responses/{result['id']}/input_items")).json()
         validate_responses("ResponseItemList", listed)
         assert listed["data"][0]["content"][1] == good
+
+
+async def test_a_stored_response_replays_as_its_stream(client: httpx.AsyncClient) -> None:
+    streamed = await client.post("/v1/responses", json={"model": "m", "input": "Hi", "stream": True})
+    original = parse_response_events(streamed.text)
+    rid = original[-1]["response"]["id"]
+    replayed = parse_response_events((await client.get(f"/v1/responses/{rid}?stream=true")).text)
+    assert [e["type"] for e in replayed] == [e["type"] for e in original]  # one delta each, as here
+    assert replayed[-1]["response"] == original[-1]["response"]
+    tail = (await client.get(f"/v1/responses/{rid}", params={"stream": "true", "starting_after": 5})).text
+    assert tail.startswith("event: ") and '"sequence_number":6,' in tail.split("\n")[1]
+    assert_error(
+        await client.get(f"/v1/responses/{rid}?stream=true&starting_after=-5"), 400, param="starting_after"
+    )
+    assert_error(await client.get("/v1/responses/resp_nope?stream=true"), 404)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from stackflow_openai.services import ServiceResult, StreamResult
+from stackflow_openai.services import JsonResult, ServiceResult, StreamResult
 from stackflow_openai.services.common import Chunk
 from stackflow_openai.services.responses import ResponsesService
 from stackflow_openai.sse import EventStreamResponse, aclose_quietly
@@ -61,9 +61,20 @@ async def create_response(request: Request) -> Response:
     return await serve_json_request(request, partial(service.create, owner=_owner(request)), respond=_respond)
 
 
-@router.get("/v1/responses/{response_id}", summary="Retrieve a stored response")
-async def retrieve_response(response_id: str, request: Request) -> dict[str, Any]:
-    return await _service(request).retrieve(response_id, owner=_owner(request))
+@router.get("/v1/responses/{response_id}", summary="Retrieve a stored response (or replay it as a stream)")
+async def retrieve_response(
+    response_id: str, request: Request, stream: bool = False, starting_after: int | None = None
+) -> Response:
+    service, owner = _service(request), _owner(request)
+    if stream:
+        frames = await service.replay(response_id, starting_after, owner=owner)
+        return EventStreamResponse(_iterate(frames))
+    return await to_response(JsonResult(await service.retrieve(response_id, owner=owner)))
+
+
+async def _iterate(frames: list[bytes]) -> AsyncIterator[bytes]:
+    for frame in frames:
+        yield frame
 
 
 @router.delete("/v1/responses/{response_id}", summary="Delete a stored response")

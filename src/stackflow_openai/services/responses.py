@@ -41,7 +41,7 @@ from .prompt import Conversation
 from .registry import ModelRegistry, resolve_model
 from .responses_input import ParsedInput, item_id, normalize_input, to_conversation
 from .responses_output import ResponseHead
-from .responses_run import collect_response, stream_response
+from .responses_run import collect_response, replay_events, stream_response
 from .responses_tools import echo_tools, output_spec
 
 __all__ = ["CHAIN_LIMIT", "ResponsesService"]
@@ -143,6 +143,14 @@ class ResponsesService:
 
     async def retrieve(self, response_id: str, *, owner: str = "") -> dict[str, Any]:
         return (await self._get(response_id, owner)).response
+
+    async def replay(self, response_id: str, starting_after: int | None, *, owner: str = "") -> list[bytes]:
+        """A stored response's events, as its stream sent them (GET ...?stream=true)."""
+        if starting_after is not None and starting_after < -1:
+            raise InvalidRequestError(
+                "'starting_after' must be a sequence number (0 or more).", param="starting_after"
+            )
+        return replay_events((await self._get(response_id, owner)).response, starting_after)
 
     async def delete(self, response_id: str, *, owner: str = "") -> dict[str, Any]:
         if not await _stored(self._store.delete(response_id, owner)):

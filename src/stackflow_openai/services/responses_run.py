@@ -41,7 +41,7 @@ from .responses_output import (
 )
 from .responses_tools import responses_error
 
-__all__ = ["Save", "collect_response", "stream_response"]
+__all__ = ["Save", "collect_response", "replay_events", "stream_response"]
 
 log = logging.getLogger(__name__)
 Save = Callable[[dict[str, Any]], Awaitable[None]]
@@ -205,3 +205,39 @@ async def _save_quietly(save: Save, body: dict[str, Any]) -> None:
             await save(body)
         except Exception:
             log.warning("storing response %s failed", body.get("id"), exc_info=True)
+
+
+def replay_events(body: dict[str, Any], starting_after: int | None = None) -> list[bytes]:
+    """A stored response as the events a stream of it would have sent (GET .../{id}?stream=true), each
+    item's text in one delta; `starting_after`: only the events after that sequence number (a client
+    resuming a stream it lost)."""
+    events = ResponseEvents()
+    head = {**body, "status": "in_progress", "output": [], "completed_at": None}
+    head.pop("usage", None)
+    frames = [
+        events.event("response.created", response=head),
+        events.event("response.in_progress", response=head),
+    ]
+    for index, item in enumerate(body.get("output") or []):
+        frames += _replay_item(events, item, index)
+    ends = {"completed": "response.completed", "failed": "response.failed"}
+    kind = ends.get(str(body.get("status")), "response.incomplete")  # incomplete, cancelled
+    frames.append(events.event(kind, response=body))
+    return frames[starting_after + 1 :] if starting_after is not None else frames
+
+
+def _replay_item(events: ResponseEvents, item: dict[str, Any], index: int) -> list[bytes]:
+    if item.get("type") == "function_call":
+        return events.function_call(item, index)
+    if item.get("type") == "reasoning":
+        text = "".join(part.get("text", "") for part in item.get("summary") or [])
+        done = reasoning_item(item["id"], text)
+        start = events.reasoning_started(item["id"], index)
+        return [*start, events.reasoning_delta(item["id"], index, text), *events.reasoning_done(done, index)]
+    text = "".join(part.get("text") or "" for part in item.get("content") or [])
+    done = message_item(item["id"], text, item.get("status", "completed"))
+    return [
+        *events.message_started(item["id"], index),
+        events.text_delta(item["id"], index, text),
+        *events.message_done(done, index),
+    ]
