@@ -201,3 +201,24 @@ def test_responses_parse_with_a_json_schema(harness: Harness) -> None:
     parsed = sdk(harness).responses.parse(model=LLM, input="Name the capital of France.", text_format=Capital)
     assert isinstance(parsed.output_parsed, Capital) and parsed.output_parsed.city
     assert json.loads(parsed.output_text).keys() == {"city", "country"}
+
+
+def test_background_response_polled_and_another_cancelled(tmp_path: Path) -> None:
+    h = Harness(Settings(data_dir=str(tmp_path)), timing=Timing(tokens_per_second=40)).start()
+    try:
+        client = sdk(h)
+        queued = client.responses.create(model=LLM, input="a b c", background=True)
+        assert queued.status == "queued" and queued.background
+        deadline = time.monotonic() + 20
+        while (polled := client.responses.retrieve(queued.id)).status in ("queued", "in_progress"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert polled.status == "completed" and polled.output_text == "You said 3 words: a b c."
+        long = client.responses.create(model=LLM, input="w " * 60, background=True)
+        h.wait_generating()
+        cancelled = client.responses.cancel(long.id)
+        assert cancelled.status == "cancelled"
+        assert client.responses.create(model=LLM, input="x y").output_text == "You said 2 words: x y."
+        h.assert_no_leak()
+    finally:
+        h.stop()

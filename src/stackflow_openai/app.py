@@ -217,6 +217,7 @@ def create_app(
             yield
         finally:
             await images.aclose()
+            await app.state.responses_service.close()  # background responses: cancelled, stored so
             await store.close()
             await registry.stop()
 

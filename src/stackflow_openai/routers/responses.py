@@ -77,6 +77,11 @@ async def _iterate(frames: list[bytes]) -> AsyncIterator[bytes]:
         yield frame
 
 
+@router.post("/v1/responses/{response_id}/cancel", summary="Cancel a background response")
+async def cancel_response(response_id: str, request: Request) -> dict[str, Any]:
+    return await _service(request).cancel(response_id, owner=_owner(request))
+
+
 @router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
 async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
     return await _service(request).delete(response_id, owner=_owner(request))

@@ -8,7 +8,8 @@ OpenAI) through the `ResponseStore` interface, visible only to the API key that 
 
 Function tools, `tool_choice`, `parallel_tool_calls`, `text.format` (json_object / json_schema) and
 reasoning items come from the shared core (services/output.py, through services/responses_tools.py).
-Departures from OpenAI, each answered with a 400 that says so: `background`, `conversation` and
+Background responses run in a task of their own (services/responses_background.py). Departures from
+OpenAI, each answered with a 400 that says so: a streamed background response, `conversation` and
 `prompt` (stored prompts) are not served; built-in tools (web search, file search, ...) do not exist
 on a device. `truncation` is OpenAI's: `disabled` (the default) refuses a conversation that does not
 fit the prefill window, `auto` drops its oldest items.
@@ -39,6 +40,7 @@ from .params import IGNORED_HEADER, header_list, ignored_params, reject_if_stric
 from .plan import PlanBuilder, PlanRequest
 from .prompt import Conversation
 from .registry import ModelRegistry, resolve_model
+from .responses_background import ORPHANED, BackgroundRuns
 from .responses_input import ParsedInput, item_id, normalize_input, to_conversation
 from .responses_output import ResponseHead
 from .responses_run import collect_response, replay_events, stream_response
@@ -77,6 +79,11 @@ class ResponsesService:
         self._registry = registry
         self._planner = PlanBuilder(tokenizers, images)
         self._store = store
+        self._background = BackgroundRuns()
+
+    async def close(self) -> None:
+        """Cancel the background responses still running (the gateway is stopping)."""
+        await self._background.close()
 
     async def create(self, body: Mapping[str, Any], *, owner: str = "") -> ServiceResult:
         request = parse_body(ResponseCreateRequest, body)
@@ -108,9 +115,12 @@ class ResponsesService:
         plan = planned.plan
         headers.update(planned.headers())
         head = _head(request, body, entry.id)
+        head.background = bool(request.background)
         save = _Saver(
             self._store, owner, request.previous_response_id, parsed.items, request.store is not False
         )
+        if request.background:
+            return JsonResult(await self._background.start(plan, head, save), headers)
         if request.stream:
             usage: dict[str, int] = {}
             return StreamResult(stream_response(plan, head, save, usage), headers, usage)
@@ -142,7 +152,19 @@ class ResponsesService:
         return to_conversation(request.instructions, history, parsed.items, spec.tool_format)
 
     async def retrieve(self, response_id: str, *, owner: str = "") -> dict[str, Any]:
-        return (await self._get(response_id, owner)).response
+        body = (await self._get(response_id, owner)).response
+        if body.get("status") in ("queued", "in_progress") and not self._background.running(response_id):
+            return {**body, "status": "failed", "error": ORPHANED}  # its task died with an earlier gateway
+        return body
+
+    async def cancel(self, response_id: str, *, owner: str = "") -> dict[str, Any]:
+        """Stop a background response; one that has ended is returned as it is."""
+        body = (await self._get(response_id, owner)).response
+        if not body.get("background"):
+            raise InvalidRequestError("Only background responses can be cancelled.", param="response_id")
+        if self._background.running(response_id):
+            await self._background.cancel(response_id)
+        return await self.retrieve(response_id, owner=owner)
 
     async def replay(self, response_id: str, starting_after: int | None, *, owner: str = "") -> list[bytes]:
         """A stored response's events, as its stream sent them (GET ...?stream=true)."""
@@ -216,12 +238,13 @@ def _not_found(response_id: str) -> NotFoundError:
 
 
 def _refuse_unsupported(request: ResponseCreateRequest) -> None:
-    if request.background:
+    if request.background and request.stream:
         raise UnsupportedParameter(
-            "Background responses are not supported by this gateway: send the request without "
-            "'background' (stream it if it takes long).",
-            param="background",
+            "A background response cannot be streamed here: poll GET /v1/responses/{id} instead.",
+            param="stream",
         )
+    if request.background and request.store is False:
+        raise InvalidRequestError("A background response must be stored (store: true).", param="store")
     if request.conversation is not None:
         raise UnsupportedParameter(
             "Conversations are not supported by this gateway: continue with previous_response_id.",

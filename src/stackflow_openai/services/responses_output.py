@@ -26,7 +26,7 @@ __all__ = [
     "response_usage",
 ]
 
-Status = Literal["completed", "incomplete", "failed", "cancelled", "in_progress"]
+Status = Literal["completed", "incomplete", "failed", "cancelled", "in_progress", "queued"]
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
@@ -92,6 +92,7 @@ class ResponseHead:
     user: str | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
+    background: bool = False
 
     def body(
         self,
@@ -108,7 +109,7 @@ class ResponseHead:
             "object": "response",
             "created_at": self.created_at,
             "status": status,
-            "background": False,
+            "background": self.background,
             "completed_at": completed_at,
             "error": error,
             "incomplete_details": None if incomplete_reason is None else {"reason": incomplete_reason},

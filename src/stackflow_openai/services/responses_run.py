@@ -41,7 +41,7 @@ from .responses_output import (
 )
 from .responses_tools import responses_error
 
-__all__ = ["Save", "collect_response", "replay_events", "stream_response"]
+__all__ = ["Save", "collect_response", "failure", "replay_events", "save_quietly", "stream_response"]
 
 log = logging.getLogger(__name__)
 Save = Callable[[dict[str, Any]], Awaitable[None]]
@@ -150,7 +150,7 @@ class _StreamOutput:
         return self.items + ([self._item("incomplete")] if self._kind is not None else [])
 
 
-def _failure(exc: Exception) -> dict[str, str]:
+def failure(exc: Exception) -> dict[str, str]:
     if isinstance(exc, APIError):
         exc = responses_error(exc)
     status, error, _headers = to_openai_error(exc)
@@ -190,15 +190,15 @@ async def stream_response(
             kind = "response.completed" if outcome["status"] == "completed" else "response.incomplete"
             yield events.event(kind, response=outcome)
         except Exception as exc:  # the 200 is out: report in-band, as OpenAI does
-            outcome = head.body("failed", output.partial(), error=_failure(exc))
-            await _save_quietly(save, outcome)
+            outcome = head.body("failed", output.partial(), error=failure(exc))
+            await save_quietly(save, outcome)
             yield events.event("response.failed", response=outcome)
         finally:
             if outcome is None:  # the client went away (this generator is being closed)
-                await _save_quietly(save, head.body("cancelled", output.partial()))
+                await save_quietly(save, head.body("cancelled", output.partial()))
 
 
-async def _save_quietly(save: Save, body: dict[str, Any]) -> None:
+async def save_quietly(save: Save, body: dict[str, Any]) -> None:
     # Also runs while a gone client's request is being cancelled: shielded, with a deadline.
     with anyio.move_on_after(_SAVE_TIMEOUT, shield=True):
         try:
