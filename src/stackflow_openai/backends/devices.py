@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Protocol
 
@@ -188,12 +188,17 @@ class DeviceRouter:
 
     @asynccontextmanager
     async def lease(
-        self, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None = None
+        self,
+        model: ModelDescriptor,
+        setup: Mapping[str, Any],
+        *,
+        pool_size: int | None = None,
+        prefer: Callable[[Unit], bool] | None = None,
     ) -> AsyncIterator[Unit]:
         note_model(model.mode)
         last: PoolUnavailable | None = None
         for device, descriptor in self._ranked(model, setup, pool_size):
-            lease = device.pool.lease(descriptor, setup, pool_size=pool_size)
+            lease = device.pool.lease(descriptor, setup, pool_size=pool_size, prefer=prefer)
             try:
                 unit = await lease.__aenter__()
             except PoolUnavailable as exc:

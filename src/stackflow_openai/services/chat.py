@@ -45,6 +45,7 @@ from .common import (
     stream_choices,
     token_budget,
 )
+from .ctx import conversation_turn
 from .generation import Job
 from .images import ImageLoader
 from .limiter import FinishReason
@@ -127,6 +128,7 @@ class ChatService:
             temperature=request.temperature,
             top_p=request.top_p,
         )
+        turn = conversation_turn(self._tokenizers, info, system, conversation, fitted)  # ctx models only
         include_usage = bool(
             request.stream and request.stream_options and request.stream_options.include_usage
         )
@@ -136,7 +138,7 @@ class ChatService:
             model=entry.id,
             backend=backend,
             settings=settings,
-            jobs=[Job(fitted.user_text, images, budget)] * n,
+            jobs=[Job(fitted.user_text, images, budget, turn)] * n,
             stops=stop_list(request.stop),
             counter=self._tokenizers.for_model(info),
             prompt_tokens=fitted.prompt_tokens,

@@ -18,11 +18,12 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
 from stackflow_openai.backends.base import ChatBackend, ChatUnit, UnitSettings
+from stackflow_openai.backends.conversations import ConversationTurn
 from stackflow_openai.tokens import TokenCounter
 
 from .limiter import FinishReason, OutputLimiter
@@ -48,6 +49,7 @@ class Job:
     prompt: str  # the single user turn
     images: list[bytes]  # JPEG
     budget: int  # generated tokens allowed for this choice
+    turn: ConversationTurn | None = None  # a ctx model's new turn (services/ctx.py); None: single-turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,17 @@ class _ChoiceReader:
             log.warning("reading a backend stream failed", exc_info=task.exception())
 
 
+def _lease(
+    backend: ChatBackend, settings: UnitSettings, turn: ConversationTurn | None
+) -> AbstractAsyncContextManager[ChatUnit]:
+    if turn is None:
+        return backend.lease(settings)
+    # A ctx model's backend prefers the unit whose cache holds this conversation (conversations.py).
+    lease: Any = backend.lease
+    result: AbstractAsyncContextManager[ChatUnit] = lease(settings, conversation=turn.history_key)
+    return result
+
+
 async def generate_choices(
     backend: ChatBackend,
     settings: UnitSettings,
@@ -274,10 +287,16 @@ async def generate_choices(
                 yield ChoiceStarted(index)
             yield ChoiceFinished(index, "length", "", 0)
         return
-    async with _leased(backend.lease(settings)) as unit:
+    async with _leased(_lease(backend, settings, jobs[0].turn)) as unit:
         for index, job in enumerate(jobs):
             limiter = OutputLimiter(counter, stops=stops, budget=job.budget)
-            reader = _ChoiceReader(unit.generate(job.prompt, images=job.images), limiter)
+            # `turn` only for a ctx model: single-turn units (and test fakes) keep their signature.
+            deltas = (
+                unit.generate(job.prompt, images=job.images)
+                if job.turn is None
+                else unit.generate(job.prompt, images=job.images, turn=job.turn)
+            )
+            reader = _ChoiceReader(deltas, limiter)
             try:
                 if stream:
                     # The first delta is awaited before ChoiceStarted: a stream's first chunk (and so its
