@@ -191,7 +191,7 @@ def test_a_conversation_that_outgrows_the_cache_is_replayed_not_silently_lost(on
 
 
 def test_a_user_message_reset_is_answered_not_taken_as_the_command(one: Any) -> None:
-    h, engine = one
+    h, _ = one
     ann = Chat(sdk(h))
     ann.say("my name is Ann")
     answer = ann.say("reset")
