@@ -196,3 +196,24 @@ def test_a_user_message_reset_is_answered_not_taken_as_the_command(one: Any) -> 
     ann.say("my name is Ann")
     answer = ann.say("reset")
     assert answer.startswith("You said 1 word: reset") and "Ann" in answer
+
+
+def test_n_choices_never_see_each_other(one: Any) -> None:
+    h, engine = one
+    client = sdk(h)
+    messages: list[dict[str, str]] = [{"role": "user", "content": "my name is Ann"}]
+    first = client.chat.completions.create(model="chat", messages=messages)  # type: ignore[arg-type]
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content or ""},
+        {"role": "user", "content": "what is my name"},
+    ]
+    reply = client.chat.completions.create(model="chat", messages=messages, n=2)  # type: ignore[arg-type]
+    one_text, two_text = (choice.message.content or "" for choice in reply.choices)
+    # The first choice continued from the cache; the second found the first's answer there and was replayed.
+    assert engine.calls[-2] == (
+        "what is my name",
+        [("user", "my name is Ann"), ("assistant", messages[1]["content"])],
+    )
+    prompt, history = engine.calls[-1]
+    assert history == [] and prompt.startswith(HISTORY_HEADER)
+    assert "Ann" in one_text and "Ann" in two_text and one_text not in two_text

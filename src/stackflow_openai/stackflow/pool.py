@@ -71,7 +71,7 @@ class UnitSource(Protocol):
         setup: Mapping[str, Any],
         *,
         pool_size: int | None = None,
-        prefer: Callable[[Unit], bool] | None = None,
+        prefer: _Prefer = None,
     ) -> AbstractAsyncContextManager[Unit]: ...
 
 
@@ -89,6 +89,9 @@ class UnitLedger(Protocol):
     def opened(self, work_id: str, model: str) -> None: ...
 
     def closed(self, work_id: str) -> None: ...
+
+
+_Prefer = Callable[[Unit], bool] | None  # picks, among idle instances, the one a lease wants (see `lease`)
 
 
 def _signature(setup: Mapping[str, Any]) -> str:
@@ -180,7 +183,7 @@ class DevicePool:
         setup: Mapping[str, Any],
         *,
         pool_size: int | None = None,
-        prefer: Callable[[Unit], bool] | None = None,
+        prefer: _Prefer = None,
     ) -> AsyncIterator[Unit]:
         """An instance of `model` set up with `setup`, held for the block.
 
@@ -217,7 +220,7 @@ class DevicePool:
         setup: Mapping[str, Any],
         pool_size: int,
         started: float,
-        prefer: Callable[[Unit], bool] | None = None,
+        prefer: _Prefer,
     ) -> _Slot:
         signature = _signature(setup)
         deadline = started + self.queue_timeout
@@ -269,24 +272,16 @@ class DevicePool:
         return slot
 
     def _pick(
-        self,
-        model: ModelDescriptor,
-        signature: str,
-        pool_size: int,
-        prefer: Callable[[Unit], bool] | None = None,
+        self, model: ModelDescriptor, signature: str, pool_size: int, prefer: _Prefer = None
     ) -> tuple[_Slot | None, _Slot | None]:
-        """(slot, victim): an idle match, or a new reserved slot, or an idle instance to evict."""
-        idle = [
-            s
-            for s in self._slots
-            if not s.busy and s.model == model.mode and s.signature == signature and s.unit is not None
-        ]
-        if idle:
-            if prefer is not None:
-                preferred = [s for s in idle if s.unit is not None and prefer(s.unit)]
-                chosen = preferred[0] if preferred else min(idle, key=lambda s: s.last_used)
-            else:
-                chosen = idle[0]
+        """(slot, victim): an idle match (one `prefer` accepts first), or a new reserved slot, or an idle
+        instance to evict."""
+        idle = [s for s in self._slots if not s.busy and s.model == model.mode and s.signature == signature]
+        if idle := [s for s in idle if s.unit is not None]:
+            preferred = [s for s in idle if prefer is not None and s.unit is not None and prefer(s.unit)]
+            chosen = (
+                preferred[0] if preferred else min(idle, key=lambda s: s.last_used) if prefer else idle[0]
+            )
             chosen.busy = True
             return chosen, None
         mine = [s for s in self._slots if s.model == model.mode]
