@@ -175,6 +175,18 @@ class DevicePool:
         free = matching + (new if new else max(0, evictable))
         return free - self._waiting, matching
 
+    def holds(self, model: ModelDescriptor, setup: Mapping[str, Any], prefer: _Prefer) -> bool:
+        """An idle instance with this setup that `prefer` accepts is here (routing by affinity)."""
+        signature = _signature(setup)
+        return prefer is not None and any(
+            not s.busy
+            and s.model == model.mode
+            and s.signature == signature
+            and s.unit is not None
+            and prefer(s.unit)
+            for s in self._slots
+        )
+
     # ---- leasing -------------------------------------------------------------------------------
     @asynccontextmanager
     async def lease(
