@@ -1,10 +1,16 @@
-"""The ctx bookkeeping on its own: capacities from the descriptors, and the ledger's send decisions."""
+"""The ctx pieces on their own: capacities from the descriptors, the ledger's send decisions, the finish
+reason of an answer the device cut at its decode mask."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 
+from stackflow_openai.backends.base import UnitSettings
 from stackflow_openai.backends.conversations import (
+    ANSWER_RESERVE,
     CTX_TURN_MARGIN,
     ConversationLedger,
     ConversationTurn,
@@ -13,6 +19,8 @@ from stackflow_openai.backends.conversations import (
 )
 from stackflow_openai.backends.stackflow_chat import chat_info_for
 from stackflow_openai.emulator.catalogue import load_catalogue
+from stackflow_openai.services.generation import ChoiceFinished, Job, generate_choices
+from stackflow_openai.tokens import EstimateCounter
 
 MODELS = {d.mode: d for d in load_catalogue()}
 
@@ -43,7 +51,9 @@ def test_capacity_is_the_kv_context_not_the_prefill_chunk(
     )
 
 
-def turn(history: str, text: str = "hi", replay: int = 40, images: tuple[str, ...] = ()) -> ConversationTurn:
+def turn(
+    history: str, text: str = "hi", replay: int = 40, images: tuple[str, ...] = (), budget: int = 1000
+) -> ConversationTurn:
     return ConversationTurn(
         empty_key=conversation_key("sys", []),
         history_key=history,
@@ -52,12 +62,13 @@ def turn(history: str, text: str = "hi", replay: int = 40, images: tuple[str, ..
         text_tokens=12,
         replay_tokens=replay,
         count=len,
+        budget=budget,
         images=images,
     )
 
 
 def test_fresh_unit_continues_without_a_reset_and_then_holds_the_reply() -> None:
-    ledger, unit = ConversationLedger(capacity=1024, chunk=128), FakeUnit()
+    ledger, unit = ConversationLedger(capacity=1024, chunk=128, decode_limit=1280), FakeUnit()
     first = turn(conversation_key("sys", []), "my name is Ann")
     plan = ledger.plan(unit, first, "my name is Ann")
     assert (plan.reset_first, plan.continued, plan.text) == (False, True, "my name is Ann")
@@ -70,7 +81,7 @@ def test_fresh_unit_continues_without_a_reset_and_then_holds_the_reply() -> None
 
 
 def test_another_conversation_or_unknown_content_resets_and_replays() -> None:
-    ledger, unit = ConversationLedger(capacity=1024, chunk=128), FakeUnit()
+    ledger, unit = ConversationLedger(capacity=1024, chunk=128, decode_limit=1280), FakeUnit()
     a = turn(conversation_key("sys", []))
     plan = ledger.plan(unit, a, "hi")
     ledger.record(unit, a, plan, "reply")
@@ -84,7 +95,7 @@ def test_another_conversation_or_unknown_content_resets_and_replays() -> None:
 
 
 def test_a_turn_that_might_not_fit_is_replayed_and_a_replay_that_cannot_is_refused() -> None:
-    ledger, unit = ConversationLedger(capacity=1024, chunk=128), FakeUnit()
+    ledger, unit = ConversationLedger(capacity=1024, chunk=128, decode_limit=1280), FakeUnit()
     a = turn(conversation_key("sys", []))
     plan = ledger.plan(unit, a, "hi")
     ledger.record(unit, a, plan, "x" * 900)  # ~950 positions used: 12 more + margin does not fit
@@ -97,13 +108,64 @@ def test_a_turn_that_might_not_fit_is_replayed_and_a_replay_that_cannot_is_refus
 
 
 def test_the_device_rounds_the_room_down_to_whole_chunks() -> None:
-    ledger = ConversationLedger(capacity=1024, chunk=128)
+    ledger = ConversationLedger(capacity=1024, chunk=128, decode_limit=1280)
     assert ledger.fits(100, 768 - CTX_TURN_MARGIN)  # room 924 → 896 in whole chunks
     assert not ledger.fits(200, 768 - CTX_TURN_MARGIN + 1)  # room 824 → 768
 
 
 def test_the_word_reset_is_never_sent_as_the_command_and_images_force_a_replay() -> None:
-    ledger, unit = ConversationLedger(capacity=1024, chunk=128), FakeUnit()
+    ledger, unit = ConversationLedger(capacity=1024, chunk=128, decode_limit=1280), FakeUnit()
     assert ledger.plan(unit, turn(conversation_key("sys", []), "reset"), "reset").text == "reset "
     with_image = ledger.plan(unit, turn(conversation_key("sys", []), images=("data:x",)), "replay")
     assert not with_image.continued
+
+
+def test_a_continued_turn_keeps_room_for_its_answer_below_the_decode_mask() -> None:
+    # qwen3-1.7B-Int8-ctx-axcl: context and mask are both 1023, so a nearly full cache leaves little to say.
+    ledger, unit = ConversationLedger(capacity=1023, chunk=128, decode_limit=1023), FakeUnit()
+    a = turn(conversation_key("sys", []))
+    plan = ledger.plan(unit, a, "hi")
+    ledger.record(unit, a, plan, "x" * 730)  # ~770 used: the next turn still fits the context...
+    held = chain_key(chain_key(a.history_key, "user", "hi"), "assistant", "x" * 730)
+    long_answer = ledger.plan(unit, turn(held), "replay")  # ...but would leave under 256 tokens to answer
+    assert not long_answer.continued and long_answer.reset_first
+    ledger.record(unit, a, plan, "x" * 730)
+    short = ledger.plan(unit, turn(held, budget=20), "replay")  # max_tokens 20 fits what is left
+    assert short.continued and short.room >= 20
+    assert ANSWER_RESERVE > 20
+
+
+class CapacityUnit:
+    """A ctx unit whose device ended the answer at its decode mask (the flag set by stackflow_chat)."""
+
+    stopped_at_capacity = False
+
+    async def generate(self, prompt: str, *, images: list[bytes]) -> AsyncIterator[str]:
+        self.stopped_at_capacity = False
+        for piece in ("one", " two"):
+            yield piece
+        self.stopped_at_capacity = prompt == "full"
+
+
+class CapacityBackend:
+    info = chat_info_for(MODELS["qwen3-1.7B-Int8-ctx-axcl"])
+
+    @asynccontextmanager
+    async def lease(self, settings: UnitSettings) -> AsyncIterator[CapacityUnit]:
+        yield CapacityUnit()
+
+
+@pytest.mark.parametrize(("prompt", "reason"), [("full", "length"), ("room left", "stop")])
+async def test_an_answer_ended_by_the_decode_mask_finishes_with_length(prompt: str, reason: str) -> None:
+    settings = UnitSettings(system_prompt="s", max_token_len=1023)
+    events = [
+        e
+        async for e in generate_choices(
+            CapacityBackend(), settings, [Job(prompt, [], 100)], counter=EstimateCounter(), stops=[]
+        )
+    ]
+    finished = events[-1]
+    assert isinstance(finished, ChoiceFinished) and (finished.text, finished.finish_reason) == (
+        "one two",
+        reason,
+    )

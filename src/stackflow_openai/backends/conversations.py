@@ -11,7 +11,8 @@ system prompt alone (protocol-notes.md §12). So the gateway must know, per unit
   alone (the cache already has the rest); anything else (another conversation, an edited or diverged
   one, a unit whose content is unknown) resets the unit first, then replays the conversation folded
   into one turn, as a single-turn unit gets it;
-- a turn that would not fit is never sent into a full cache (that is where the device would drop the
+- a turn that would not fit, or would leave its answer less than ANSWER_RESERVE tokens below the decode
+  mask, is never sent into that cache (that is where the device would drop the
   history unannounced): the unit is reset and the conversation replayed; a replay that cannot fit is
   a 400 `context_length_exceeded` before anything is sent;
 - a generation that did not end on its own (paused at max_tokens or a stop sequence, cancelled,
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "ANSWER_RESERVE",
     "CTX_TURN_MARGIN",
     "RESET_INPUT",
     "TURN_MARKERS",
@@ -43,6 +45,10 @@ TURN_MARKERS = 8
 # reply inside the next turn's template and may merge differently; never let the estimate run short.
 CTX_TURN_MARGIN = 16
 RESET_INPUT = "reset"  # LLM_CTX's reset command: the whole input text, exactly
+# Tokens a continued turn must leave for its answer (or max_tokens, if less) below the decode mask; with
+# less, the unit is reset and the conversation replayed. Models whose mask equals their context (1023 on
+# qwen3-1.7B-Int8-ctx-axcl, internvl3) would otherwise answer in a handful of tokens near a full cache.
+ANSWER_RESERVE = 256
 
 
 def chain_key(previous: str, role: str, text: str, images: Sequence[str] = ()) -> str:
@@ -74,6 +80,7 @@ class ConversationTurn:
     text_tokens: int  # positions the new user message prefills (markers included)
     replay_tokens: int  # positions the folded replay (the job's prompt) prefills after a reset
     count: Callable[[str], int]  # tokens of generated text, with the model's tokenizer
+    budget: int  # tokens the answer may have (max_tokens, clamped to what a replay leaves)
     images: tuple[str, ...] = ()  # the new message's image urls: such a turn is replayed after a reset
 
     @property
@@ -88,6 +95,7 @@ class SendPlan:
     start: int  # positions used before the turn (after any reset)
     prefill: int  # positions the turn prefills
     continued: bool  # only the new message is sent: the cache holds the rest
+    room: int  # tokens the device can generate before its decode mask (`--kv_cache_len`)
 
 
 @dataclass(slots=True)
@@ -99,9 +107,10 @@ class _Held:
 class ConversationLedger:
     """Per unit of one ctx model: what its cache holds (units are dropped with their objects)."""
 
-    def __init__(self, *, capacity: int, chunk: int) -> None:
+    def __init__(self, *, capacity: int, chunk: int, decode_limit: int) -> None:
         self.capacity = capacity  # history + turn positions before the device would reset
         self.chunk = chunk  # prefill chunk: a turn may be at most the room left rounded down to it
+        self.decode_limit = decode_limit  # no token is generated at or beyond this position
         self._held: weakref.WeakKeyDictionary[object, _Held] = weakref.WeakKeyDictionary()
 
     def holds(self, unit: object, key: str) -> bool:
@@ -119,12 +128,19 @@ class ConversationLedger:
         held = self._held.get(unit)
         if turn is None:  # a request that is no chat turn (text completions, a trailing assistant message)
             reset = held is not None
-            return SendPlan(reset, replay, 0, 0, continued=False)
+            return SendPlan(reset, replay, 0, 0, continued=False, room=self.decode_limit)
         if held is None:  # freshly set up: the cache holds the system prompt alone
             held = _Held(turn.empty_key, turn.system_tokens)
-        if not turn.has_images and held.key == turn.history_key and self.fits(held.used, turn.text_tokens):
+        replay_room = self._room(turn.system_tokens, turn.replay_tokens)
+        room = self._room(held.used, turn.text_tokens)
+        if (
+            not turn.has_images
+            and held.key == turn.history_key
+            and self.fits(held.used, turn.text_tokens)
+            and room >= min(turn.budget, ANSWER_RESERVE)
+        ):
             text = turn.text if turn.text != RESET_INPUT else turn.text + " "  # never the reset command
-            return SendPlan(False, text, held.used, turn.text_tokens, continued=True)
+            return SendPlan(False, text, held.used, turn.text_tokens, continued=True, room=room)
         if not self.fits(turn.system_tokens, turn.replay_tokens):
             raise ValueError(
                 f"the conversation needs {turn.replay_tokens} positions of this model's "
@@ -132,7 +148,12 @@ class ConversationLedger:
             )
         clean = held.key == turn.empty_key and held.used == turn.system_tokens
         text = replay if replay != RESET_INPUT else replay + " "
-        return SendPlan(not clean, text, turn.system_tokens, turn.replay_tokens, continued=False)
+        return SendPlan(
+            not clean, text, turn.system_tokens, turn.replay_tokens, continued=False, room=replay_room
+        )
+
+    def _room(self, used: int, prefill: int) -> int:
+        return max(0, self.decode_limit - used - prefill)
 
     def record(self, unit: object, turn: ConversationTurn | None, plan: SendPlan, reply: str | None) -> None:
         """After the generation: `reply` is the whole text if the device ended it itself, else None."""

@@ -172,6 +172,9 @@ class _DeviceChatUnit:
         self._vision = vision
         self._idle_timeout = idle_timeout
         self._ledger = ledger  # set for a ctx model: its unit keeps the conversation (conversations.py)
+        # The last generation was ended by the device at its decode mask, not by the model: its finish
+        # reason is `length` (services/generation.py reads it). Only a ctx turn can end there unseen.
+        self.stopped_at_capacity = False
 
     def _text_input(self, text: str) -> tuple[str, str]:
         if self._vision:
@@ -194,7 +197,7 @@ class _DeviceChatUnit:
         if images and not self._vision:
             raise BackendInvalidRequest("this model does not accept images", param="messages")
         ledger, plan, reply = self._ledger, None, None
-        answered = False
+        answered = self.stopped_at_capacity = False
         try:
             if ledger is not None:
                 try:
@@ -224,6 +227,8 @@ class _DeviceChatUnit:
                     pieces.append(delta)
                     yield delta
             reply = "".join(pieces)  # the device ended the generation itself
+            if plan is not None and turn is not None:
+                self.stopped_at_capacity = turn.count(reply) >= plan.room - 1
         except Base64DecodeError as exc:
             raise BackendInvalidRequest(
                 f"the device could not decode the image: {exc.message}", param="messages"
@@ -258,7 +263,11 @@ class StackFlowChatBackend:
         # The config knows better than the descriptor for chunked-prefill models (protocol-notes.md §10).
         self.info = replace(info, prefill_len=prefill_len) if prefill_len else info
         self.conversations = (
-            ConversationLedger(capacity=model.context_len, chunk=model.prefill_chunk)
+            ConversationLedger(
+                capacity=model.context_len,
+                chunk=model.prefill_chunk,
+                decode_limit=model.kv_cache_len or model.context_len,
+            )
             if model.context_len
             else None
         )

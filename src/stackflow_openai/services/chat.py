@@ -128,7 +128,9 @@ class ChatService:
             temperature=request.temperature,
             top_p=request.top_p,
         )
-        turn = conversation_turn(self._tokenizers, info, system, conversation, fitted)  # ctx models only
+        turn = conversation_turn(
+            self._tokenizers, info, system, conversation, fitted, budget
+        )  # ctx models only
         include_usage = bool(
             request.stream and request.stream_options and request.stream_options.include_usage
         )

@@ -26,6 +26,7 @@ def conversation_turn(
     system_prompt: str,
     conversation: Conversation,
     fitted: FittedPrompt,
+    budget: int,
 ) -> ConversationTurn | None:
     """None for a single-turn model, or when the conversation does not end with a user message (then
     the unit is reset and gets the folded prompt, like any request that is no new turn)."""
@@ -48,5 +49,6 @@ def conversation_turn(
         text_tokens=counter.count(last.text) + TURN_MARKERS,
         replay_tokens=replay_tokens,
         count=counter.count,
+        budget=budget,
         images=tuple(image.url for image in last.images),
     )

@@ -310,4 +310,7 @@ async def generate_choices(
             finally:
                 await reader.close()
             text = limiter.text
-            yield ChoiceFinished(index, limiter.finish_reason, text, counter.count(text))
+            reason = limiter.finish_reason
+            if reason == "stop" and getattr(unit, "stopped_at_capacity", False):
+                reason = "length"  # a ctx unit's decode mask ended it (backends/stackflow_chat.py)
+            yield ChoiceFinished(index, reason, text, counter.count(text))
