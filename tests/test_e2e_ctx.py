@@ -6,6 +6,7 @@ carries another conversation's words is a leak the tests see (backends/conversat
 
 from __future__ import annotations
 
+import base64
 import threading
 from typing import Any
 
@@ -13,6 +14,7 @@ import openai
 import pytest
 
 from e2e_harness import Harness
+from emulator_helpers import jpeg_bytes
 from stackflow_openai.config import ModelSettings, Settings
 from stackflow_openai.emulator import ScriptedEngine, Timing
 from stackflow_openai.emulator.units.llm import LlmInstance
@@ -217,3 +219,36 @@ def test_n_choices_never_see_each_other(one: Any) -> None:
     prompt, history = engine.calls[-1]
     assert history == [] and prompt.startswith(HISTORY_HEADER)
     assert "Ann" in one_text and "Ann" in two_text and one_text not in two_text
+
+
+def test_a_ctx_vlm_answers_an_image_then_continues_the_conversation() -> None:
+    # internvl3's descriptor names a _p128_ prefill chunk; its window is the KV context, so a 448 px image
+    # (256 tokens) fits. The image turn is replayed after a reset; the follow-up is continued.
+    engine = RecordingEngine()
+    settings = Settings(models={"vision": ModelSettings(device_model="internvl3-1B-448-ax630c", pool_size=1)})
+    h = Harness(settings=settings, engine=engine).start()
+    try:
+        client = sdk(h)
+        image = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes()).decode()
+        messages: list[dict[str, Any]] = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "my cat"},
+                    {"type": "image_url", "image_url": {"url": image}},
+                ],
+            }
+        ]
+        first = client.chat.completions.create(model="vision", messages=messages)  # type: ignore[arg-type]
+        answer = first.choices[0].message.content or ""
+        assert answer.startswith("I see 1 image.")
+        messages += [
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": "what colour is it"},
+        ]
+        second = client.chat.completions.create(model="vision", messages=messages)  # type: ignore[arg-type]
+        assert engine.calls[-1] == ("what colour is it", [("user", "my cat"), ("assistant", answer)])
+        assert "my cat" in (second.choices[0].message.content or "")
+        h.assert_no_leak()
+    finally:
+        h.stop()
