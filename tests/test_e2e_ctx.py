@@ -252,3 +252,15 @@ def test_a_ctx_vlm_answers_an_image_then_continues_the_conversation() -> None:
         h.assert_no_leak()
     finally:
         h.stop()
+
+
+def test_two_model_names_for_one_device_model_share_what_the_unit_holds(one: Any) -> None:
+    # "chat" (configured) and the device's own name lease the same unit: each must see what the other left.
+    h, _ = one
+    ann = Chat(sdk(h))
+    ann.say("my name is Ann")
+    messages = [{"role": "user", "content": "my name is Bob"}]
+    reply = sdk(h).chat.completions.create(model=CTX, messages=messages)  # type: ignore[arg-type]
+    assert "Ann" not in (reply.choices[0].message.content or "")
+    assert "Bob" not in ann.say("who am I")
+    assert len(h.live_instances()) == 1  # one unit served both names

@@ -23,7 +23,6 @@ system prompt alone (protocol-notes.md §12). So the gateway must know, per unit
 from __future__ import annotations
 
 import hashlib
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -105,16 +104,26 @@ class _Held:
 
 
 class ConversationLedger:
-    """Per unit of one ctx model: what its cache holds (units are dropped with their objects)."""
+    """Per unit of one ctx model: what its cache holds. The record lives on the unit (`context_state`), not
+    here: several model entries (a configured name, the device's own, an alias) may lease the same units,
+    and each must see what the others left in them."""
 
     def __init__(self, *, capacity: int, chunk: int, decode_limit: int) -> None:
         self.capacity = capacity  # history + turn positions before the device would reset
         self.chunk = chunk  # prefill chunk: a turn may be at most the room left rounded down to it
         self.decode_limit = decode_limit  # no token is generated at or beyond this position
-        self._held: weakref.WeakKeyDictionary[object, _Held] = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def _get(unit: object) -> _Held | None:
+        held = getattr(unit, "context_state", None)
+        return held if isinstance(held, _Held) else None
+
+    @staticmethod
+    def _set(unit: object, held: _Held | None) -> None:
+        setattr(unit, "context_state", held)  # noqa: B010 - any unit-like object (the real one: stackflow.Unit)
 
     def holds(self, unit: object, key: str) -> bool:
-        held = self._held.get(unit)
+        held = self._get(unit)
         return held is not None and held.key == key
 
     def fits(self, used: int, prefill: int) -> bool:
@@ -125,7 +134,7 @@ class ConversationLedger:
 
     def plan(self, unit: object, turn: ConversationTurn | None, replay: str) -> SendPlan:
         """What to send to `unit` for this request; raises ValueError when even a replay cannot fit."""
-        held = self._held.get(unit)
+        held = self._get(unit)
         if turn is None:  # a request that is no chat turn (text completions, a trailing assistant message)
             reset = held is not None
             return SendPlan(reset, replay, 0, 0, continued=False, room=self.decode_limit)
@@ -158,12 +167,12 @@ class ConversationLedger:
     def record(self, unit: object, turn: ConversationTurn | None, plan: SendPlan, reply: str | None) -> None:
         """After the generation: `reply` is the whole text if the device ended it itself, else None."""
         if turn is None or reply is None:
-            self._held[unit] = _Held(None, self.capacity)  # unknown content: reset before any use
+            self._set(unit, _Held(None, self.capacity))  # unknown content: reset before any use
             return
         key = chain_key(chain_key(turn.history_key, "user", turn.text, turn.images), "assistant", reply)
         used = plan.start + plan.prefill + turn.count(reply) + CTX_TURN_MARGIN
-        self._held[unit] = _Held(key, used)
+        self._set(unit, _Held(key, used))
 
     def forget(self, unit: object) -> None:
         """The unit was reset: it holds the system prompt alone (its next plan treats it as fresh)."""
-        self._held.pop(unit, None)
+        self._set(unit, None)
