@@ -2,7 +2,7 @@
 
 A ctx model (`ModelDescriptor.context_len > 0`: `LLM_CTX` on the device) keeps every turn in its KV cache
 until its input `reset`, or until a turn no longer fits, when it resets SILENTLY and answers from the
-system prompt alone (protocol-notes.md §12). So the gateway must know, per unit, what is in there:
+system prompt alone (protocol-notes.md, note 15). So the gateway must know, per unit, what is in there:
 
 - a conversation is named by a digest chained over its messages (`conversation_key`); a unit's entry
   holds the digest of everything in its cache, and the positions used (counted with the model's

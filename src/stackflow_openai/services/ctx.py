@@ -38,7 +38,7 @@ def conversation_turn(
     counter = tokenizers.for_model(info)
     system_tokens = tokenizers.prompt_tokens(info, system_prompt, "") - TURN_MARKERS
     # With an image LLM_CTX prefills the tokenizer helper's whole template, system block included, after
-    # the system block already in the cache (main_vlm `Encode_ctx`, protocol-notes.md §12).
+    # the system block already in the cache (main_vlm `Encode_ctx`, protocol-notes.md, note 15).
     images = any(turn.images for turn in fitted.turns)
     replay_tokens = fitted.prompt_tokens if images else fitted.prompt_tokens - system_tokens
     return ConversationTurn(

@@ -115,7 +115,7 @@ def _derive_context(mode: str, unit: str, param: dict[str, Any], flags: str, kv_
     `LLM_CTX`. A turn is refused by `SetKVCache` (and the unit silently resets) when history + turn exceed
     the largest prefill group, the model file's `--last_kv_cache_len` (the descriptor's `precompute_len`
     when the flags do not say); tokens are generated only below the decode mask, `--kv_cache_len`
-    (protocol-notes.md §12)."""
+    (protocol-notes.md, note 15)."""
     precompute = param.get("precompute_len")
     ctx = isinstance(precompute, int) and precompute > 0
     if not ctx and not (unit == "llm" and mode.endswith("-axcl")):

@@ -1,6 +1,6 @@
 """The KV cache of a "ctx" llm/vlm unit (`LLM_CTX`), as StackFlow dev and axcl keep it across inferences.
 
-What the device does (dev @865ca0e, `projects/llm_framework/`; protocol-notes.md §12):
+What the device does (dev @865ca0e, `projects/llm_framework/`; protocol-notes.md, note 15):
 - setup prefills the system prompt (`GenerateKVCachePrefill`): the cache holds `system_tokens` positions;
 - each inference prefills only the new turn, `<|im_start|>user\\n{text}<|im_end|>\\n<|im_start|>assistant\\n`
   (the tokenizer helper's `diff`), after the positions already used, then generates after it; the
