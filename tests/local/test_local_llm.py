@@ -151,3 +151,18 @@ async def test_model_loads_once_and_is_shared(local_engine: LocalEngine) -> None
     first, second = await open_llm(local_engine), await open_llm(local_engine)
     assert first.model is second.model
     assert sum(name.startswith("llm:") for name in local_engine.loaded_models()) == 1
+
+
+async def test_a_ctx_units_history_reaches_the_model(local_engine: LocalEngine) -> None:
+    # A ctx unit hands its earlier turns over as history; the model answers from them. The control shows
+    # the name comes from the history, not the question.
+    session = await open_llm(local_engine, "Answer in one short sentence.")
+    history = [("user", "Your name is Zorblax."), ("assistant", "Understood, my name is Zorblax.")]
+    remembered = [
+        piece
+        async for piece in session.generate(
+            "What is your name?", images=[], max_new_tokens=24, history=history
+        )
+    ]
+    assert "Zorblax" in "".join(remembered)
+    assert "Zorblax" not in "".join(await answer(session, "What is your name?", 24))

@@ -74,10 +74,13 @@ class ChatModelInfo:
     vision: bool = False
     image_tokens: int = 0  # prefill positions one image takes (VLM)
     image_system_prompt: str | None = None  # what the device puts in place of the system prompt with an image
-    name: str = ""  # the device model (lsmode mode): its family picks the tool format and reasoning split
     text_system_prompt: str | None = None  # the same for a text-only prompt ("" : none at all)
     max_images: int | None = None  # images one inference can use (None: no limit); the device keeps the last
     prefill_chunk: int | None = None  # set when `prefill_len` is only the prefill chunk, not the window
+    # A ctx model's KV positions kept across inferences (0: single-turn). Its units continue a conversation
+    # from their cache (backends/conversations.py); `prefill_len` is then the window of a replay.
+    context_len: int = 0
+    name: str = ""  # the device model (lsmode mode): its family picks the tool format and reasoning split
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +94,13 @@ class UnitSettings:
 
 
 class ChatUnit(Protocol):
-    def generate(self, prompt: str, *, images: list[bytes]) -> AsyncIterator[str]:
+    def generate(self, prompt: str, *, images: list[bytes], turn: Any = None) -> AsyncIterator[str]:
         """Text deltas of one generation. Closing the iterator early (aclose) stops the generation on the
-        device (pause) and leaves the unit clean for the next generate."""
+        device (pause) and leaves the unit clean for the next generate.
+
+        `turn` is given only for a ctx model (`info.context_len > 0`): a backends.conversations.
+        ConversationTurn; the unit then sends only the new message when its cache holds the conversation.
+        (Typed Any: this module sits below conversations.py; single-turn units need not accept it.)"""
         ...
 
 
@@ -101,7 +108,10 @@ class ChatBackend(Protocol):
     info: ChatModelInfo
 
     def lease(self, settings: UnitSettings) -> AbstractAsyncContextManager[ChatUnit]:
-        """Hold one unit set up with `settings` for the block; raises BackendBusy/BackendUnavailable."""
+        """Hold one unit set up with `settings` for the block; raises BackendBusy/BackendUnavailable.
+
+        A ctx model's backend (only) also takes `conversation=`, the digest of the messages before the
+        new one, to prefer the unit that holds it: see services/generation.py."""
         ...
 
 

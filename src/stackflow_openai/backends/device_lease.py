@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,9 +20,19 @@ __all__ = ["device_lease"]
 
 @asynccontextmanager
 async def device_lease(
-    pool: UnitSource, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None
+    pool: UnitSource,
+    model: ModelDescriptor,
+    setup: Mapping[str, Any],
+    *,
+    pool_size: int | None,
+    prefer: Callable[[Unit], bool] | None = None,
 ) -> AsyncIterator[Unit]:
-    lease = pool.lease(model, setup, pool_size=pool_size)
+    # `prefer` only when given: a UnitSource that predates it (a test's fake) still works for other models.
+    lease = (
+        pool.lease(model, setup, pool_size=pool_size, prefer=prefer)
+        if prefer is not None
+        else pool.lease(model, setup, pool_size=pool_size)
+    )
     try:
         unit = await lease.__aenter__()
     except PoolBusy as exc:

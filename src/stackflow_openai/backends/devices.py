@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Protocol
 
@@ -164,18 +164,24 @@ class DeviceRouter:
         return bool(self.candidates(mode))
 
     def _ranked(
-        self, model: ModelDescriptor, setup: Mapping[str, Any], pool_size: int | None
+        self,
+        model: ModelDescriptor,
+        setup: Mapping[str, Any],
+        pool_size: int | None,
+        prefer: Callable[[Unit], bool] | None = None,
     ) -> list[tuple[Device, ModelDescriptor]]:
         found = self.candidates(model.mode)
         if len(found) < 2:
             return found  # nothing to rank (the common one-device case skips the capacity queries)
         turn = next(self._turn) % len(found)
 
-        # Most free capacity first; among equals, turns rotate so that load spreads over devices.
-        def rank(item: tuple[int, tuple[Device, ModelDescriptor]]) -> tuple[int, int, int]:
+        # The device whose idle unit holds the request's conversation (a ctx model) first; then most free
+        # capacity; among equals, turns rotate so that load spreads over devices.
+        def rank(item: tuple[int, tuple[Device, ModelDescriptor]]) -> tuple[bool, int, int, int]:
             index, (device, descriptor) = item
             free, matching = device.pool.capacity(descriptor, setup, pool_size=pool_size)
-            return free, matching, -((index - turn) % len(found))
+            held = prefer is not None and device.pool.holds(descriptor, setup, prefer)
+            return held, free, matching, -((index - turn) % len(found))
 
         return [pair for _, pair in sorted(enumerate(found), key=rank, reverse=True)]
 
@@ -188,12 +194,17 @@ class DeviceRouter:
 
     @asynccontextmanager
     async def lease(
-        self, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None = None
+        self,
+        model: ModelDescriptor,
+        setup: Mapping[str, Any],
+        *,
+        pool_size: int | None = None,
+        prefer: Callable[[Unit], bool] | None = None,
     ) -> AsyncIterator[Unit]:
         note_model(model.mode)
         last: PoolUnavailable | None = None
-        for device, descriptor in self._ranked(model, setup, pool_size):
-            lease = device.pool.lease(descriptor, setup, pool_size=pool_size)
+        for device, descriptor in self._ranked(model, setup, pool_size, prefer):
+            lease = device.pool.lease(descriptor, setup, pool_size=pool_size, prefer=prefer)
             try:
                 unit = await lease.__aenter__()
             except PoolUnavailable as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -26,6 +26,7 @@ from .base import (
     ChatModelInfo,
     UnitSettings,
 )
+from .conversations import RESET_INPUT, ConversationLedger, ConversationTurn
 from .device_lease import device_lease
 
 __all__ = ["StackFlowChatBackend", "chat_info_for"]
@@ -120,25 +121,36 @@ def _family(mode: str) -> tuple[str, str]:
     return tokenizer, template
 
 
+def _replay_window(model: ModelDescriptor) -> int:
+    """A ctx unit prefills in chunks: a turn after a reset may take the context rounded down to whole
+    chunks, less one chunk for the system block (a longer system prompt is caught before sending)."""
+    chunk = model.prefill_chunk
+    return max(chunk, model.context_len - model.context_len % chunk - chunk)
+
+
 def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
     tokenizer, template = _family(model.mode)
     vision = model.unit == "vlm"
     runner = _vlm_runner(model) if vision else None
     prefill = model.prefill_len or 128
     return ChatModelInfo(
-        prefill_len=prefill,
+        prefill_len=_replay_window(model) if model.context_len else prefill,
         max_token_len=model.kv_cache_len or 1023,
+        context_len=model.context_len,
         tokenizer=tokenizer,
         template=template,
         vision=vision,
         image_tokens=_image_tokens(model),
         image_system_prompt=_image_system_prompt(model),
-        name=model.mode,
         text_system_prompt=_text_system_prompt(model),
         # The single-image runner keeps only the last image a turn sent (main.cpp ~432-439, ~751).
         max_images=1 if runner == "single" else None,
-        # The other two prefill in `_pNNN_` chunks up to a window only the model file states.
-        prefill_chunk=prefill if runner in ("qwen", "ctx") and not model.prefill_named else None,
+        # The other two prefill in `_pNNN_` chunks up to a window only the model file states; a ctx model's
+        # window is its KV context (backends/conversations.py), so it needs no hint.
+        prefill_chunk=prefill
+        if runner in ("qwen", "ctx") and not model.prefill_named and not model.context_len
+        else None,
+        name=model.mode,
     )
 
 
@@ -154,16 +166,51 @@ def _setup_for(model: ModelDescriptor, settings: UnitSettings) -> dict[str, Any]
 
 
 class _DeviceChatUnit:
-    def __init__(self, unit: Unit, vision: bool, idle_timeout: float) -> None:
+    def __init__(
+        self, unit: Unit, vision: bool, idle_timeout: float, ledger: ConversationLedger | None = None
+    ) -> None:
         self._unit = unit
         self._vision = vision
         self._idle_timeout = idle_timeout
+        self._ledger = ledger  # set for a ctx model: its unit keeps the conversation (conversations.py)
+        # The last generation was ended by the device at its decode mask, not by the model: its finish
+        # reason is `length` (services/generation.py reads it). Only a ctx turn can end there unseen.
+        self.stopped_at_capacity = False
 
-    async def generate(self, prompt: str, *, images: list[bytes]) -> AsyncIterator[str]:
+    def _text_input(self, text: str) -> tuple[str, str]:
+        if self._vision:
+            # The VLM does not unescape its text; base64 carries it byte for byte (§5.3).
+            return base64.b64encode(text.encode("utf-8")).decode("ascii"), "vlm.utf-8.base64"
+        return text, "llm.utf-8"
+
+    async def _reset_context(self) -> None:
+        """LLM_CTX's `reset` input: back to the system prompt; answered by a finish (no text in stream)."""
+        data, obj = self._text_input(RESET_INPUT)
+        async with aclosing(
+            self._unit.generate(data, object=obj, idle_timeout=self._idle_timeout)
+        ) as replies:
+            async for _ in replies:
+                pass  # the non-stream format answers "Context has been reset."
+
+    async def generate(
+        self, prompt: str, *, images: list[bytes], turn: ConversationTurn | None = None
+    ) -> AsyncIterator[str]:
         if images and not self._vision:
             raise BackendInvalidRequest("this model does not accept images", param="messages")
-        answered = False
+        ledger, plan, reply = self._ledger, None, None
+        answered = self.stopped_at_capacity = False
         try:
+            if ledger is not None:
+                try:
+                    plan = ledger.plan(self._unit, turn, prompt)
+                except ValueError as exc:
+                    raise BackendInvalidRequest(
+                        str(exc), param="messages", code="context_length_exceeded"
+                    ) from exc
+                if plan.reset_first:
+                    await self._reset_context()
+                    ledger.forget(self._unit)
+                prompt = plan.text
             for image in images:
                 # The image goes first and is consumed by the next text (protocol §5.3).
                 await self._unit.infer_base64_stream(
@@ -171,17 +218,18 @@ class _DeviceChatUnit:
                     object="vlm.jpeg.base64.stream",
                     chunk_chars=_IMAGE_CHUNK_CHARS,
                 )
-            if self._vision:
-                # The VLM does not unescape its text; base64 carries it byte for byte (§5.3).
-                data, obj = base64.b64encode(prompt.encode("utf-8")).decode("ascii"), "vlm.utf-8.base64"
-            else:
-                data, obj = prompt, "llm.utf-8"
+            data, obj = self._text_input(prompt)
+            pieces: list[str] = []
             async with aclosing(
                 self._unit.generate(data, object=obj, idle_timeout=self._idle_timeout)
             ) as deltas:
                 async for delta in deltas:
                     answered = True
+                    pieces.append(delta)
                     yield delta
+            reply = "".join(pieces)  # the device ended the generation itself
+            if plan is not None and turn is not None:
+                self.stopped_at_capacity = turn.count(reply) >= plan.room - 1
         except Base64DecodeError as exc:
             raise BackendInvalidRequest(
                 f"the device could not decode the image: {exc.message}", param="messages"
@@ -191,6 +239,8 @@ class _DeviceChatUnit:
         except DeviceError as exc:
             raise BackendUnavailable(f"the device failed the generation: {exc}") from exc
         finally:
+            if ledger is not None and plan is not None:
+                ledger.record(self._unit, turn, plan, reply)
             if images and not answered:
                 # An image may still wait on the device for its text: this unit must not serve again.
                 self._unit.mark_broken()
@@ -213,9 +263,32 @@ class StackFlowChatBackend:
         info = chat_info_for(model)
         # The config knows better than the descriptor for chunked-prefill models (protocol-notes.md §10).
         self.info = replace(info, prefill_len=prefill_len) if prefill_len else info
+        self.conversations = (
+            ConversationLedger(
+                capacity=model.context_len,
+                chunk=model.prefill_chunk,
+                decode_limit=model.kv_cache_len or model.context_len,
+            )
+            if model.context_len
+            else None
+        )
 
     @asynccontextmanager
-    async def lease(self, settings: UnitSettings) -> AsyncIterator[_DeviceChatUnit]:
+    async def lease(
+        self, settings: UnitSettings, *, conversation: str | None = None
+    ) -> AsyncIterator[_DeviceChatUnit]:
+        """`conversation`: the digest of the messages before the new one; on a ctx model a unit whose
+        cache holds it is preferred (any unit is still correct: it is reset and the history replayed)."""
         setup = _setup_for(self.model, settings)
-        async with device_lease(self.pool, self.model, setup, pool_size=self.pool_size) as unit:
-            yield _DeviceChatUnit(unit, self.info.vision, self.idle_timeout)
+        ledger = self.conversations
+        prefer: Callable[[Unit], bool] | None = None
+        if ledger is not None and conversation is not None:
+            key = conversation
+
+            def prefer(unit: Unit) -> bool:
+                return ledger.holds(unit, key)
+
+        async with device_lease(
+            self.pool, self.model, setup, pool_size=self.pool_size, prefer=prefer
+        ) as unit:
+            yield _DeviceChatUnit(unit, self.info.vision, self.idle_timeout, ledger)

@@ -8,6 +8,9 @@ own value where it declares one, else the bridge's heuristics of protocol §6 (0
 1363148, 1.5B 1782579, melotts 59764, whisper-tiny 289132); whisper-base (548610) is scaled from
 whisper-tiny by parameter count, and CPU-only models (SummerTTS, sherpa-ncnn) use no CMM at all.
 
+The ctx models (`qwen2.5-HA-0.5B-ctx-ax630c`, `internvl3-1B-448-ax630c` from StackFlow `dev` @865ca0e and
+`qwen3-1.7B-Int8-ctx-axcl` from `axcl` @20079ff) are their branches' files byte for byte, `cmm_size` theirs.
+
 Extra directories add models or replace built-in ones with the same `mode`.
 """
 

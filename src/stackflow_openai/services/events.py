@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from stackflow_openai.backends.conversations import ConversationTurn
+
 from .limiter import FinishReason
 
 __all__ = [
@@ -33,6 +35,7 @@ class Job:
     prompt: str  # the single user turn
     images: list[bytes]  # JPEG
     budget: int  # generated tokens allowed for this choice
+    turn: ConversationTurn | None = None  # a ctx model's new turn (services/ctx.py); None: single-turn
 
 
 @dataclass(frozen=True, slots=True)

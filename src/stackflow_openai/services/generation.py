@@ -17,11 +17,12 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
 from stackflow_openai.backends.base import ChatBackend, ChatUnit, UnitSettings
+from stackflow_openai.backends.conversations import ConversationTurn
 from stackflow_openai.errors import APIError
 from stackflow_openai.tokens import TokenCounter
 
@@ -246,6 +247,17 @@ class _ChoiceReader:
             log.warning("reading a backend stream failed", exc_info=task.exception())
 
 
+def _lease(
+    backend: ChatBackend, settings: UnitSettings, turn: ConversationTurn | None
+) -> AbstractAsyncContextManager[ChatUnit]:
+    if turn is None:
+        return backend.lease(settings)
+    # A ctx model's backend prefers the unit whose cache holds this conversation (conversations.py).
+    lease: Any = backend.lease
+    result: AbstractAsyncContextManager[ChatUnit] = lease(settings, conversation=turn.history_key)
+    return result
+
+
 async def generate_choices(
     backend: ChatBackend,
     settings: UnitSettings,
@@ -271,11 +283,17 @@ async def generate_choices(
             yield ChoiceFinished(index, "length", "", 0)
         return
     refusal: APIError | None = None
-    async with _leased(backend.lease(settings)) as unit:
+    async with _leased(_lease(backend, settings, jobs[0].turn)) as unit:
         for index, job in enumerate(jobs):
             answer_filter = filters(index) if filters is not None else None
             limiter = OutputLimiter(counter, stops=stops, budget=job.budget)
-            reader = _ChoiceReader(unit.generate(job.prompt, images=job.images), limiter)
+            # `turn` only for a ctx model: single-turn units (and test fakes) keep their signature.
+            deltas = (
+                unit.generate(job.prompt, images=job.images)
+                if job.turn is None
+                else unit.generate(job.prompt, images=job.images, turn=job.turn)
+            )
+            reader = _ChoiceReader(deltas, limiter)
             try:
                 async with aclosing(_read_choice(reader, index, answer_filter, stream=stream)) as events:
                     async for event in events:
@@ -283,13 +301,14 @@ async def generate_choices(
             finally:
                 await reader.close()
             text = limiter.text
+            reason = limiter.finish_reason
+            if reason == "stop" and getattr(unit, "stopped_at_capacity", False):
+                reason = "length"  # a ctx unit's decode mask ended it (backends/stackflow_chat.py)
             if answer_filter is None:
-                yield ChoiceFinished(index, limiter.finish_reason, text, counter.count(text))
+                yield ChoiceFinished(index, reason, text, counter.count(text))
                 continue
             try:
-                answer, more_tokens = await _settle(
-                    unit, answer_filter, limiter.finish_reason, counter, stops
-                )
+                answer, more_tokens = await _settle(unit, answer_filter, reason, counter, stops)
             except APIError as exc:
                 refusal = exc
                 break
@@ -347,5 +366,5 @@ async def _settle(
         finally:
             await reader.close()
         generated += counter.count(limiter.text)
-        result = answer_filter.retried(limiter.text, limiter.finish_reason)
+        result = answer_filter.retried(limiter.text, reason)
     return result, generated

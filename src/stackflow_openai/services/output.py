@@ -137,7 +137,6 @@ class ChoiceOutput:
         self._retries_left = spec.retries
         self._make_retry = make_retry
         self._visible = ""  # content streamed so far
-        self._raw_answer = ""  # the answer part (reasoning split off) of the first generation
 
     def feed(self, text: str) -> list[ChoiceEvent]:
         if self._splitter is None:
@@ -149,7 +148,6 @@ class ChoiceOutput:
     def _answer_events(self, answer: str) -> list[ChoiceEvent]:
         if not answer:
             return []
-        self._raw_answer += answer
         visible = answer if self._mode is None else self._mode.feed(answer)
         if not visible:
             return []
@@ -198,7 +196,9 @@ class ChoiceOutput:
         text = self._visible + outcome.late_text
         if outcome.calls:
             text = text.strip()
-        reasoning = self._splitter.reasoning if self._splitter and self._splitter.saw_reasoning else None
+        # An empty think block (Qwen3 with thinking off: `/no_think` on AXCL) is no reasoning at all.
+        splitter = self._splitter
+        reasoning = splitter.reasoning if splitter and splitter.reasoning.strip() else None
         return Answer(text, finish, outcome.calls, reasoning, tuple(events))
 
     def _failure(self, problem: str) -> ModelOutputError:

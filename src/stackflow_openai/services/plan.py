@@ -20,6 +20,7 @@ from stackflow_openai.errors import ContextLengthExceeded, InvalidRequestError
 from stackflow_openai.tokens import PREFILL_MARGIN, Tokenizers
 
 from .common import GenerationPlan, new_id, require_text, run_counting, token_budget
+from .ctx import conversation_turn
 from .generation import Job
 from .images import ImageLoader
 from .output import FormattedPrompt, OutputSpec
@@ -104,13 +105,16 @@ class PlanBuilder:
                 self._retry_job, info, fitted.system_prompt, fitted.user_text, images, image_cost, request
             )
             filters = spec.factory(retry)
+        # ctx models only: the turn their unit continues from (tools in its system prompt, JSON instruction)
+        formatted = Conversation(conversation.system_prompt, prompt.turns)
+        turn = conversation_turn(self._tokenizers, info, prompt.system, formatted, fitted, budget)
         plan = GenerationPlan(
             id=new_id(request.id_prefix),
             created=int(time.time()),
             model=entry.id,
             backend=backend,
             settings=settings,
-            jobs=[Job(fitted.user_text, images, budget)] * request.n,
+            jobs=[Job(fitted.user_text, images, budget, turn)] * request.n,
             stops=request.stops,
             counter=self._tokenizers.for_model(info),
             prompt_tokens=fitted.prompt_tokens,
@@ -196,7 +200,7 @@ def _prompt(
     system = conversation.system_prompt or entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
     if request.output is None:
         return FormattedPrompt(system, conversation.turns, "")
-    # A VLM that swaps in its own system prompt with an image would drop tools written there.
-    return request.output.apply(
-        system, conversation.turns, system_kept=not (has_images and info.image_system_prompt)
-    )
+    # A model whose device script swaps in its own system prompt (Llama 3.2; InternVL2/2.5 and SmolVLM
+    # with an image) would drop tools written there: they go in the user turn then.
+    fixed = info.image_system_prompt if has_images else info.text_system_prompt
+    return request.output.apply(system, conversation.turns, system_kept=fixed is None)

@@ -27,6 +27,7 @@ _KV_IN_FLAGS = re.compile(r"--kv_cache_len\s+(\d+)")
 # LLM_Qwen::Init) and prefills it in `_pNNN_` chunks, so this name is the only place the window shows.
 _WINDOW_IN_NAME = re.compile(r"-P(\d+)(?=-|$)")
 _CTX_IN_NAME = re.compile(r"-CTX(\d+)(?=-|$)")
+_PREFILL_GROUP_IN_FLAGS = re.compile(r"--last_kv_cache_len\s+(\d+)")
 DEFAULT_PREFILL = 128  # most models (protocol §6)
 DEFAULT_MAX_TOKEN_LEN = 1023  # KV capacity of the p256 / prefill-20e builds when the flags do not say
 
@@ -51,7 +52,20 @@ class ModelDescriptor:
     prefill_named: bool = False  # the window is stated by the model's name (`-P1536-`), not guessed
     kv_cache_len: int | None = None  # mask length: prompt + generated positions (max_token_len ≤ this)
     cmm_size: int | None = None  # KiB, when the descriptor declares it
+    # "ctx" models (`LLM_CTX`: precompute_len > 0, or any AXCL LLM) keep the conversation in their KV cache
+    # across inferences: positions history + new turn may take before the unit silently resets. 0 = the
+    # model is single-turn (every inference starts from the system prompt). See docs/decisions.md.
+    context_len: int = 0
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def prefill_chunk(self) -> int:
+        """Positions one prefill pass takes (`_pNNN_` in the axmodel template): what a chunked runner rounds
+        to, whatever window the model's name states."""
+        template = str(self.mode_param.get("template_filename_axmodel", ""))
+        if m := _PREFILL_IN_TEMPLATE.search(template):
+            return int(m.group(1))
+        return self.prefill_len or DEFAULT_PREFILL
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ModelDescriptor:
@@ -69,6 +83,7 @@ class ModelDescriptor:
             kv_match = _KV_IN_FLAGS.search(flags)
             kv = int(kv_match.group(1)) if kv_match else _named(_CTX_IN_NAME, names) or DEFAULT_MAX_TOKEN_LEN
         cmm = param.get("cmm_size")
+        context = _derive_context(mode, unit, param, flags, kv) if kv is not None else 0
         return cls(
             mode=mode,
             type=model_type,
@@ -81,6 +96,7 @@ class ModelDescriptor:
             prefill_named=named is not None,
             kv_cache_len=kv,
             cmm_size=cmm if isinstance(cmm, int) else None,
+            context_len=context,
             raw=obj,
         )
 
@@ -90,6 +106,23 @@ def _named(pattern: re.Pattern[str], names: tuple[str, ...]) -> int | None:
         if m := pattern.search(name):
             return int(m.group(1))
     return None
+
+
+def _derive_context(mode: str, unit: str, param: dict[str, Any], flags: str, kv_cache_len: int) -> int:
+    """KV positions a ctx model keeps across inferences (0 for a single-turn model).
+
+    `main_llm`/`main_vlm` (dev) run `LLM_CTX` when `precompute_len > 0`; on the AXCL branch every llm is
+    `LLM_CTX`. A turn is refused by `SetKVCache` (and the unit silently resets) when history + turn exceed
+    the largest prefill group, the model file's `--last_kv_cache_len` (the descriptor's `precompute_len`
+    when the flags do not say); tokens are generated only below the decode mask, `--kv_cache_len`
+    (protocol-notes.md, note 15)."""
+    precompute = param.get("precompute_len")
+    ctx = isinstance(precompute, int) and precompute > 0
+    if not ctx and not (unit == "llm" and mode.endswith("-axcl")):
+        return 0
+    groups = [int(g) for g in _PREFILL_GROUP_IN_FLAGS.findall(flags)]
+    largest = max(groups) if groups else (precompute if ctx and isinstance(precompute, int) else kv_cache_len)
+    return min(largest, kv_cache_len)
 
 
 def _derive_prefill(mode: str, template: str, flags: str) -> int:

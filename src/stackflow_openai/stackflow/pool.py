@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,7 +66,12 @@ class UnitSource(Protocol):
     """What a backend leases units from: one device's pool, or a router over several devices."""
 
     def lease(
-        self, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None = None
+        self,
+        model: ModelDescriptor,
+        setup: Mapping[str, Any],
+        *,
+        pool_size: int | None = None,
+        prefer: _Prefer = None,
     ) -> AbstractAsyncContextManager[Unit]: ...
 
 
@@ -84,6 +89,9 @@ class UnitLedger(Protocol):
     def opened(self, work_id: str, model: str) -> None: ...
 
     def closed(self, work_id: str) -> None: ...
+
+
+_Prefer = Callable[[Unit], bool] | None  # picks, among idle instances, the one a lease wants (see `lease`)
 
 
 def _signature(setup: Mapping[str, Any]) -> str:
@@ -167,19 +175,39 @@ class DevicePool:
         free = matching + (new if new else max(0, evictable))
         return free - self._waiting, matching
 
+    def holds(self, model: ModelDescriptor, setup: Mapping[str, Any], prefer: _Prefer) -> bool:
+        """An idle instance with this setup that `prefer` accepts is here (routing by affinity)."""
+        signature = _signature(setup)
+        return prefer is not None and any(
+            not s.busy
+            and s.model == model.mode
+            and s.signature == signature
+            and s.unit is not None
+            and prefer(s.unit)
+            for s in self._slots
+        )
+
     # ---- leasing -------------------------------------------------------------------------------
     @asynccontextmanager
     async def lease(
-        self, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None = None
+        self,
+        model: ModelDescriptor,
+        setup: Mapping[str, Any],
+        *,
+        pool_size: int | None = None,
+        prefer: _Prefer = None,
     ) -> AsyncIterator[Unit]:
         """An instance of `model` set up with `setup`, held for the block.
+
+        `prefer`: among idle instances with this setup, one it accepts is taken first, else the least
+        recently used (a ctx model's unit that holds the request's conversation: backends/conversations.py).
 
         The instance goes back to the pool when the block ends with the unit idle and healthy, even
         if the block raised (a client that went away leaves a paused, clean unit: worth keeping). A
         unit that is broken, or still busy with output nobody consumed, is exited.
         """
         started = time.monotonic()
-        slot = await self._acquire(model, setup, pool_size or self._limit(model.unit), started)
+        slot = await self._acquire(model, setup, pool_size or self._limit(model.unit), started, prefer)
         try:
             assert slot.unit is not None
             yield slot.unit
@@ -199,7 +227,12 @@ class DevicePool:
                 await asyncio.shield(self._release(slot))
 
     async def _acquire(
-        self, model: ModelDescriptor, setup: Mapping[str, Any], pool_size: int, started: float
+        self,
+        model: ModelDescriptor,
+        setup: Mapping[str, Any],
+        pool_size: int,
+        started: float,
+        prefer: _Prefer,
     ) -> _Slot:
         signature = _signature(setup)
         deadline = started + self.queue_timeout
@@ -207,7 +240,7 @@ class DevicePool:
         async with self._cond:
             if self._closed:
                 raise PoolUnavailable("the gateway is shutting down")
-            slot, victim = self._pick(model, signature, pool_size)
+            slot, victim = self._pick(model, signature, pool_size, prefer)
             if slot is None and victim is None:
                 if self._waiting >= self.queue_limit:
                     raise PoolBusy(
@@ -228,7 +261,7 @@ class DevicePool:
                             continue
                         if self._closed:
                             raise PoolUnavailable("the gateway is shutting down")
-                        slot, victim = self._pick(model, signature, pool_size)
+                        slot, victim = self._pick(model, signature, pool_size, prefer)
                 finally:
                     self._waiting -= 1
             if self.observer is not None:
@@ -251,13 +284,18 @@ class DevicePool:
         return slot
 
     def _pick(
-        self, model: ModelDescriptor, signature: str, pool_size: int
+        self, model: ModelDescriptor, signature: str, pool_size: int, prefer: _Prefer = None
     ) -> tuple[_Slot | None, _Slot | None]:
-        """(slot, victim): an idle match, or a new reserved slot, or an idle instance to evict."""
-        for s in self._slots:
-            if not s.busy and s.model == model.mode and s.signature == signature and s.unit is not None:
-                s.busy = True
-                return s, None
+        """(slot, victim): an idle match (one `prefer` accepts first), or a new reserved slot, or an idle
+        instance to evict."""
+        idle = [s for s in self._slots if not s.busy and s.model == model.mode and s.signature == signature]
+        if idle := [s for s in idle if s.unit is not None]:
+            preferred = [s for s in idle if prefer is not None and s.unit is not None and prefer(s.unit)]
+            chosen = (
+                preferred[0] if preferred else min(idle, key=lambda s: s.last_used) if prefer else idle[0]
+            )
+            chosen.busy = True
+            return chosen, None
         mine = [s for s in self._slots if s.model == model.mode]
         group = self._group(model.unit)
         in_group = [s for s in self._slots if self._group(s.unit_type) == group]

@@ -85,6 +85,10 @@ class Unit:
         self._failure: BaseException | None = None
         # Bumped when a new inference starts or pause ends one: stale consumers stop reading.
         self._generation = 0
+        # What the unit's users know of state the device keeps between inferences (a ctx model's KV cache:
+        # backends/conversations.py). Opaque here, and kept on the unit so that every backend leasing it
+        # sees the same; None for a unit just set up.
+        self.context_state: object | None = None
 
     # ---- state ---------------------------------------------------------------------------------
 

@@ -8,13 +8,16 @@ base64, grouping of LLM tokens into deltas, terminators, error codes); engines o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from stackflow_openai.stackflow.models import ModelDescriptor
 
-__all__ = ["AsrSession", "Engine", "LlmSession", "LlmSettings", "TtsSession"]
+__all__ = ["AsrSession", "Engine", "History", "LlmSession", "LlmSettings", "TtsSession"]
+
+# Earlier turns a "ctx" unit keeps in its KV cache: (role, text) pairs, oldest first, roles user/assistant.
+History = Sequence[tuple[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +37,20 @@ class LlmSession(Protocol):
         `system_prompt` instead of the setup's when given."""
         ...
 
-    def generate(self, prompt: str, *, images: list[bytes], max_new_tokens: int) -> AsyncIterator[str]:
-        """Text pieces (about one token each). The consumer may stop iterating at any time (pause)."""
+    def generate(
+        self,
+        prompt: str,
+        *,
+        images: list[bytes],
+        max_new_tokens: int,
+        history: History = (),
+        prefill_tokens: int | None = None,
+    ) -> AsyncIterator[str]:
+        """Text pieces (about one token each). The consumer may stop iterating at any time (pause).
+
+        `history`: what a ctx unit's KV cache holds before this turn (the answer may use it).
+        `prefill_tokens`: positions this inference prefills (a ctx unit prefills only the new turn);
+        None: the whole templated prompt. Engines with a timing model charge prefill by it."""
         ...
 
     async def close(self) -> None: ...

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
-from stackflow_openai.emulator.engines.base import LlmSettings
+from stackflow_openai.emulator.engines.base import History, LlmSettings
 from stackflow_openai.emulator.engines.local import LocalEngineError
 
 __all__ = ["LlamaCppModel", "LocalLlmSession"]
@@ -165,7 +165,13 @@ class LocalLlmSession:
         return self._model.count_prompt_tokens(self._model.messages(system, prompt))
 
     async def generate(
-        self, prompt: str, *, images: list[bytes], max_new_tokens: int
+        self,
+        prompt: str,
+        *,
+        images: list[bytes],
+        max_new_tokens: int,
+        history: History = (),
+        prefill_tokens: int | None = None,  # llama.cpp's own prefill is the real cost here
     ) -> AsyncGenerator[str, None]:
         if images:
             # No small vision model can be installed offline: answer from the text alone.
@@ -177,6 +183,8 @@ class LocalLlmSession:
         done = asyncio.Event()
         stop = threading.Event()
         messages = self._model.messages(self._settings.system_prompt, prompt)
+        # A ctx unit's earlier turns go between the system prompt and this one, as its KV cache holds them.
+        messages[1:1] = [{"role": role, "content": text} for role, text in history]
         options = sampling_options(self._settings, max_new_tokens)
 
         def post(item: object) -> None:

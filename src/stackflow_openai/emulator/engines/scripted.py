@@ -3,11 +3,12 @@
 Nothing here is a model. Outputs are pure functions of the inputs, so tests can predict them:
 
 - LLM/VLM: the answer repeats the prompt's words ("You said 3 words: hello big world."), one piece
-  per word-ish token; `max_new_tokens` cuts it. A prompt that carries tools or asks for JSON gets a
-  call in its family's format or schema-valid JSON instead (scripted_tools.py). `prompt_tokens`
-  counts the templated prompt with the Qwen tokenizer for Qwen/InternVL models (what the device
-  counts with), else estimates (~3.5 ASCII characters per token, CJK characters about one each,
-  plus the template).
+  per word-ish token; `max_new_tokens` cuts it. On a ctx unit, whose KV cache keeps earlier turns, it
+  also repeats what it remembers ("... Before that you said: my name is Ann.") so that a test sees at
+  once when one conversation's text reaches another. A prompt that carries tools or asks for JSON gets
+  a call in its family's format or schema-valid JSON instead (scripted_tools.py). `prompt_tokens` counts
+  the templated prompt with the Qwen tokenizer for Qwen/InternVL models (what the device counts with),
+  else estimates (~3.5 ASCII characters per token, CJK characters about one each, plus the template).
 - TTS: a non-silent 16 kHz s16le waveform, one short tone per character (pitch from the character),
   silence for spaces and punctuation; longer text gives longer audio, `speed` shortens it.
 - ASR: one word per ~0.4 s of non-silent audio, picked from a fixed vocabulary by a checksum of
@@ -28,7 +29,7 @@ from array import array
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from stackflow_openai.emulator.engines.base import LlmSettings
+from stackflow_openai.emulator.engines.base import History, LlmSettings
 from stackflow_openai.emulator.engines.scripted_tools import scripted_json_answer, scripted_tool_answer
 from stackflow_openai.stackflow.models import ModelDescriptor
 
@@ -47,6 +48,7 @@ SAMPLE_RATE = 16000
 _WORD = re.compile(r"\w+")
 _PIECE = re.compile(r"\s*(?:[A-Za-z0-9_']+|[^\sA-Za-z0-9_'])|\s+")
 _SPECIAL = re.compile(r"<\|[a-z_]+\|>")
+_REMEMBERED_TURNS = 3  # earlier user turns a ctx answer repeats
 _PAUSE_CHARS = frozenset(",.!?;:，、。！？；：")
 _FRAME = SAMPLE_RATE // 100  # 10 ms
 _SPEECH_LEVEL = 300  # mean |sample| above this is "speech" (same threshold as the asr unit)
@@ -88,24 +90,31 @@ class Timing:
 
     setup_delay: float = 0.0
     time_to_first_token: float = 0.0
+    # Prefill cost per prompt position, on top of time_to_first_token: a MODELLING CHOICE, not a measured
+    # device figure (it makes what a ctx unit saves by prefilling only the new turn visible).
+    prefill_seconds_per_token: float = 0.0
     tokens_per_second: float = 0.0
     synthesis_seconds_per_char: float = 0.0
     transcription_delay: float = 0.0
 
     @classmethod
     def realistic(cls) -> Timing:
-        """About what a Module LLM (AX630C) does with a 0.5B model (protocol §6 timeouts table)."""
+        """About what a Module LLM (AX630C) does with a 0.5B model (protocol §6 timeouts table): a first
+        token ~0.5 s after a typical 60-token prompt, 0.3 s fixed plus 3.5 ms per prompt position (an
+        assumption: one 128-token prefill chunk in ~0.45 s; see docs/performance.md, "ctx models")."""
         return cls(
             setup_delay=5.0,
-            time_to_first_token=0.5,
+            time_to_first_token=0.3,
+            prefill_seconds_per_token=0.0035,
             tokens_per_second=10.0,
             synthesis_seconds_per_char=0.01,
             transcription_delay=0.3,
         )
 
 
-def scripted_answer(prompt: str, image_count: int = 0) -> str:
-    """The full answer the scripted LLM gives to `prompt` (before any token limit)."""
+def scripted_answer(prompt: str, image_count: int = 0, history: History = ()) -> str:
+    """The full answer the scripted LLM gives to `prompt` (before any token limit); with a ctx unit's
+    `history`, the last earlier user turns it remembers are repeated after it."""
     words = _WORD.findall(prompt)
     if words:
         shown = " ".join(words[:48])
@@ -113,7 +122,11 @@ def scripted_answer(prompt: str, image_count: int = 0) -> str:
     else:
         body = "You said nothing."
     if image_count:
-        return f"I see {image_count} image{'s' if image_count != 1 else ''}. {body}"
+        body = f"I see {image_count} image{'s' if image_count != 1 else ''}. {body}"
+    remembered = [text for role, text in history if role == "user"][-_REMEMBERED_TURNS:]
+    if remembered:
+        earlier = " | ".join(" ".join(_WORD.findall(text)[:16]) for text in remembered)
+        body += f" Before that you said: {earlier}."
     return body
 
 
@@ -170,11 +183,24 @@ class ScriptedLlmSession:
             return len(self._encoder(templated))
         return estimate_tokens(templated)
 
-    async def generate(self, prompt: str, *, images: list[bytes], max_new_tokens: int) -> AsyncIterator[str]:
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        images: list[bytes],
+        max_new_tokens: int,
+        history: History = (),
+        prefill_tokens: int | None = None,
+    ) -> AsyncIterator[str]:
         answer = scripted_tool_answer(self.settings.system_prompt, prompt) or scripted_json_answer(prompt)
-        pieces = scripted_pieces(answer or scripted_answer(prompt, len(images)))[: max(0, max_new_tokens)]
+        text = answer or scripted_answer(prompt, len(images), history)
+        pieces = scripted_pieces(text)[: max(0, max_new_tokens)]
+        first = self._timing.time_to_first_token
+        if self._timing.prefill_seconds_per_token > 0:
+            positions = self.prompt_tokens(prompt) if prefill_tokens is None else prefill_tokens
+            first += self._timing.prefill_seconds_per_token * positions
         for number, piece in enumerate(pieces):
-            delay = self._timing.time_to_first_token if number == 0 else self._token_interval()
+            delay = first if number == 0 else self._token_interval()
             if delay > 0:
                 await asyncio.sleep(delay)
             yield piece

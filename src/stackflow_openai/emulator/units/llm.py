@@ -10,6 +10,9 @@ Generation follows the device's decode loop:
   it), while the non-stream text always has every token;
 - then exactly one finish: the `{"delta":"","finish":true}` terminator, or the whole text.
 
+A "ctx" model (`precompute_len > 0`, every AXCL llm) keeps the conversation in its KV cache across
+inferences, resets silently when the cache is full and on the input `reset` (units/kvcontext.py).
+
 llm queues at most 3 waiting requests (more are dropped) and runs them on its own task; the vlm
 generates inside its receive loop, so its next message waits. The llm unescapes JSON escapes in the
 text it receives; the vlm gets the raw, still-escaped characters from between the quotes.
@@ -29,6 +32,7 @@ from stackflow_openai.emulator.engines.scripted import scripted_pieces
 from stackflow_openai.emulator.engines.scripted_tools import malformed_answer
 from stackflow_openai.emulator.rawjson import unescape
 from stackflow_openai.emulator.units.base import Instance, UnitService
+from stackflow_openai.emulator.units.kvcontext import RESET_REPLY, KvContext
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = ["LlmInstance", "LlmUnit", "VlmInstance", "VlmUnit"]
@@ -58,12 +62,17 @@ class LlmInstance(Instance):
         self._generating = False
         self._idle = asyncio.Event()  # nothing generating and nothing queued
         self._idle.set()
+        self.context: KvContext | None = None  # a ctx model's KV cache (None: single-turn model)
 
     def configure(self, config: dict[str, Any], params: dict[str, Any], model: ModelDescriptor) -> None:
         super().configure(config, params, model)
         capacity = model.kv_cache_len or 1023
         self.max_token_len = min(int(params.get("max_token_len", DEFAULT_MAX_TOKEN_LEN)), capacity)
         self.prefill_len = model.prefill_len or DEFAULT_PREFILL
+        if model.context_len:
+            # LLM_CTX::Init takes max_token_len from the model file's mask, whatever the setup said.
+            self.max_token_len = capacity
+            self.context = KvContext.for_model(model)
 
     def settings(self) -> LlmSettings:
         p = self.params
@@ -79,6 +88,8 @@ class LlmInstance(Instance):
         assert self.model is not None
         engine = self.unit.state.engine_for(self.model)
         self.session = await engine.open_llm(self.model, self.settings())
+        if self.context is not None:
+            self.context.start(self.session.prompt_tokens(""))
 
     async def close_session(self) -> None:
         if self.session is not None:
@@ -149,17 +160,36 @@ class LlmInstance(Instance):
         faults = self.unit.state.faults
         drop_finish = faults.take("drop_finish")
         close_after = faults.close_after_deltas if self.enstream and faults.take("close_mid_stream") else None
-        prompt_tokens = self.prompt_tokens(session, text, images)
-        max_new = 1 + max(0, self.max_token_len - prompt_tokens)
-        if prompt_tokens > self.prefill_len:
-            self.prefill_overflows += 1
-            self.unit.state.prefill_overflows += 1
-            pieces: AsyncIterator[str] = _garbage(max_new)
-        elif faults.malformed_answer and (bad := malformed_answer(self.config["prompt"], text)) is not None:
-            faults.take("malformed_answer")
-            pieces = _scripted(bad, max_new)
+        context = self.context
+        if context is not None and text == "reset":  # exactly: any other text is a turn
+            context.reset()
+            self._finish(RESET_REPLY, drop_finish)
+            return
+        turn_tokens = 0
+        if context is not None:
+            # LLM_CTX prefills in chunks: no prefill window to overflow, but the cache can be full.
+            turn_tokens = self.turn_tokens(session, context, text, images)
+            context.admit_or_reset(turn_tokens)
+            max_new = context.new_tokens_allowed(turn_tokens)
+            pieces: AsyncIterator[str] = session.generate(
+                text,
+                images=images,
+                max_new_tokens=max_new,
+                history=list(context.history),
+                prefill_tokens=turn_tokens,
+            )
         else:
-            pieces = session.generate(text, images=images, max_new_tokens=max_new)
+            prompt_tokens = self.prompt_tokens(session, text, images)
+            max_new = 1 + max(0, self.max_token_len - prompt_tokens)
+            if prompt_tokens > self.prefill_len:
+                self.prefill_overflows += 1
+                self.unit.state.prefill_overflows += 1
+                pieces = _garbage(max_new)
+            else:
+                pieces = session.generate(text, images=images, max_new_tokens=max_new)
+        if faults.malformed_answer and (bad := malformed_answer(self.config["prompt"], text)) is not None:
+            faults.take("malformed_answer")  # instead of the engine's answer (a garbage one included)
+            pieces = _scripted(bad, max_new)
         produced: list[str] = []
         held: list[str] = []
         deltas = 0
@@ -181,12 +211,21 @@ class LlmInstance(Instance):
                 await asyncio.sleep(faults.token_delay)
         if not stopped and len(produced) < max_new and held:
             self._delta("".join(held))  # EOS flushes the held group; length/pause do not
+        if context is not None:  # GetKVCache: the turn and every generated token stay, paused or not
+            context.record(text, "".join(produced), turn_tokens, len(produced))
+        self._finish("".join(produced), drop_finish)
+
+    def turn_tokens(self, session: LlmSession, context: KvContext, text: str, images: list[bytes]) -> int:
+        return context.turn_tokens(session.prompt_tokens(text), session.prompt_tokens(""))
+
+    def _finish(self, text: str, drop_finish: bool) -> None:
+        """The one finish message: the stream terminator (its delta always empty), or the whole text."""
         if drop_finish:
             return
         if self.enstream:
             self.emit({"delta": "", "finish": True, "index": self.next_stream_index(finish=True)})
         else:
-            self.emit("".join(produced))
+            self.emit(text)
 
     def _delta(self, text: str) -> int:
         if self.enstream:
@@ -239,6 +278,15 @@ class VlmInstance(LlmInstance):
         fixed = self.model.mode.startswith(_FIXED_IMAGE_PROMPT)
         text_tokens = session.prompt_tokens(text, IMAGE_SYSTEM_PROMPT if fixed else None)
         return text_tokens + (side // 28) ** 2 * len(images)
+
+    def turn_tokens(self, session: LlmSession, context: KvContext, text: str, images: list[bytes]) -> int:
+        if not images:
+            return super().turn_tokens(session, context, text, images)
+        # With images LLM_CTX prefills the tokenizer helper's whole template (`Encode_ctx`: token_ids, not
+        # the diff): the system block and every earlier turn again, then this turn with its images.
+        empty = session.prompt_tokens("")
+        earlier = sum(session.prompt_tokens(said) - empty + 5 for _, said in context.history)
+        return self.prompt_tokens(session, text, images) + earlier
 
     async def on_user_data(self, object: str, data: str) -> None:
         payload = self.decode_common(object, data)
