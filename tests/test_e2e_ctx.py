@@ -264,3 +264,20 @@ def test_two_model_names_for_one_device_model_share_what_the_unit_holds(one: Any
     assert "Ann" not in (reply.choices[0].message.content or "")
     assert "Bob" not in ann.say("who am I")
     assert len(h.live_instances()) == 1  # one unit served both names
+
+
+def test_a_responses_conversation_continues_on_the_ctx_unit(one: Any) -> None:
+    """/v1/responses with previous_response_id: the stored history is the unit's history, so only the new
+    input is sent (the Responses API shares the plan builder, services/plan.py)."""
+    h, engine = one
+    client = sdk(h)
+    first = client.responses.create(model="chat", input="my name is Ann", truncation="auto")
+    second = client.responses.create(
+        model="chat", input="what is my name", previous_response_id=first.id, truncation="auto"
+    )
+    assert engine.calls[-1] == (
+        "what is my name",
+        [("user", "my name is Ann"), ("assistant", first.output_text)],
+    )
+    assert "my name is Ann" in second.output_text
+    assert silent_resets(h) == 0
