@@ -171,7 +171,9 @@ class ModelSettings(_Strict):
     strict_params: bool = Field(False, description="refuse (400) parameters the device cannot honour")
     allow_n: bool = Field(True, description="accept n > 1 (choices run one after another)")
     voices: dict[str, str] = Field(
-        default_factory=dict, description="speech: OpenAI voice name → device model"
+        default_factory=dict,
+        description="speech: OpenAI voice name → device model; for CosyVoice2 `model@prompt_dir` names the "
+        "folder of voice prompt files (under the model's directory) it imitates",
     )
     language: str | None = Field(
         None,

@@ -56,7 +56,9 @@ _AXCL_VERSIONS = {"sys": "1.7", "kws": "1.10", "asr": "1.9", "llm": "1.12", "tts
                   "vlm": "1.12", "whisper": "1.8", "cosy_voice": "1.10"}  # fmt: skip
 
 GENERATIONS = {
-    "dev": Generation("dev", _DEV_VERSIONS, tts_final_only=True, melotts_extra_end=True, asr_empty_finals=True),
+    "dev": Generation(
+        "dev", _DEV_VERSIONS, tts_final_only=True, melotts_extra_end=True, asr_empty_finals=True
+    ),
     "main": Generation(
         "main", _MAIN_VERSIONS, tts_final_only=False, melotts_extra_end=False, asr_empty_finals=False
     ),

@@ -29,6 +29,8 @@ BUILTIN_CATALOGUE_DIR = CATALOGUE_ROOT / "ax630c"  # the default board's
 
 def board_catalogue_dir(board: str) -> Path:
     return CATALOGUE_ROOT / board
+
+
 _log = logging.getLogger(__name__)
 
 

@@ -28,8 +28,8 @@ from stackflow_openai.emulator.state import DeviceState
 from stackflow_openai.emulator.sysactions import SysActions
 from stackflow_openai.emulator.units.asr import AsrUnit, WhisperUnit
 from stackflow_openai.emulator.units.base import UnitService
-from stackflow_openai.emulator.units.llm import LlmUnit, VlmUnit
 from stackflow_openai.emulator.units.cosy import CosyUnit
+from stackflow_openai.emulator.units.llm import LlmUnit, VlmUnit
 from stackflow_openai.emulator.units.tts import MeloUnit, TtsUnit
 from stackflow_openai.stackflow.models import ModelDescriptor
 
@@ -71,13 +71,12 @@ class Emulator:
         self.faults = Faults()
         self.hwinfo_delay = hwinfo_delay
         self.neon_framing = neon_framing
-        generation = units
-        units = tuple(UNIT_TYPES) if installed_units is None else tuple(installed_units)
-        unknown = [u for u in units if u not in UNIT_TYPES]
+        installed = tuple(UNIT_TYPES) if installed_units is None else tuple(installed_units)
+        unknown = [u for u in installed if u not in UNIT_TYPES]
         if unknown:
             raise ValueError(f"unknown units {unknown}; known: {sorted(UNIT_TYPES)}")
-        self.installed_units = units
-        self.board, self.generation = board_profile(board, generation)
+        self.installed_units = installed
+        self.board, self.generation = board_profile(board, units)
         self.state = DeviceState(
             catalogue=load_catalogue(catalogue_dirs, include_builtin=include_builtin_catalogue, board=board),
             engine=self.engine,

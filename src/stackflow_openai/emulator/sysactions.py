@@ -62,7 +62,9 @@ class SysActions:
         if self._emu.board.axcl:
             # An AXCL host has no /proc/ax_proc/mem_cmm_info: the three numbers are never assigned and
             # the reply carries whatever the stack held (axcl:main_sys/src/event_loop.cpp 230-284).
-            data = {key: random.getrandbits(random.choice((16, 32, 47))) for key in ("total", "used", "remain")}
+            data = {
+                key: random.getrandbits(random.choice((16, 32, 47))) for key in ("total", "used", "remain")
+            }
         else:
             data = self._memory()
         conn.send(build_reply(request_id, "sys", object="sys.cmminfo", data=data))

@@ -108,11 +108,15 @@ async def _inspect(client: DeviceClient, report: _Report) -> list[ModelDescripto
     except _FAILURES as exc:
         report.add("version", "fail", str(exc))
     try:
-        cmm = await client.cmminfo()
-        status = "ok" if cmm.remain > 0 else "warn"
-        report.add(
-            "memory", status, f"NPU/CMM {cmm.remain / 1024:.0f} MiB free of {cmm.total / 1024:.0f} MiB"
-        )
+        cmm = await client.memory()  # axcl_cmminfo on an AXCL host, whose cmminfo is garbage
+        if cmm is None:
+            report.add("memory", "warn", "the memory report is not plausible (AXCL without axcl-smi?)")
+        else:
+            status = "ok" if cmm.remain > 0 else "warn"
+            where = "AXCL card" if client.axcl else "NPU/CMM"
+            report.add(
+                "memory", status, f"{where} {cmm.remain / 1024:.0f} MiB free of {cmm.total / 1024:.0f} MiB"
+            )
     except _FAILURES as exc:
         report.add("memory", "fail", str(exc))
     try:

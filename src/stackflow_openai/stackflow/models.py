@@ -165,6 +165,17 @@ class CmmInfo:
     total: int
     used: int
 
+    @property
+    def plausible(self) -> bool:
+        """Numbers a real memory report could hold: used and remain add up to the total (within 1%).
+
+        An AXCL host answers `cmminfo` with uninitialised numbers (axcl:main_sys/src/event_loop.cpp
+        230-284), and a failed `axcl-smi` with zeros: neither may decide whether a model fits.
+        """
+        if self.total <= 0 or min(self.used, self.remain) < 0:
+            return False
+        return abs(self.used + self.remain - self.total) <= self.total // 100
+
 
 @dataclass(frozen=True, slots=True)
 class TaskInfo:

@@ -66,7 +66,9 @@ class CosyInstance(SpeechInstance):
             finish = number == len(chunks) - 1
             encoded = base64.b64encode(chunk).decode("ascii")
             if self.enstream:
-                self.emit({"delta": encoded, "finish": finish, "index": self.next_stream_index(finish=finish)})
+                self.emit(
+                    {"delta": encoded, "finish": finish, "index": self.next_stream_index(finish=finish)}
+                )
             elif finish:
                 self.emit(encoded)
 

@@ -85,7 +85,13 @@ OPTIONAL: dict[str, dict[str, str]] = {
         "verbalizer": STR,
     },
     # Kokoro (dev) reads the rates too; SummerTTS only the first three.
-    "tts": {"spacker_role": NUM, "spacker_speed": NUM, "ttsModelName": STR, "mode_rate": NUM, "audio_rate": NUM},
+    "tts": {
+        "spacker_role": NUM,
+        "spacker_speed": NUM,
+        "ttsModelName": STR,
+        "mode_rate": NUM,
+        "audio_rate": NUM,
+    },
     # dev:main_cosy_voice/src/main.cpp 175-212 (a few of them)
     "cosy_voice": {"mode_rate": NUM, "audio_rate": NUM, "prompt_dir": STR, "n_timesteps": NUM},
     "whisper": {
