@@ -410,11 +410,21 @@ async def test_melotts_stream_audio_and_no_pause(emu: Emulator, dev: DeviceClien
     await unit.exit()
 
 
-async def test_tts_non_stream_one_message_per_segment(emu: Emulator, dev: DeviceClient) -> None:
-    unit = await dev.open_unit("tts", tts_setup("single-speaker-english-fast"))
+async def test_tts_1_6_non_stream_one_message_per_segment(make_emulator: MakeEmulator) -> None:
+    emu = await make_emulator(units="main")
+    async with DeviceClient("127.0.0.1", emu.port, timeout=2.0, setup_timeout=5.0) as dev:
+        unit = await dev.open_unit("tts", tts_setup("single-speaker-english-fast"))
+        await unit.infer("One. Two.", object="tts.utf-8")
+        segments = [[r.data async for r in unit.outputs(idle_timeout=2)] for _ in range(2)]
+        assert all(len(base64.b64decode(s[0])) > 0 for s in segments)
+        await unit.exit()
+
+
+async def test_tts_1_7_stream_every_segment_then_an_empty_end(emu: Emulator, dev: DeviceClient) -> None:
+    unit = await dev.open_unit("tts", tts_setup("single-speaker-english-fast", stream=True))
     await unit.infer("One. Two.", object="tts.utf-8")
-    segments = [[r.data async for r in unit.outputs(idle_timeout=2)] for _ in range(2)]
-    assert all(len(base64.b64decode(s[0])) > 0 for s in segments)
+    replies = [r.data async for r in unit.outputs(idle_timeout=2)]
+    assert [(bool(r["delta"]), r["finish"]) for r in replies] == [(True, False), (True, False), (False, True)]
     await unit.exit()
 
 

@@ -216,15 +216,21 @@ def _is_vision(entry: ModelEntry) -> bool:
     return entry.chat is not None and entry.chat.info.vision
 
 
+def _general_chat(model_id: str) -> bool:
+    """A plain instruct model: not a coder, a reasoning model (deepseek-r1, qwen3) or a fine-tune (HA)."""
+    return model_id.startswith("qwen2.5-") and not any(x in model_id for x in ("coder", "-HA-"))
+
+
 def _default_aliases(entries: dict[str, ModelEntry]) -> dict[str, str]:
     def first(kind: str) -> str | None:
         ids = [e.id for e in entries.values() if e.kind == kind]
         if kind == "chat":  # text-only models first: a vision model is slower and has a smaller window
-            ids.sort(key=lambda i: _is_vision(entries[i]))
+            ids.sort(key=lambda i: (_is_vision(entries[i]), not _general_chat(i), "-p256-" not in i))
         elif kind == "transcription":  # whisper-1 should be a whisper model (sherpa sorts first by name)
             ids.sort(key=lambda i: not i.startswith("whisper"))
-        elif kind == "speech":  # English melotts first: OpenAI's voices speak English
-            ids.sort(key=lambda i: (not i.startswith("melotts-en"), not i.startswith("melotts")))
+        elif kind == "speech":  # US English melotts first: OpenAI's voices speak (American) English
+            ids.sort(key=lambda i: (not i.startswith("melotts-en-us"), not i.startswith("melotts-en"),
+                                    not i.startswith("melotts")))  # fmt: skip
         return ids[0] if ids else None
 
     aliases: dict[str, str] = {}
