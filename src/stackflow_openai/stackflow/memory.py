@@ -57,6 +57,11 @@ async def load_failure(
             f"the device could not load {model.mode} ({exc.message}) although {info.remain} KiB of "
             "memory are free: is the model installed?"
         )
+    if info is not None and info.used == 0:
+        return PoolOutOfMemory(
+            f"the device could not load {model.mode} ({exc.message}) with nothing else loaded: it does not "
+            f"fit in the device's {info.total} KiB of memory, or it is not installed"
+        )
     free = f"{info.remain} KiB of {info.total} KiB free" if info is not None else "free memory unknown"
     return PoolOutOfMemory(
         f"the device could not load {model.mode} ({exc.message}): most likely out of memory ({free}; "
