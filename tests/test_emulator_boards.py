@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from emulator_helpers import client_for, started_emulator
-from stackflow_openai.emulator.engines.scripted import render_speech
+from emulator_helpers import b64, client_for, silence_pcm, started_emulator, tone_pcm
+from stackflow_openai.emulator.engines.scripted import render_speech, transcribe_scripted
 
 TEXT = "One, two and three"  # a remainder without a closing breakpoint
 SUMMER = {"model": "single-speaker-english-fast", "input": "tts.utf-8", "enoutput": True}
@@ -162,3 +162,31 @@ async def test_a_model_that_does_not_fit_fails_its_setup_with_minus_5() -> None:
         assert small["error"]["code"] == 0
         memory = (await client.call("sys", "cmminfo"))["data"]
     assert memory["used"] == 560460  # the emulator's table (memory.py), not a descriptor field
+
+
+async def test_dev_asr_sends_an_empty_final_on_silence_and_no_period() -> None:
+    async with started_emulator() as emu, client_for(emu) as client:
+        work_id = await client.setup("asr")  # sherpa-ncnn streaming
+        await client.send(work_id, "inference", "asr.pcm.base64", b64(silence_pcm(3.0)))
+        final = await client.recv()
+        assert (final["data"]["delta"], final["data"]["finish"]) == ("", True)  # main sends nothing
+        speech = tone_pcm(0.9) + silence_pcm(1.5)
+        await client.send(work_id, "inference", "asr.pcm.base64", b64(speech))
+        messages = await client.stream()
+    assert messages[-1]["data"]["delta"] == transcribe_scripted(tone_pcm(0.9), "en").lower()  # no "."
+
+
+async def test_dev_sense_voice_sends_each_voiced_segment_then_the_joined_final() -> None:
+    async with started_emulator(board="ax650") as emu, client_for(emu) as client:
+        work_id = await client.setup(
+            "asr", model="sense-voice-small-10s-ax650", response_format="asr.utf-8.stream"
+        )
+        first, second = tone_pcm(0.9), tone_pcm(0.9, 550)
+        await client.send(work_id, "inference", "asr.pcm.base64", b64(first + silence_pcm(1.0) + second))
+        messages = await client.stream()
+    texts = [transcribe_scripted(first, "en"), transcribe_scripted(second, "en")]
+    assert [(m["data"]["delta"], m["data"]["finish"]) for m in messages] == [
+        (texts[0], False),
+        (texts[1], False),
+        (" ".join(texts), True),
+    ]
