@@ -28,7 +28,7 @@ from .owned_units import OwnedUnits
 __all__ = ["POOLED_UNITS", "DeviceMonitor"]
 
 log = logging.getLogger(__name__)
-POOLED_UNITS = ["llm", "vlm", "melotts", "tts", "whisper", "asr"]
+POOLED_UNITS = ["llm", "vlm", "melotts", "tts", "cosy_voice", "whisper", "asr"]
 _FAILURES = (StackFlowError, OSError, TimeoutError)
 
 
