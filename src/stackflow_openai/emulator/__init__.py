@@ -1,4 +1,4 @@
-"""A StackFlow device emulator: llm-sys on TCP plus the llm, vlm, melotts, tts, cosy_voice, whisper and asr units.
+"""A StackFlow device emulator: llm-sys on TCP plus the llm, vlm, melotts, tts, cosy_voice, whisper, asr units.
 
 It follows `stackflow-protocol.md` (§8 checklist) down to the device's bugs: brace-counted framing
 with the `reace reset` line, the dispatch error codes, one global work_id counter from 1000, per-unit
@@ -14,7 +14,8 @@ tool, not a model.
 
 `board` ("ax630c" default, "ax650", "axcl") picks the catalogue, CMM memory and AXCL behaviours, and
 `units` ("dev" default, "main"; axcl's own branch by default there) the unit generation (`boards.py`).
-Other keyword arguments: `catalogue_dirs` (extra `mode_*.json` folders), `cmm_total_kib` (overrides the board's),
+Other keyword arguments: `catalogue_dirs` (extra `mode_*.json` folders), `cmm_total_kib` (the board's
+by default),
 `installed_units` (others answer -9), `engines={"name": engine}` (picked by a descriptor field
 `emulator_engine`), `include_builtin_catalogue`, `neon_framing` (the ARM framer quirk, on by default).
 
