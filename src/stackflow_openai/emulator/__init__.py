@@ -1,4 +1,4 @@
-"""A StackFlow device emulator: llm-sys on TCP plus the llm, vlm, melotts, tts, cosy_voice, whisper, asr units.
+"""A StackFlow device emulator: llm-sys on TCP and the llm, vlm, melotts, tts, cosy_voice, whisper, asr units.
 
 It follows `stackflow-protocol.md` (§8 checklist) down to the device's bugs: brace-counted framing
 with the `reace reset` line, the dispatch error codes, one global work_id counter from 1000, per-unit
