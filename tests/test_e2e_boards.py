@@ -7,16 +7,20 @@ CosyVoice2's voices, the AXCL memory check and a clear answer when a model does 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
+from audio_fakes import encode_file
 from e2e_harness import Harness
+from emulator_helpers import silence_pcm, tone_pcm
 from stackflow_openai.backends.stackflow_speech import tts_segments
 from stackflow_openai.config import ModelSettings, Settings
-from stackflow_openai.emulator.engines.scripted import render_speech
+from stackflow_openai.emulator.engines.scripted import render_speech, transcribe_scripted
 
 TEXT = "Hello there, this is the gateway. One more sentence follows!"
 MELOTTS = {"ax630c": "melotts-en-us", "ax650": "melotts-en-us-ax650", "axcl": "melotts-en-us-axcl"}
@@ -176,6 +180,28 @@ def test_a_model_that_does_not_fit_is_a_clear_503_and_idle_units_make_room() -> 
         client.chat.completions.create(model="qwen2.5-1.5B-Int4-ax650", messages=messages)  # type: ignore[arg-type]
         live = [i["model"] for i in h.live_instances()]
         assert live == ["qwen2.5-1.5B-Int4-ax650"]  # 3B (3565158 KiB) was evicted to fit 1.5B (1782579)
+        h.assert_no_leak()
+    finally:
+        h.stop()
+
+
+def test_sense_voice_1_10_answers_every_voiced_segment() -> None:
+    """asr 1.10 sends each VAD segment, then the joined final: the answer is the final, whole."""
+    h = Harness(emulator_kwargs={"board": "ax650"}).start()
+    try:
+        first, second = tone_pcm(0.9), tone_pcm(0.9, 550)
+        pcm = first + silence_pcm(1.0) + second
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768
+        upload = encode_file("wav", samples, 16000, stereo=False)
+        client = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=60)
+        text = client.audio.transcriptions.create(
+            model="sense-voice-small-10s-ax650", file=("a.wav", io.BytesIO(upload))
+        ).text
+        # The upload is decoded and resampled on the way, so the scripted words differ from those of the
+        # raw tones; their shape does not: two segments of two words, each segment capitalised.
+        words = text.split()
+        assert len(words) == 4 and words[0][0].isupper() and words[2][0].isupper(), text
+        assert len(transcribe_scripted(first, "en").split()) == 2
         h.assert_no_leak()
     finally:
         h.stop()
