@@ -420,14 +420,6 @@ async def test_tts_1_6_non_stream_one_message_per_segment(make_emulator: MakeEmu
         await unit.exit()
 
 
-async def test_tts_1_7_stream_every_segment_then_an_empty_end(emu: Emulator, dev: DeviceClient) -> None:
-    unit = await dev.open_unit("tts", tts_setup("single-speaker-english-fast", stream=True))
-    await unit.infer("One. Two.", object="tts.utf-8")
-    replies = [r.data async for r in unit.outputs(idle_timeout=2)]
-    assert [(bool(r["delta"]), r["finish"]) for r in replies] == [(True, False), (True, False), (False, True)]
-    await unit.exit()
-
-
 async def test_whisper_chunked_pcm_and_bad_base64(emu: Emulator, dev: DeviceClient) -> None:
     unit = await dev.open_unit("whisper", whisper_setup("whisper-tiny", "en"))
     await unit.infer("@@@@not base64", object="whisper.pcm.base64")

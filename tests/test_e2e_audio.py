@@ -235,21 +235,6 @@ def test_silence_on_the_sherpa_asr_unit_is_an_empty_text_and_the_instance_is_not
         h.stop()
 
 
-def test_silence_on_asr_1_10_is_an_empty_final_and_the_instance_stays(harness):
-    """asr 1.10 (dev) sends its final at the endpoint even when empty: the stream was reset, keep it."""
-    c = client(harness)
-    silent = encode_file("wav", np.zeros(ASR_RATE * 2), ASR_RATE, stereo=False)
-    started = time.monotonic()
-    assert c.audio.transcriptions.create(model=ASR_MODEL, file=("s.wav", io.BytesIO(silent))).text == ""
-    assert time.monotonic() - started < 3.0  # answered by the final, not by the silence timeout
-    kept = asr_instances(harness)
-    assert len(kept) == 1
-    speech = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
-    text = c.audio.transcriptions.create(model=ASR_MODEL, file=("a.wav", io.BytesIO(speech))).text
-    assert text.strip() and not text.endswith(".")
-    assert asr_instances(harness) == kept  # reused: no model load for the next request
-
-
 def test_asr_without_an_endpoint_returns_its_partial_and_nothing_carries_over(tmp_path):
     # A model whose endpoint rules never fire: the unit sends partials only and keeps the utterance
     # open, so whatever the next inference on that instance hears is appended to it (main_asr).

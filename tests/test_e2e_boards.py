@@ -8,6 +8,7 @@ CosyVoice2's voices, the AXCL memory check and a clear answer when a model does 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -25,6 +26,12 @@ from stackflow_openai.emulator.engines.scripted import render_speech, transcribe
 TEXT = "Hello there, this is the gateway. One more sentence follows!"
 MELOTTS = {"ax630c": "melotts-en-us", "ax650": "melotts-en-us-ax650", "axcl": "melotts-en-us-axcl"}
 OUT_RATE = 24000  # OpenAI's pcm format
+ASR_MODEL = "sherpa-ncnn-streaming-zipformer-20M-2023-02-17"
+
+
+def wav_of(pcm: bytes) -> bytes:
+    """16 kHz s16le mono PCM as a wav upload."""
+    return encode_file("wav", np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768, 16000, stereo=False)
 
 
 def expected_seconds(text: str, speed: float = 1.0) -> float:
@@ -191,8 +198,7 @@ def test_sense_voice_1_10_answers_every_voiced_segment() -> None:
     try:
         first, second = tone_pcm(0.9), tone_pcm(0.9, 550)
         pcm = first + silence_pcm(1.0) + second
-        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768
-        upload = encode_file("wav", samples, 16000, stereo=False)
+        upload = wav_of(pcm)
         client = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=60)
         text = client.audio.transcriptions.create(
             model="sense-voice-small-10s-ax650", file=("a.wav", io.BytesIO(upload))
@@ -205,3 +211,27 @@ def test_sense_voice_1_10_answers_every_voiced_segment() -> None:
         h.assert_no_leak()
     finally:
         h.stop()
+
+
+def test_silence_on_asr_1_10_is_an_empty_final_and_the_instance_stays() -> None:
+    """asr 1.10 (dev) sends its final at the endpoint even when empty: the stream was reset, keep it."""
+    h = Harness().start()  # dev units
+    try:
+        c = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=60)
+        silent = wav_of(silence_pcm(2.0))
+        started = time.monotonic()
+        assert c.audio.transcriptions.create(model=ASR_MODEL, file=("s.wav", io.BytesIO(silent))).text == ""
+        assert time.monotonic() - started < 3.0  # answered by the final, not by the silence timeout
+        kept = asr_instances(h)
+        assert len(kept) == 1
+        speech = wav_of(tone_pcm(0.9) + tone_pcm(0.9, 550))
+        text = c.audio.transcriptions.create(model=ASR_MODEL, file=("a.wav", io.BytesIO(speech))).text
+        assert text.strip() and not text.endswith(".")
+        assert asr_instances(h) == kept  # reused: no model load for the next request
+        h.assert_no_leak()
+    finally:
+        h.stop()
+
+
+def asr_instances(h: Harness) -> list[str]:
+    return [w for w in h.pool_work_ids() if w.startswith("asr.")]
