@@ -22,6 +22,8 @@ from emulator_helpers import silence_pcm, tone_pcm
 from stackflow_openai.backends.stackflow_speech import tts_segments
 from stackflow_openai.config import ModelSettings, Settings
 from stackflow_openai.emulator.engines.scripted import render_speech, transcribe_scripted
+from stackflow_openai.stackflow.client import DeviceClient
+from stackflow_openai.stackflow.setups import llm_setup
 
 TEXT = "Hello there, this is the gateway. One more sentence follows!"
 MELOTTS = {"ax630c": "melotts-en-us", "ax650": "melotts-en-us-ax650", "axcl": "melotts-en-us-axcl"}
@@ -179,7 +181,7 @@ def test_a_model_that_does_not_fit_is_a_clear_503_and_idle_units_make_room() -> 
         with pytest.raises(openai.InternalServerError) as caught:  # 503
             client.chat.completions.create(model="qwen2.5-7B-Int4-ax650", messages=messages)  # type: ignore[arg-type]
         error = caught.value.body
-        assert isinstance(error, dict) and error["code"] == "device_out_of_memory"
+        assert isinstance(error, dict) and error["code"] == "model_load_failed"  # nothing else was loaded
         assert "does not fit in the device's 4194304 KiB of memory" in error["message"]
         assert "qwen2.5-7B-Int4-ax650" in error["message"]
         # Still serving; and a -5 caused by an idle unit is cured by unloading it.
@@ -188,6 +190,28 @@ def test_a_model_that_does_not_fit_is_a_clear_503_and_idle_units_make_room() -> 
         live = [i["model"] for i in h.live_instances()]
         assert live == ["qwen2.5-1.5B-Int4-ax650"]  # 3B (3565158 KiB) was evicted to fit 1.5B (1782579)
         h.assert_no_leak()
+    finally:
+        h.stop()
+
+
+def test_memory_held_by_another_program_is_device_out_of_memory() -> None:
+    h = Harness(emulator_kwargs={"board": "ax650"}).start()
+    try:
+
+        async def other_program_loads_3b() -> DeviceClient:
+            other = DeviceClient("127.0.0.1", h.emulator.port, timeout=5)
+            setup = llm_setup("qwen2.5-3B-Int4-ax650", system_prompt="", max_token_len=1023)
+            await other.open_unit("llm", setup)
+            return other
+
+        other = h.call(other_program_loads_3b)
+        response = httpx.post(f"{h.base_url}/chat/completions", timeout=30, json={
+            "model": "qwen2.5-1.5B-Int4-ax650", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert error["code"] == "device_out_of_memory"
+        assert "629146 KiB of 4194304 KiB free" in error["message"]  # 4194304 - 3565158
+        h.call(other.close)
     finally:
         h.stop()
 

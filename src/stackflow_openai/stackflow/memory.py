@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from .client import DeviceClient
 from .errors import ConnectionLost, DeviceError, DeviceTimeout, ModelLoadFailed
 from .models import ModelDescriptor
-from .poolerrors import PoolOutOfMemory, PoolUnavailable
+from .poolerrors import PoolLoadFailed, PoolOutOfMemory, PoolUnavailable
 
 __all__ = ["check_memory", "load_failure"]
 
@@ -53,12 +53,13 @@ async def load_failure(
     except _QUERY_FAILURES:
         info = None
     if info is not None and model.cmm_size is not None and info.remain >= model.cmm_size:
-        return PoolUnavailable(
+        return PoolLoadFailed(
             f"the device could not load {model.mode} ({exc.message}) although {info.remain} KiB of "
             "memory are free: is the model installed?"
         )
     if info is not None and info.used == 0:
-        return PoolOutOfMemory(
+        # Nothing to wait for: retrying cannot help (PoolLoadFailed, not PoolOutOfMemory).
+        return PoolLoadFailed(
             f"the device could not load {model.mode} ({exc.message}) with nothing else loaded: it does not "
             f"fit in the device's {info.total} KiB of memory, or it is not installed"
         )

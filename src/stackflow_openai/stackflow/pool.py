@@ -26,7 +26,7 @@ from .client import DeviceClient
 from .errors import ConnectionLost, DeviceError, DeviceTimeout, ModelLoadFailed, TaskFull
 from .memory import check_memory, load_failure
 from .models import ModelDescriptor
-from .poolerrors import PoolBusy, PoolError, PoolOutOfMemory, PoolUnavailable
+from .poolerrors import PoolBusy, PoolError, PoolLoadFailed, PoolOutOfMemory, PoolUnavailable
 from .unit import Unit
 from .versions import Version
 
@@ -35,6 +35,7 @@ __all__ = [
     "DevicePool",
     "PoolBusy",
     "PoolError",
+    "PoolLoadFailed",
     "PoolObserver",
     "PoolOutOfMemory",
     "PoolUnavailable",

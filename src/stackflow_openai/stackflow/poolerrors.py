@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PoolBusy", "PoolError", "PoolOutOfMemory", "PoolUnavailable"]
+__all__ = ["PoolBusy", "PoolError", "PoolLoadFailed", "PoolOutOfMemory", "PoolUnavailable"]
 
 
 class PoolError(Exception):
@@ -23,3 +23,8 @@ class PoolUnavailable(PoolError):
 
 class PoolOutOfMemory(PoolUnavailable):
     """The device refused the model's setup with -5 and no idle instance was left to make room."""
+
+
+class PoolLoadFailed(PoolUnavailable):
+    """The device refused the model's setup with -5 although nothing of ours held its memory: the model
+    does not fit on this device at all, or its files are missing. Retrying will not help."""
