@@ -92,6 +92,10 @@ def test_summer_tts_full_audio_on_both_generations(units: str, stream: bool) -> 
     """tts 1.7 sends every segment only in its stream format; 1.6 only in its non-stream format."""
     h = Harness(emulator_kwargs={"units": units}).start()
     try:
+        backend = h.call(lambda: h.registry.get("single-speaker-english-fast").speech)
+        voice = backend._voices["alloy"]
+        setup, _, _ = h.call(lambda: backend.plan(voice, TEXT))  # driven by the version version2 gave
+        assert setup["response_format"] == ("tts.pcm.stream.base64" if units == "dev" else "tts.pcm.base64")
         client = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=60)
         for _ in range(2):  # the second request finds nothing left over on the instance
             if stream:
@@ -119,6 +123,9 @@ def test_tts_of_unknown_version_is_driven_one_segment_at_a_time() -> None:
         h.call(h._start)
         try:
             assert h.call(lambda h=h: h.registry.devices[0].client.unit_versions) == {}
+            backend = h.call(lambda h=h: h.registry.get("single-speaker-english-fast").speech)
+            _, _, driver = backend.plan(backend._voices["alloy"], TEXT)
+            assert driver.__name__ == "_one_segment_at_a_time"
             for _ in range(2):
                 assert abs(speech_seconds(h, "single-speaker-english-fast") - expected_seconds(TEXT)) < 0.02
             h.assert_no_leak()
