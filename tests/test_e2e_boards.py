@@ -266,3 +266,25 @@ def test_silence_on_asr_1_10_is_an_empty_final_and_the_instance_stays() -> None:
 
 def asr_instances(h: Harness) -> list[str]:
     return [w for w in h.pool_work_ids() if w.startswith("asr.")]
+
+
+def test_a_unit_left_at_its_own_rate_is_resampled_not_misplayed() -> None:
+    """Without `audio_rate` in the setup the AX650 units speak 48 kHz; the rate is read where the unit
+    reads it (the descriptor here) and converted, so the speech still lasts as long."""
+    h = Harness(emulator_kwargs={"board": "ax650"}).start()
+    try:
+        for model in ("melotts-en-us-ax650", "CosyVoice2-0.5B-ax650"):
+            backend = h.call(lambda model=model: h.registry.get(model).speech)
+            original = backend.plan
+
+            def without_rate(voice, text, original=original):  # type: ignore[no-untyped-def]
+                setup, sent, driver = original(voice, text)
+                return {k: v for k, v in setup.items() if k != "audio_rate"}, sent, driver
+
+            backend.plan = without_rate
+            speed = 1.2 if model.startswith("melotts") else 1.0
+            expected = expected_seconds(TEXT, speed) if speed != 1.0 else len(render_speech(TEXT)) / 2 / 16000
+            assert abs(speech_seconds(h, model) - expected) < 0.03, model
+        h.assert_no_leak()
+    finally:
+        h.stop()
