@@ -1,7 +1,7 @@
 """The emulator per board (ax630c, ax650, axcl) and unit generation (main, dev), on the raw wire.
 
 What each test asserts is the device's behaviour read in StackFlow's sources (docs/protocol-notes.md
-12-16); the gateway's handling of it is tested end to end in test_e2e_boards.py.
+16-24); the gateway's handling of it is tested end to end in test_e2e_boards.py.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class StackFlowTranscriptionBackend:
     window_seconds = 30.0  # whisper pads or cuts its mel input to 30 s (§5.5)
     can_translate = False  # the device units have no translate task
     # A sherpa asr unit up to 1.8 sends nothing when it heard nothing (§5.5, protocol-notes.md 7; from
-    # 1.10, and on axcl, an empty final comes at the endpoint and ends the wait at once, note 16). It
+    # 1.10, and on axcl, an empty final comes at the endpoint and ends the wait at once, note 20). It
     # decodes the whole upload in one call once the last chunk is in; these units are made to follow a live
     # microphone, so they decode at least as fast as real time: after `asr_grace` seconds plus
     # `asr_seconds_per_second` per second of audio sent (trailing silence included) without a message,

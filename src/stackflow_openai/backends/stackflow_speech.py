@@ -1,6 +1,6 @@
 """Speech on StackFlow units: melotts, tts (SummerTTS, Kokoro) and cosy_voice (CosyVoice2); protocol §5.4.
 
-Each unit and version ends its output differently (docs/protocol-notes.md 8, 12-14), so the backend
+Each unit and version ends its output differently (docs/protocol-notes.md 8, 17, 18), so the backend
 drives each the one way that returns all of the audio and leaves nothing behind for the next request:
 
 - melotts (every version) and tts from 1.7: the stream format, with the text closed by a breakpoint.

@@ -5,8 +5,8 @@ which StackFlow branch and files each holds). Each file is the device's own desc
 so the gateway is never tested against a field a real device lacks; the memory a model takes when
 loaded comes from `memory.py`, not from invented descriptor fields.
 
-The ctx models (`qwen2.5-HA-0.5B-ctx-ax630c`, `internvl3-1B-448-ax630c` from StackFlow `dev` @865ca0e and
-`qwen3-1.7B-Int8-ctx-axcl` from `axcl` @20079ff) are their branches' files byte for byte, `cmm_size` theirs.
+The ctx models are there as on their boards (`qwen2.5-HA-0.5B-ctx-ax630c`, `internvl3-1B-448-ax630c` in
+`ax630c`; `qwen3-1.7B-Int8-ctx-axcl` and the other `*-axcl` LLMs in `axcl`), `cmm_size` theirs.
 
 Extra directories add models or replace built-in ones with the same `mode`.
 """
