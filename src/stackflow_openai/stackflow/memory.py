@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from .client import DeviceClient
 from .errors import ConnectionLost, DeviceError, DeviceTimeout, ModelLoadFailed
 from .models import ModelDescriptor
-from .poolerrors import PoolLoadFailed, PoolOutOfMemory, PoolUnavailable
+from .poolapi import PoolLoadFailed, PoolOutOfMemory, PoolUnavailable
 
 __all__ = ["check_memory", "load_failure"]
 

@@ -17,16 +17,26 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from .client import DeviceClient
 from .errors import ConnectionLost, DeviceError, DeviceTimeout, ModelLoadFailed, TaskFull
 from .memory import check_memory, load_failure
 from .models import ModelDescriptor
-from .poolerrors import PoolBusy, PoolError, PoolLoadFailed, PoolOutOfMemory, PoolUnavailable
+from .poolapi import (
+    PoolBusy,
+    PoolError,
+    PoolLoadFailed,
+    PoolObserver,
+    PoolOutOfMemory,
+    PoolUnavailable,
+    UnitLedger,
+    UnitSource,
+    _Prefer,
+)
 from .unit import Unit
 from .versions import Version
 
@@ -52,42 +62,6 @@ UNIT_LIMITS: Mapping[str, int] = {
     "cosy_voice": 2,  # MAX_TASK_NUM (dev:main_cosy_voice/src/main.cpp 31)
 }  # fmt: skip
 _SLOT_GROUP: Mapping[str, str] = {"melotts": "audio", "tts": "audio"}
-
-
-class UnitSource(Protocol):
-    """What a backend leases units from: one device's pool, or a router over several devices."""
-
-    def lease(
-        self,
-        model: ModelDescriptor,
-        setup: Mapping[str, Any],
-        *,
-        pool_size: int | None = None,
-        prefer: _Prefer = None,
-    ) -> AbstractAsyncContextManager[Unit]: ...
-
-    def unit_version(self, unit: str) -> Version | None:
-        """The version of `unit` on the device(s) (sys.version2), None when not known for sure."""
-        ...
-
-
-class PoolObserver(Protocol):
-    """Receives timings for metrics (wired by the gateway; the pool works without one)."""
-
-    def queue_wait(self, model: str, seconds: float) -> None: ...
-
-    def unit_setup(self, model: str, seconds: float) -> None: ...
-
-
-class UnitLedger(Protocol):
-    """Records the instances set up and not yet exited: a later run exits its own leftovers only."""
-
-    def opened(self, work_id: str, model: str) -> None: ...
-
-    def closed(self, work_id: str) -> None: ...
-
-
-_Prefer = Callable[[Unit], bool] | None  # picks, among idle instances, the one a lease wants (see `lease`)
 
 
 def _signature(setup: Mapping[str, Any]) -> str:
@@ -313,7 +287,7 @@ class DevicePool:
 
     async def _setup(self, model: ModelDescriptor, setup: Mapping[str, Any]) -> Unit:
         await self._reap_lost()
-        await self._check_memory(model)
+        await check_memory(self.client, model, self._evict_idle)
         while True:
             try:
                 return await self._open(model, setup)
@@ -343,9 +317,6 @@ class DevicePool:
             raise PoolUnavailable(f"the device did not set up {model.mode}: {exc}") from exc
         except DeviceError as exc:
             raise PoolUnavailable(f"setup of {model.mode} failed: {exc}") from exc
-
-    async def _check_memory(self, model: ModelDescriptor) -> None:
-        await check_memory(self.client, model, self._evict_idle)
 
     async def _evict_idle(self) -> bool:
         """Exit the least recently used idle instance (any model) to free device memory."""
