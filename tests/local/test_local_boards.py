@@ -6,6 +6,7 @@ and transcribed back by whisper on the same board: wrong sample rates or lost se
 
 from __future__ import annotations
 
+import difflib
 import io
 import re
 import sys
@@ -44,7 +45,10 @@ def test_board_speech_is_transcribed_back_to_the_same_words(local_engine, board,
         client = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=120)
         audio = client.audio.speech.create(model=speech, voice="alloy", input=SENTENCE, response_format="wav")
         text = client.audio.transcriptions.create(model=asr, file=("speech.wav", io.BytesIO(audio.content)))
-        assert words(text.text) == words(SENTENCE)
+        # piper samples its noise, so whisper tiny now and then mishears one word ("jumped"); audio played
+        # at the wrong rate or missing a segment loses far more than that.
+        heard = difflib.SequenceMatcher(None, words(text.text), words(SENTENCE)).ratio()
+        assert heard >= 0.9, (text.text, heard)
         h.assert_no_leak()
     finally:
         h.stop()
