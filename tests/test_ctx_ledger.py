@@ -22,7 +22,7 @@ from stackflow_openai.emulator.catalogue import load_catalogue
 from stackflow_openai.services.generation import ChoiceFinished, Job, generate_choices
 from stackflow_openai.tokens import EstimateCounter
 
-MODELS = {d.mode: d for d in load_catalogue()}
+MODELS = {d.mode: d for board in ("ax630c", "axcl") for d in load_catalogue(board=board)}
 
 
 class FakeUnit:

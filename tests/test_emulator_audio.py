@@ -1,4 +1,7 @@
-"""melotts, tts, whisper and asr (protocol §5.1, §5.4, §5.5), including stream-input errors."""
+"""melotts, tts, whisper and asr (protocol §5.1, §5.4, §5.5), including stream-input errors.
+
+These are the `main` generation's units (tts 1.6, melotts 1.10); `dev`'s differences are in
+test_emulator_boards.py."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ RATE = 16000
 
 @pytest.fixture
 async def emu() -> AsyncIterator[Emulator]:
-    async with started_emulator() as running:
+    async with started_emulator(units="main") as running:
         yield running
 
 
@@ -336,7 +339,7 @@ async def test_sense_voice_always_sends_a_final_with_a_period_only_without_itn(
     tmp_path: Path, itn: bool
 ) -> None:
     (tmp_path / "mode_sense-voice-small-10s-ax650.json").write_text(json.dumps(SENSE_VOICE))
-    async with started_emulator(catalogue_dirs=[tmp_path]) as emu, client_for(emu) as client:
+    async with started_emulator(catalogue_dirs=[tmp_path], units="main") as emu, client_for(emu) as client:
         overrides = {} if itn else {"model_config.sense_voice.use_itn": False}
         work_id = await client.setup("asr", model=SENSE_VOICE["mode"], **overrides)
         end = "" if itn else "."
@@ -363,7 +366,7 @@ class FailingTtsEngine(ScriptedEngine):
 
 @pytest.mark.parametrize("unit", ["melotts", "tts"])
 async def test_synthesis_failure_is_minus_11_on_the_instance(unit: str) -> None:
-    async with started_emulator(engine=FailingTtsEngine()) as emu, client_for(emu) as client:
+    async with started_emulator(engine=FailingTtsEngine(), units="main") as emu, client_for(emu) as client:
         work_id = await client.setup(unit)
         rid = await client.send(work_id, "inference", "tts.utf-8", "Hi. There")
         failures = [await client.recv(), await client.recv()]  # one per segment, and no finish

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -151,8 +152,36 @@ def test_builtin_catalogue() -> None:
         "sherpa-ncnn-streaming-zipformer-20M-2023-02-17",
     }
     assert required <= models.keys()
-    assert all(isinstance(d.mode_param.get("cmm_size"), int) for d in models.values())
+    # The device's own files: cmm_size only where StackFlow's descriptor declares it.
+    assert {m for m, d in models.items() if "cmm_size" in d.mode_param} == {
+        "qwen2.5-HA-0.5B-ctx-ax630c",
+        "internvl3-1B-448-ax630c",
+        "qwen3-vl-2B-Int4-ax630c",
+    }
     assert models["qwen2.5-0.5B-prefill-20e"].kv_cache_len == 1023
+
+
+def test_board_catalogues_are_the_branch_files_byte_for_byte() -> None:
+    """Every built-in file is StackFlow's (dev for ax630c/ax650, axcl for axcl): checked against the
+    mirror when it is there, else against the facts the emulator's board rules rest on."""
+    from stackflow_openai.emulator.catalogue import board_catalogue_dir
+
+    boards = {b: {d.mode for d in load_catalogue(board=b)} for b in ("ax630c", "ax650", "axcl")}
+    assert len(boards["ax630c"]) == 52 and len(boards["ax650"]) == 41 and len(boards["axcl"]) == 34
+    assert {"kokoro-ax650", "CosyVoice2-0.5B-ax650", "melotts-en-us-ax650"} <= boards["ax650"]
+    assert {"CosyVoice2-0.5B-axcl", "qwen3-1.7B-Int8-ctx-axcl", "melotts-en-us-axcl"} <= boards["axcl"]
+    assert not any(mode.endswith("-ax650") for mode in boards["ax630c"])
+    mirror = Path("/work/.mirror/m5stack+StackFlow/repo")
+    if not mirror.is_dir():
+        return
+    for board, branch in (("ax630c", "dev"), ("ax650", "dev"), ("axcl", "axcl")):
+        listing = subprocess.run(["git", "--git-dir", str(mirror), "ls-tree", "-r", "--name-only", branch],
+                                 capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+        paths = {p.rsplit("/", 1)[-1]: p for p in listing if p.rsplit("/", 1)[-1].startswith("mode_")}
+        for file in board_catalogue_dir(board).glob("*.json"):
+            command = ["git", "--git-dir", str(mirror), "show", f"{branch}:{paths[file.name]}"]
+            original = subprocess.run(command, capture_output=True, check=True).stdout
+            assert file.read_bytes() == original, file
 
 
 def test_extra_catalogue_directory_adds_and_overrides(tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ from stackflow_openai.stackflow.connection import Connection
 
 LLM = "qwen2.5-0.5B-p256-ax630c"
 # Everything the gateway may ask of a device. Never: reset, reboot, bashexec, uartsetup, upgrade...
-ALLOWED_ACTIONS = {"ping", "version", "lsmode", "cmminfo", "hwinfo", "taskinfo", "setup", "exit", "pause",
-                   "inference"}  # fmt: skip
+ALLOWED_ACTIONS = {"ping", "version", "version2", "lsmode", "cmminfo", "axcl_cmminfo", "hwinfo", "taskinfo",
+                   "setup", "exit", "pause", "inference"}  # fmt: skip
 
 
 def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:

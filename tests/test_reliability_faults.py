@@ -168,9 +168,7 @@ def test_a_hung_setup_is_a_503_after_the_setup_timeout_and_a_reset_recovers() ->
         h.stop()
 
 
-@pytest.mark.parametrize(
-    ("code", "status", "error_code"), [(-5, 503, "device_unavailable"), (-21, 503, None)]
-)
+@pytest.mark.parametrize(("code", "status", "error_code"), [(-5, 503, "model_load_failed"), (-21, 503, None)])
 def test_setup_refused_by_the_device(
     harness: Harness, code: int, status: int, error_code: str | None
 ) -> None:

@@ -93,8 +93,26 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="with --emulator: what computes the answers. auto (default): real local CPU models when "
         "scripts/install-local-engines.sh installed them, else the scripted test engine",
     )
+    _board_arguments(serve, "with --emulator: ")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the network)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks a free one)")
+
+
+def _board_arguments(parser: argparse.ArgumentParser, prefix: str) -> None:
+    parser.add_argument(
+        "--board",
+        choices=["ax630c", "ax650", "axcl"],
+        default="ax630c",
+        help=f"{prefix}the board to play: ax630c (Module LLM, default), ax650 (AI Pyramid), axcl (LLM-8850 "
+        "card): its StackFlow branch's model catalogue, memory and unit versions",
+    )
+    parser.add_argument(
+        "--units",
+        choices=["main", "dev"],
+        default=None,
+        help=f"{prefix}the unit generation: dev (default; tts 1.7, melotts 1.11, asr 1.10) or main (tts 1.6, "
+        "melotts 1.10, asr 1.8); the axcl board runs its own branch's units unless this is given",
+    )
 
 
 def _tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -126,6 +144,7 @@ def _tool_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=[],
         help="extra directory of mode_*.json model descriptors (repeatable)",
     )
+    _board_arguments(emulator, "")
 
     models = sub.add_parser(
         "models",
@@ -239,6 +258,8 @@ async def _emulator(args: argparse.Namespace) -> None:
         realistic=args.realistic,
         catalogue_dirs=tuple(args.catalogue),
         engine=args.engine,
+        board=args.board,
+        units=args.units,
     )
 
 

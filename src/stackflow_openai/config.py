@@ -196,7 +196,9 @@ class ModelSettings(_Strict):
     )
     allow_n: bool = Field(True, description="accept n > 1 (choices run one after another)")
     voices: dict[str, str] = Field(
-        default_factory=dict, description="speech: OpenAI voice name → device model"
+        default_factory=dict,
+        description="speech: OpenAI voice name → device model; for CosyVoice2 `model@prompt_dir` names the "
+        "folder of voice prompt files (under the model's directory) it imitates",
     )
     language: str | None = Field(
         None,

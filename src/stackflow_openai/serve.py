@@ -92,10 +92,16 @@ async def serve(args: argparse.Namespace) -> None:
         from stackflow_openai.emulator.engines.select import choose_engine
 
         engine, description = choose_engine(args.engine, realistic=args.realistic)
-        emulator = Emulator(engine=engine, catalogue_dirs=tuple(getattr(args, "catalogue", None) or ()))
+        emulator = Emulator(
+            engine=engine,
+            catalogue_dirs=tuple(getattr(args, "catalogue", None) or ()),
+            board=getattr(args, "board", None) or "ax630c",
+            units=getattr(args, "units", None),
+        )
         await emulator.start(host="127.0.0.1", port=0)
         settings.devices = [DeviceSettings(name="emulator", host="127.0.0.1", port=emulator.port)]
-        print(f"StackFlow emulator on 127.0.0.1:{emulator.port}; {description}", flush=True)
+        print(f"StackFlow emulator on 127.0.0.1:{emulator.port} ({emulator.board.description}, "
+              f"units {emulator.generation.name}); {description}", flush=True)  # fmt: skip
     try:
         keys = len(settings.auth.key_values())
         log.info("API keys: %s", f"{keys} configured" if keys else "none (no authentication)")

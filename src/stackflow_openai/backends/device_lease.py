@@ -10,7 +10,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from stackflow_openai.stackflow.models import ModelDescriptor
-from stackflow_openai.stackflow.pool import PoolBusy, PoolUnavailable, UnitSource
+from stackflow_openai.stackflow.pool import (
+    PoolBusy,
+    PoolLoadFailed,
+    PoolOutOfMemory,
+    PoolUnavailable,
+    UnitSource,
+)
 from stackflow_openai.stackflow.unit import Unit
 
 from .base import BackendBusy, BackendUnavailable
@@ -37,6 +43,10 @@ async def device_lease(
         unit = await lease.__aenter__()
     except PoolBusy as exc:
         raise BackendBusy(str(exc), retry_after=exc.retry_after) from exc
+    except PoolOutOfMemory as exc:  # memory held by other work: retrying later may help
+        raise BackendUnavailable(str(exc), code="device_out_of_memory") from exc
+    except PoolLoadFailed as exc:  # too large for the device, or not installed: retrying will not help
+        raise BackendUnavailable(str(exc), code="model_load_failed") from exc
     except PoolUnavailable as exc:
         raise BackendUnavailable(str(exc)) from exc
     try:

@@ -24,6 +24,7 @@ from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, Devic
 from stackflow_openai.stackflow.models import CmmInfo, ModelDescriptor
 from stackflow_openai.stackflow.pool import DevicePool, PoolUnavailable
 from stackflow_openai.stackflow.unit import Unit
+from stackflow_openai.stackflow.versions import Version
 
 from .owned_units import OwnedUnits
 
@@ -162,6 +163,12 @@ class DeviceRouter:
 
     def reachable(self, mode: str) -> bool:
         return bool(self.candidates(mode))
+
+    def unit_version(self, unit: str) -> Version | None:
+        """The version of `unit` on every device that is up and runs it; None unless all say the same."""
+        running = [d for d in self.devices if d.up and any(m.unit == unit for m in d.models)]
+        versions = {d.client.unit_versions.get(unit) for d in running}
+        return versions.pop() if len(versions) == 1 else None
 
     def _ranked(
         self,

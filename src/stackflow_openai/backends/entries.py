@@ -19,14 +19,15 @@ from stackflow_openai.stackflow.models import ModelDescriptor
 from .base import ModelEntry
 from .devices import Device, DeviceRouter
 from .openai_proxy import OpenAIProxyBackend
-from .stackflow_audio import StackFlowSpeechBackend, StackFlowTranscriptionBackend
+from .stackflow_audio import StackFlowTranscriptionBackend
 from .stackflow_chat import StackFlowChatBackend
+from .stackflow_speech import SPEECH_UNITS, SpeechVoice, StackFlowSpeechBackend
 
 __all__ = ["OPENAI_VOICES", "Catalogue", "EntryBuilder"]
 
 log = logging.getLogger(__name__)
 _CHAT_UNITS = ("llm", "vlm")
-_SPEECH_UNITS = ("melotts", "tts")
+_SPEECH_UNITS = SPEECH_UNITS
 _ASR_UNITS = ("whisper", "asr")
 # Clients hard-code OpenAI's names; a single-voice device model answers to all of them.
 OPENAI_VOICES = (
@@ -104,7 +105,9 @@ class EntryBuilder:
             chat = StackFlowChatBackend(router, model, pool_size=None, idle_timeout=idle)
             entry = ModelEntry(kind="chat", chat=chat, **common)  # type: ignore[arg-type]
         elif model.unit in _SPEECH_UNITS:
-            voices = dict.fromkeys(("default", *OPENAI_VOICES), model)
+            voices = dict.fromkeys(("default", *OPENAI_VOICES), SpeechVoice(model))
+            if model.unit == "cosy_voice":  # its voice prompt is a voice too, under its folder's name
+                voices[str(model.mode_param.get("prompt_dir", "prompt_data"))] = SpeechVoice(model)
             speech = StackFlowSpeechBackend(router, voices, idle_timeout=idle)
             entry = ModelEntry(kind="speech", speech=speech, **common)  # type: ignore[arg-type]
         elif model.unit in _ASR_UNITS:
@@ -173,20 +176,25 @@ class EntryBuilder:
         common: dict[str, object],
     ) -> None:
         wanted = conf.voices or dict.fromkeys(("default", *OPENAI_VOICES), conf.device_model or model_id)
-        voices: dict[str, ModelDescriptor] = {}
-        for voice, device_model in wanted.items():
+        voices: dict[str, SpeechVoice] = {}
+        for voice, target in wanted.items():
+            # "CosyVoice2-0.5B-ax650@my_prompt": CosyVoice2 imitating the prompt files in that folder.
+            device_model, _, prompt_dir = target.partition("@")
             model = self._find(router, device_model, _SPEECH_UNITS)
             if model is None:
                 log.warning(
                     "model %s: voice %s needs %s, which no device has (yet)", model_id, voice, device_model
                 )
                 continue
-            voices[voice] = model
+            if prompt_dir and model.unit != "cosy_voice":
+                log.error("model %s: voice %s: only CosyVoice2 takes @%s", model_id, voice, prompt_dir)
+                continue
+            voices[voice] = SpeechVoice(model, prompt_dir or None)
         if not voices:
             return
         speech = StackFlowSpeechBackend(router, voices, idle_timeout=self._idle_timeout(router))
         cat.entries[model_id] = ModelEntry(kind="speech", speech=speech, **common)  # type: ignore[arg-type]
-        cat.reachable[model_id] = _reachable(router, sorted({m.mode for m in voices.values()}))
+        cat.reachable[model_id] = _reachable(router, sorted({v.model.mode for v in voices.values()}))
 
     @staticmethod
     def _find(router: DeviceRouter, mode: str, units: tuple[str, ...]) -> ModelDescriptor | None:
@@ -210,15 +218,21 @@ def _is_vision(entry: ModelEntry) -> bool:
     return entry.chat is not None and entry.chat.info.vision
 
 
+def _general_chat(model_id: str) -> bool:
+    """A plain instruct model: not a coder, a reasoning model (deepseek-r1, qwen3) or a fine-tune (HA)."""
+    return model_id.startswith("qwen2.5-") and not any(x in model_id for x in ("coder", "-HA-"))
+
+
 def _default_aliases(entries: dict[str, ModelEntry]) -> dict[str, str]:
     def first(kind: str) -> str | None:
         ids = [e.id for e in entries.values() if e.kind == kind]
         if kind == "chat":  # text-only models first: a vision model is slower and has a smaller window
-            ids.sort(key=lambda i: _is_vision(entries[i]))
+            ids.sort(key=lambda i: (_is_vision(entries[i]), not _general_chat(i), "-p256-" not in i))
         elif kind == "transcription":  # whisper-1 should be a whisper model (sherpa sorts first by name)
             ids.sort(key=lambda i: not i.startswith("whisper"))
-        elif kind == "speech":  # English melotts first: OpenAI's voices speak English
-            ids.sort(key=lambda i: (not i.startswith("melotts-en"), not i.startswith("melotts")))
+        elif kind == "speech":  # US English melotts first: OpenAI's voices speak (American) English
+            ids.sort(key=lambda i: (not i.startswith("melotts-en-us"), not i.startswith("melotts-en"),
+                                    not i.startswith("melotts")))  # fmt: skip
         return ids[0] if ids else None
 
     aliases: dict[str, str] = {}

@@ -28,7 +28,7 @@ from .owned_units import OwnedUnits
 __all__ = ["POOLED_UNITS", "DeviceMonitor"]
 
 log = logging.getLogger(__name__)
-POOLED_UNITS = ["llm", "vlm", "melotts", "tts", "whisper", "asr"]
+POOLED_UNITS = ["llm", "vlm", "melotts", "tts", "cosy_voice", "whisper", "asr"]
 _FAILURES = (StackFlowError, OSError, TimeoutError)
 
 
@@ -134,6 +134,7 @@ class DeviceMonitor:
             async with asyncio.timeout(self.health.probe_timeout + device.settings.connect_timeout):
                 await device.client.connect()
                 device.version = await device.client.version()
+                await device.client.version2()  # unit versions: how to drive tts (stackflow/versions.py)
                 models = await device.client.lsmode()
             await self._exit_orphans(device, self.settings.pool.orphan_cleanup)
             await device.pool.prune()  # units of the device's previous life
@@ -171,7 +172,7 @@ class DeviceMonitor:
         """Memory and temperature for /metrics; a failure here is not a reason to mark a device down."""
         try:
             async with asyncio.timeout(self.health.probe_timeout + 2.0):
-                device.cmm = await device.client.cmminfo()
+                device.cmm = await device.client.memory()  # axcl_cmminfo on an AXCL host
                 device.hw = await device.client.hwinfo()
         except _FAILURES as exc:
             log.debug("device %s: stats not read: %s", device.name, exc)

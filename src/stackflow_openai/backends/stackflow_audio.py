@@ -1,11 +1,9 @@
-"""Speech (melotts, tts) and transcription (whisper, asr) on StackFlow units (protocol §5.4, §5.5)."""
+"""Transcription (whisper, asr) on StackFlow units (protocol §5.5); speech is in stackflow_speech.py."""
 
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
-from collections.abc import AsyncIterator, Mapping
 
 from stackflow_openai.languages import WHISPER_LANGUAGES
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, DeviceTimeout
@@ -13,24 +11,20 @@ from stackflow_openai.stackflow.models import ModelDescriptor
 from stackflow_openai.stackflow.pool import UnitSource
 from stackflow_openai.stackflow.setups import (
     ASR_STREAM_INPUT,
-    TTS_TEXT_INPUT,
     WHISPER_STREAM_INPUT,
     asr_setup,
-    melotts_setup,
-    tts_setup,
     whisper_setup,
 )
 from stackflow_openai.stackflow.unit import Unit, reply_text
 
 from .base import BackendInvalidRequest, BackendUnavailable
 from .device_lease import device_lease
+from .stackflow_speech import StackFlowSpeechBackend, tts_segments
 
 __all__ = ["StackFlowSpeechBackend", "StackFlowTranscriptionBackend", "tts_segments"]
 
 log = logging.getLogger(__name__)
 
-# The TTS units end a segment on each of these characters and synthesize every segment separately (§5.4).
-_BREAKPOINTS = frozenset(",.!?;，、。！？；")
 # whisper and asr take 16 kHz mono s16le; 2.5 s of zeros lets the sherpa decoder reach its endpoint.
 _RATE = 16000
 _ASR_TAIL = bytes(2 * int(2.5 * _RATE))
@@ -38,98 +32,12 @@ _ASR_TAIL = bytes(2 * int(2.5 * _RATE))
 _SILENT_WHEN_EMPTY = frozenset({"en", "ja"})
 
 
-def tts_segments(text: str) -> list[str]:
-    """The pieces the tts and melotts units synthesize for `text`, one message each on tts.
-
-    Mirrors `task_user_data` in main_tts / main_melotts: every breakpoint character closes a segment,
-    even one holding nothing else ("Hi.." is "Hi." and "."), and a non-empty remainder, however blank
-    (" ", "\n"), is spoken with "." appended. Counting any other way leaves device messages unread,
-    and they then arrive in the next request on the same instance.
-    """
-    segments: list[str] = []
-    pending = ""
-    for char in text:
-        pending += char
-        if char in _BREAKPOINTS:
-            segments.append(pending)
-            pending = ""
-    if pending:
-        segments.append(pending + ".")
-    return segments
-
-
-def device_tts_text(text: str) -> str:
-    """`text` as sent to a TTS unit: no trailing blanks, and never the exact string "None".
-
-    A blank remainder would be synthesized as " ." (a click of sound, or a -11 on a model that cannot
-    voice it) for nothing; the units drop an input of exactly "None" without a reply, so it goes out
-    as "None.", which they speak exactly as they would speak the remainder "None".
-    """
-    text = text.rstrip()
-    return "None." if text == "None" else text
-
-
-def _pcm(reply_b64: str) -> bytes:
-    try:
-        return base64.b64decode(reply_b64, validate=True) if reply_b64 else b""
-    except (binascii.Error, ValueError) as exc:
-        raise BackendUnavailable(f"the device sent undecodable audio: {exc}") from exc
-
-
-class StackFlowSpeechBackend:
-    """One OpenAI speech model; each voice name maps to a device TTS model (melotts voices are models)."""
-
-    def __init__(
-        self, pool: UnitSource, voices: Mapping[str, ModelDescriptor], *, idle_timeout: float
-    ) -> None:
-        self.pool = pool
-        self._voices = dict(voices)
-        self.voices = list(self._voices)
-        self.idle_timeout = idle_timeout
-
-    async def synthesize(self, text: str, *, voice: str) -> AsyncIterator[bytes]:
-        model = self._voices.get(voice)
-        if model is None:
-            raise BackendInvalidRequest(
-                f"unknown voice {voice!r}; valid: {', '.join(self.voices)}", param="voice"
-            )
-        setup = melotts_setup(model.mode) if model.unit == "melotts" else tts_setup(model.mode)
-        text = device_tts_text(text)
-        try:
-            async with device_lease(self.pool, model, setup, pool_size=None) as unit:
-                await unit.infer(text, object=TTS_TEXT_INPUT)
-                if unit.streaming:
-                    async for reply in unit.outputs(idle_timeout=self.idle_timeout):
-                        yield _pcm(reply_text(reply))
-                else:
-                    async for pcm in self._tts_segments(unit, text):
-                        yield pcm
-        except (DeviceTimeout, ConnectionLost) as exc:
-            raise BackendUnavailable(f"the device stopped answering: {exc}") from exc
-        except DeviceError as exc:
-            raise BackendUnavailable(f"speech synthesis failed on the device: {exc}") from exc
-
-    async def _tts_segments(self, unit: Unit, text: str) -> AsyncIterator[bytes]:
-        """tts sends one message per segment and no end marker: read exactly as many as it sends."""
-        expected = len(tts_segments(text))
-        received = 0
-        try:
-            while received < expected:
-                async for reply in unit.outputs(idle_timeout=self.idle_timeout):
-                    received += 1
-                    yield _pcm(reply_text(reply))
-        finally:
-            if received < expected:
-                # Stopped early (client gone, -11, timeout): the unit looks idle between segments but
-                # still owes the rest, which would land in the next request. Have the pool exit it.
-                unit.mark_broken()
-
-
 class StackFlowTranscriptionBackend:
     window_seconds = 30.0  # whisper pads or cuts its mel input to 30 s (§5.5)
     can_translate = False  # the device units have no translate task
-    # A sherpa asr unit sends nothing when it heard nothing (§5.5, protocol-notes.md). It decodes the
-    # whole upload in one call once the last chunk is in, and these units are made to follow a live
+    # A sherpa asr unit up to 1.8 sends nothing when it heard nothing (§5.5, protocol-notes.md 7; from
+    # 1.10, and on axcl, an empty final comes at the endpoint and ends the wait at once, note 20). It
+    # decodes the whole upload in one call once the last chunk is in; these units are made to follow a live
     # microphone, so they decode at least as fast as real time: after `asr_grace` seconds plus
     # `asr_seconds_per_second` per second of audio sent (trailing silence included) without a message,
     # nothing is coming.

@@ -1,4 +1,4 @@
-"""A StackFlow device emulator: llm-sys on TCP plus the llm, vlm, melotts, tts, whisper and asr units.
+"""A StackFlow device emulator: llm-sys on TCP and the llm, vlm, melotts, tts, cosy_voice, whisper, asr units.
 
 It follows `stackflow-protocol.md` (§8 checklist) down to the device's bugs: brace-counted framing
 with the `reace reset` line, the dispatch error codes, one global work_id counter from 1000, per-unit
@@ -12,7 +12,10 @@ tool, not a model.
     ...
     await emu.stop()
 
-Other keyword arguments: `catalogue_dirs` (extra `mode_*.json` folders), `cmm_total_kib`,
+`board` ("ax630c" default, "ax650", "axcl") picks the catalogue, CMM memory and AXCL behaviours, and
+`units` ("dev" default, "main"; axcl's own branch by default there) the unit generation (`boards.py`).
+Other keyword arguments: `catalogue_dirs` (extra `mode_*.json` folders), `cmm_total_kib` (the board's
+by default),
 `installed_units` (others answer -9), `engines={"name": engine}` (picked by a descriptor field
 `emulator_engine`), `include_builtin_catalogue`, `neon_framing` (the ARM framer quirk, on by default).
 
@@ -28,7 +31,8 @@ PRIVATE TEST EXTENSION - NOT PART OF STACKFLOW. A real device answers both actio
   close_after_deltas, token_delay, malformed_answer); the reply's `data` is every fault field after
   the update. Unknown fields or bad values: -2 and nothing changes. In-process: `emu.faults.drop_finish = 2`.
 
-Known simplifications: no microphone, speaker, camera, kws or vad (link/unlink only bookkeep),
+Known simplifications: no microphone, speaker, camera, kws, vad, yolo or depth-anything units (their models
+are listed by lsmode as on the device; a setup of them answers -9; link/unlink only bookkeep),
 no RAW/BON binary framing, no ctx-style LLM conversation memory, and a connection whose reader
 stalls does not stall the unit (the device may block up to 3 s per message).
 """

@@ -1,15 +1,12 @@
 """The emulated device's installed models: `mode_*.json` descriptors, as in /opt/m5stack/data/models.
 
-The built-in set mirrors a Module LLM (AX630C) with the models this project drives. Each file is the
-device's own descriptor, as in m5stack/StackFlow (commit d9084ba, `projects/llm_framework/main_*/`), so
-the gateway is never tested against a field a real device lacks; the one addition: every built-in
-descriptor carries `mode_param.cmm_size` (KiB) so the emulated CMM memory has numbers: the device's
-own value where it declares one, else the bridge's heuristics of protocol §6 (0.5B 560460, 1B
-1363148, 1.5B 1782579, melotts 59764, whisper-tiny 289132); whisper-base (548610) is scaled from
-whisper-tiny by parameter count, and CPU-only models (SummerTTS, sherpa-ncnn) use no CMM at all.
+The built-in sets are one directory per board (`catalogue/ax630c`, `ax650`, `axcl`; see `boards.py` for
+which StackFlow branch and files each holds). Each file is the device's own descriptor, byte for byte,
+so the gateway is never tested against a field a real device lacks; the memory a model takes when
+loaded comes from `memory.py`, not from invented descriptor fields.
 
-The ctx models (`qwen2.5-HA-0.5B-ctx-ax630c`, `internvl3-1B-448-ax630c` from StackFlow `dev` @865ca0e and
-`qwen3-1.7B-Int8-ctx-axcl` from `axcl` @20079ff) are their branches' files byte for byte, `cmm_size` theirs.
+The ctx models are there as on their boards (`qwen2.5-HA-0.5B-ctx-ax630c`, `internvl3-1B-448-ax630c` in
+`ax630c`; `qwen3-1.7B-Int8-ctx-axcl` and the other `*-axcl` LLMs in `axcl`), `cmm_size` theirs.
 
 Extra directories add models or replace built-in ones with the same `mode`.
 """
@@ -24,21 +21,28 @@ from pathlib import Path
 
 from stackflow_openai.stackflow.models import ModelDescriptor
 
-__all__ = ["BUILTIN_CATALOGUE_DIR", "load_catalogue"]
+__all__ = ["BUILTIN_CATALOGUE_DIR", "board_catalogue_dir", "load_catalogue"]
 
-BUILTIN_CATALOGUE_DIR = Path(__file__).resolve().parent / "catalogue"
+CATALOGUE_ROOT = Path(__file__).resolve().parent / "catalogue"
+BUILTIN_CATALOGUE_DIR = CATALOGUE_ROOT / "ax630c"  # the default board's
+
+
+def board_catalogue_dir(board: str) -> Path:
+    return CATALOGUE_ROOT / board
+
+
 _log = logging.getLogger(__name__)
 
 
 def load_catalogue(
-    dirs: Iterable[str | os.PathLike[str]] = (), *, include_builtin: bool = True
+    dirs: Iterable[str | os.PathLike[str]] = (), *, include_builtin: bool = True, board: str = "ax630c"
 ) -> list[ModelDescriptor]:
-    """Descriptors from the built-in directory (unless excluded) and then each of `dirs`, in order.
+    """Descriptors of `board`'s built-in directory (unless excluded) and then each of `dirs`, in order.
 
     Like the device, a file that is not valid JSON (or not an object) is skipped with a warning.
     A directory that does not exist is an error: it is always a configuration mistake here.
     """
-    folders = ([BUILTIN_CATALOGUE_DIR] if include_builtin else []) + [Path(d) for d in dirs]
+    folders = ([board_catalogue_dir(board)] if include_builtin else []) + [Path(d) for d in dirs]
     by_mode: dict[str, ModelDescriptor] = {}
     for folder in folders:
         if not folder.is_dir():

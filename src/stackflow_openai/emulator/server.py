@@ -15,6 +15,7 @@ import os
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
+from stackflow_openai.emulator.boards import board_profile
 from stackflow_openai.emulator.catalogue import load_catalogue
 from stackflow_openai.emulator.connection import ClientConnection
 from stackflow_openai.emulator.engines.base import Engine
@@ -27,13 +28,14 @@ from stackflow_openai.emulator.state import DeviceState
 from stackflow_openai.emulator.sysactions import SysActions
 from stackflow_openai.emulator.units.asr import AsrUnit, WhisperUnit
 from stackflow_openai.emulator.units.base import UnitService
+from stackflow_openai.emulator.units.cosy import CosyUnit
 from stackflow_openai.emulator.units.llm import LlmUnit, VlmUnit
 from stackflow_openai.emulator.units.tts import MeloUnit, TtsUnit
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = ["DEFAULT_CMM_TOTAL_KIB", "UNIT_TYPES", "Emulator", "run_emulator"]
 
-DEFAULT_CMM_TOTAL_KIB = 3145728
+DEFAULT_CMM_TOTAL_KIB = 3145728  # the AX630C's (boards.py)
 UNIT_TYPES: dict[str, type[UnitService]] = {
     "llm": LlmUnit,
     "vlm": VlmUnit,
@@ -41,6 +43,7 @@ UNIT_TYPES: dict[str, type[UnitService]] = {
     "tts": TtsUnit,
     "whisper": WhisperUnit,
     "asr": AsrUnit,
+    "cosy_voice": CosyUnit,
 }
 _FIRST_CONNECTION = 8000  # llm-sys `counter_port`
 _READ_SIZE = 65536
@@ -54,29 +57,33 @@ class Emulator:
         self,
         engine: Engine | None = None,
         catalogue_dirs: Iterable[str | os.PathLike[str]] = (),
-        cmm_total_kib: int = DEFAULT_CMM_TOTAL_KIB,
+        cmm_total_kib: int | None = None,
         installed_units: Iterable[str] | None = None,
         hwinfo_delay: float = 1.0,
         *,
         engines: Mapping[str, Engine] | None = None,
         include_builtin_catalogue: bool = True,
         neon_framing: bool = True,
+        board: str = "ax630c",
+        units: str | None = None,
     ) -> None:
         self.engine: Engine = engine if engine is not None else ScriptedEngine(Timing())
         self.faults = Faults()
         self.hwinfo_delay = hwinfo_delay
         self.neon_framing = neon_framing
-        units = tuple(UNIT_TYPES) if installed_units is None else tuple(installed_units)
-        unknown = [u for u in units if u not in UNIT_TYPES]
+        installed = tuple(UNIT_TYPES) if installed_units is None else tuple(installed_units)
+        unknown = [u for u in installed if u not in UNIT_TYPES]
         if unknown:
             raise ValueError(f"unknown units {unknown}; known: {sorted(UNIT_TYPES)}")
-        self.installed_units = units
+        self.installed_units = installed
+        self.board, self.generation = board_profile(board, units)
         self.state = DeviceState(
-            catalogue=load_catalogue(catalogue_dirs, include_builtin=include_builtin_catalogue),
+            catalogue=load_catalogue(catalogue_dirs, include_builtin=include_builtin_catalogue, board=board),
             engine=self.engine,
             engines=engines or {},
-            cmm_total_kib=cmm_total_kib,
+            cmm_total_kib=self.board.cmm_total_kib if cmm_total_kib is None else cmm_total_kib,
             faults=self.faults,
+            generation=self.generation,
         )
         self.units = self._new_units()
         self.host = ""
@@ -263,12 +270,16 @@ async def run_emulator(
     realistic: bool = False,
     catalogue_dirs: Iterable[str | os.PathLike[str]] = (),
     engine: EngineChoice = "scripted",
+    board: str = "ax630c",
+    units: str | None = None,
 ) -> None:
     """Serve in the foreground until cancelled (the CLI runs it under asyncio.run)."""
     chosen, description = choose_engine(engine, realistic=realistic)
-    emulator = Emulator(engine=chosen, catalogue_dirs=catalogue_dirs)
+    emulator = Emulator(engine=chosen, catalogue_dirs=catalogue_dirs, board=board, units=units)
     await emulator.start(host, port)
     print(f"StackFlow emulator listening on {emulator.host}:{emulator.port}", flush=True)
+    print(f"board: {emulator.board.name} ({emulator.board.description}), {len(emulator.catalogue)} models; "
+          f"units: {emulator.generation.name}", flush=True)  # fmt: skip
     print(description, flush=True)
     try:
         await asyncio.Event().wait()

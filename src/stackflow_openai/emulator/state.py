@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from stackflow_openai.emulator.boards import GENERATIONS, Generation
 from stackflow_openai.emulator.engines.base import Engine
 from stackflow_openai.emulator.faults import Faults
 from stackflow_openai.stackflow.models import ModelDescriptor
@@ -27,7 +28,9 @@ class DeviceState:
         engines: Mapping[str, Engine],
         cmm_total_kib: int,
         faults: Faults,
+        generation: Generation = GENERATIONS["dev"],
     ) -> None:
+        self.generation = generation  # how the units behave (tts 1.6 or 1.7, ...)
         self.catalogue = list(catalogue)
         self._models = {d.mode: d for d in self.catalogue}
         self.engine = engine

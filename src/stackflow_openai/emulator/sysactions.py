@@ -7,6 +7,7 @@ always say "sys", and the -3 for an unknown action, which uses the normalised "s
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,15 +24,7 @@ __all__ = ["SysActions"]
 Conn = ClientConnection
 Envelope = dict[str, Any]
 
-VERSION = "v1.6"
-_PACKAGE_VERSIONS = {
-    "llm": "1.9",
-    "vlm": "1.8",
-    "melotts": "1.9",
-    "tts": "1.6",
-    "whisper": "1.7",
-    "asr": "1.7",
-}
+VERSION = "v1.6"  # hard-coded in every branch (main_sys/src/event_loop.cpp `sys_version`)
 
 
 class SysActions:
@@ -54,9 +47,11 @@ class SysActions:
         conn.send(build_reply(request_id, echo, object="sys.utf-8", data=VERSION))
 
     def _do_version2(self, conn: Conn, envelope: Envelope, request_id: str, echo: str) -> None:
-        names = ["llm_sys-1.6"] + [
-            f"llm_{unit}-{_PACKAGE_VERSIONS.get(unit, '1.0')}" for unit in self._emu.installed_units
-        ]
+        # glob("/opt/m5stack/bin/llm_*-*") (dev:main_sys/src/event_loop.cpp 716-732): the installed unit
+        # binaries, named llm_<unit>-<version> by llm_pack.py; glob sorts them.
+        versions = self._emu.generation.versions
+        units = ["sys", *self._emu.installed_units]
+        names = sorted(f"llm_{unit}-{versions[unit]}" for unit in units if unit in versions)
         conn.send(build_reply(request_id, echo, object="sys.utf-8.stream", data=names))
 
     def _do_lsmode(self, conn: Conn, envelope: Envelope, request_id: str, echo: str) -> None:
@@ -64,10 +59,32 @@ class SysActions:
         conn.send(build_reply(request_id, echo, object="sys.lsmode", data=models))
 
     def _do_cmminfo(self, conn: Conn, envelope: Envelope, request_id: str, echo: str) -> None:
+        if self._emu.board.axcl:
+            # An AXCL host has no /proc/ax_proc/mem_cmm_info: the three numbers are never assigned and
+            # the reply carries whatever the stack held (axcl:main_sys/src/event_loop.cpp 230-284).
+            data = {
+                key: random.getrandbits(random.choice((16, 32, 47))) for key in ("total", "used", "remain")
+            }
+        else:
+            data = self._memory()
+        conn.send(build_reply(request_id, "sys", object="sys.cmminfo", data=data))
+
+    def _do_axcl_cmminfo(self, conn: Conn, envelope: Envelope, request_id: str, echo: str) -> None:
+        if not self._emu.board.axcl:
+            conn.send(build_reply(request_id, echo or "sys", code=-3))  # no such action off the axcl branch
+            return
+        # axcl-smi -d <devid> info --cmm (axcl:main_sys/src/event_loop.cpp 294-369); `devid` is read from
+        # the top level of the request, and a card that does not exist gives zeros.
+        devid = envelope.get("devid", 0)
+        devid = devid if isinstance(devid, int) and not isinstance(devid, bool) else 0
+        data = self._memory() if devid == 0 else {"total": 0, "used": 0, "remain": 0}
+        data["devid"] = devid
+        conn.send(build_reply(request_id, "sys", object="sys.axcl_cmminfo", data=data))
+
+    def _memory(self) -> dict[str, int]:
         state = self._emu.state
         used = state.cmm_used_kib()
-        data = {"remain": max(0, state.cmm_total_kib - used), "total": state.cmm_total_kib, "used": used}
-        conn.send(build_reply(request_id, "sys", object="sys.cmminfo", data=data))
+        return {"remain": max(0, state.cmm_total_kib - used), "total": state.cmm_total_kib, "used": used}
 
     def _do_hwinfo(self, conn: Conn, envelope: Envelope, request_id: str, echo: str) -> None:
         self._emu.spawn(self._hwinfo_later(conn, request_id))

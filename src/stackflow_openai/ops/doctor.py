@@ -21,7 +21,7 @@ from stackflow_openai.stackflow.setups import llm_setup
 
 __all__ = ["Check", "describe_model", "list_models", "run_doctor"]
 
-_UNITS = ("llm", "vlm", "melotts", "tts", "whisper", "asr")
+_UNITS = ("llm", "vlm", "melotts", "tts", "cosy_voice", "whisper", "asr")
 _HOT_CELSIUS = 85.0
 _FAILURES = (StackFlowError, OSError, TimeoutError)
 
@@ -57,7 +57,7 @@ def describe_model(model: ModelDescriptor) -> str:
         return f"chat (prefill {model.prefill_len}, context {model.kv_cache_len})"
     if model.unit == "vlm":
         return f"chat with images (prefill {model.prefill_len}, context {model.kv_cache_len})"
-    if model.unit in ("melotts", "tts"):
+    if model.unit in ("melotts", "tts", "cosy_voice"):
         return "speech (/v1/audio/speech)"
     if model.unit in ("whisper", "asr"):
         return "transcription (/v1/audio/transcriptions)"
@@ -104,15 +104,22 @@ async def run_doctor(
 
 async def _inspect(client: DeviceClient, report: _Report) -> list[ModelDescriptor]:
     try:
-        report.add("version", "ok", f"StackFlow {await client.version()}")
+        version = await client.version()
+        units = await client.version2()  # how the gateway drives tts depends on its version
+        listed = ", ".join(f"{u} {a}.{b}" for u, (a, b) in sorted(units.items())) or "unit versions unknown"
+        report.add("version", "ok", f"StackFlow {version} ({listed})")
     except _FAILURES as exc:
         report.add("version", "fail", str(exc))
     try:
-        cmm = await client.cmminfo()
-        status = "ok" if cmm.remain > 0 else "warn"
-        report.add(
-            "memory", status, f"NPU/CMM {cmm.remain / 1024:.0f} MiB free of {cmm.total / 1024:.0f} MiB"
-        )
+        cmm = await client.memory()  # axcl_cmminfo on an AXCL host, whose cmminfo is garbage
+        if cmm is None:
+            report.add("memory", "warn", "the memory report is not plausible (AXCL without axcl-smi?)")
+        else:
+            status = "ok" if cmm.remain > 0 else "warn"
+            where = "AXCL card" if client.axcl else "NPU/CMM"
+            report.add(
+                "memory", status, f"{where} {cmm.remain / 1024:.0f} MiB free of {cmm.total / 1024:.0f} MiB"
+            )
     except _FAILURES as exc:
         report.add("memory", "fail", str(exc))
     try:

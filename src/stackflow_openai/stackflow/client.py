@@ -17,9 +17,10 @@ from typing import Any
 
 from .codec import Reply
 from .connection import Connection
-from .errors import DeviceError, DeviceTimeout, StackFlowError
+from .errors import ActionMatchFalse, DeviceError, DeviceTimeout, StackFlowError
 from .models import CmmInfo, ModelDescriptor, TaskInfo
 from .unit import Unit
+from .versions import Version, parse_version2
 
 __all__ = ["DeviceClient", "HwInfo"]
 
@@ -56,6 +57,8 @@ class DeviceClient:
         self._setup_locks: dict[str, asyncio.Lock] = {}
         self._units: set[Unit] = set()
         self._reapers: set[asyncio.Task[None]] = set()
+        self.unit_versions: dict[str, Version] = {}  # from version2(); empty: unknown
+        self.axcl: bool | None = None  # llm-sys on an AXCL host; None until memory() found out
 
     # ---- connection ----------------------------------------------------------------------------
 
@@ -102,11 +105,38 @@ class DeviceClient:
         data = (await self._request("sys", "lsmode")).data
         return [ModelDescriptor.from_json(d) for d in data or () if isinstance(d, dict)]
 
+    async def version2(self) -> dict[str, Version]:
+        """The installed units' versions (also kept in `unit_versions`); {} where the firmware lacks it."""
+        try:
+            data = (await self._request("sys", "version2")).data
+        except ActionMatchFalse:
+            data = None
+        self.unit_versions = parse_version2(data)
+        return self.unit_versions
+
     async def cmminfo(self) -> CmmInfo:
-        data = (await self._request("sys", "cmminfo")).data
-        data = data if isinstance(data, dict) else {}
-        return CmmInfo(remain=_as_int(data.get("remain")), total=_as_int(data.get("total")),
-                       used=_as_int(data.get("used")))  # fmt: skip
+        return _cmm_info((await self._request("sys", "cmminfo")).data)
+
+    async def axcl_cmminfo(self) -> CmmInfo:
+        """An AXCL host's first card's memory (axcl-smi); -3 (ActionMatchFalse) off the axcl firmware."""
+        return _cmm_info((await self._request("sys", "axcl_cmminfo")).data)
+
+    async def memory(self) -> CmmInfo | None:
+        """Free CMM memory from whichever call tells the truth on this device; None when unknown.
+
+        An AXCL host answers `cmminfo` from uninitialised memory, so the first call asks
+        `axcl_cmminfo`, which only the axcl firmware knows (others answer -3): that settles `axcl`.
+        """
+        if self.axcl is None:
+            try:
+                info = await self.axcl_cmminfo()
+            except ActionMatchFalse:
+                self.axcl = False
+            else:
+                self.axcl = True
+                return info if info.plausible else None
+        info = await (self.axcl_cmminfo() if self.axcl else self.cmminfo())
+        return info if info.plausible else None
 
     async def hwinfo(self) -> HwInfo:
         """Takes about a second on a real device (its handler sleeps)."""
@@ -267,6 +297,12 @@ def _setup_was_refused(exc: BaseException) -> bool:
     Broadcast framing errors carry request_id "0" and prove nothing about the setup.
     """
     return isinstance(exc, DeviceError) and exc.request_id not in ("", "0")
+
+
+def _cmm_info(data: Any) -> CmmInfo:
+    data = data if isinstance(data, dict) else {}
+    return CmmInfo(remain=_as_int(data.get("remain")), total=_as_int(data.get("total")),
+                   used=_as_int(data.get("used")))  # fmt: skip
 
 
 def _task_info(work_id: str, data: Any) -> TaskInfo:

@@ -8,14 +8,25 @@ from typing import Any
 
 __all__ = ["CmmInfo", "ModelDescriptor", "TaskInfo", "unit_for_model"]
 
-# `type` in a descriptor does not name the unit; these prefixes do (protocol §3).
+# A descriptor's `type` says what kind of model it is (llm, vlm, tts, asr, kws, vad, cv), not which unit
+# runs it: within a type, the name prefixes the units themselves test pick the unit (protocol §3;
+# main_asr/main_tts `parse_config`). A `type` outside these keeps its own name (kws, vad, cv), so that
+# a keyword spotter named `sherpa-onnx-kws-*` is never taken for an asr model.
+_UNITS_BY_TYPE: dict[str, tuple[tuple[str, str], ...]] = {
+    "tts": (("melotts-", "melotts"), ("melotts_", "melotts"), ("CosyVoice2-", "cosy_voice")),
+    "asr": (("whisper-", "whisper"),),
+    "cv": (("depth-anything", "depth_anything"), ("yolo", "yolo")),
+}
+# Only for descriptors without a `type` (hand-written test catalogues): the name alone.
 _UNIT_PREFIXES = (
     ("whisper-", "whisper"),
+    ("sherpa-onnx-kws-", "kws"),
     ("sherpa-", "asr"),
     ("sense-voice-", "asr"),
     ("melotts-", "melotts"),
     ("melotts_", "melotts"),
     ("single-speaker-", "tts"),
+    ("kokoro-", "tts"),
     ("CosyVoice2-", "cosy_voice"),
 )
 _PREFILL_IN_TEMPLATE = re.compile(r"_p(\d+)_")
@@ -33,6 +44,12 @@ DEFAULT_MAX_TOKEN_LEN = 1023  # KV capacity of the p256 / prefill-20e builds whe
 
 
 def unit_for_model(mode: str, model_type: str) -> str:
+    """The unit that runs `mode`: by its descriptor `type` first, then by the name's prefix."""
+    if model_type:
+        for prefix, unit in _UNITS_BY_TYPE.get(model_type, ()):
+            if mode.startswith(prefix):
+                return unit
+        return model_type
     for prefix, unit in _UNIT_PREFIXES:
         if mode.startswith(prefix):
             return unit
@@ -147,6 +164,17 @@ class CmmInfo:
     remain: int
     total: int
     used: int
+
+    @property
+    def plausible(self) -> bool:
+        """Numbers a real memory report could hold: used and remain add up to the total (within 1%).
+
+        An AXCL host answers `cmminfo` with uninitialised numbers (axcl:main_sys/src/event_loop.cpp
+        230-284), and a failed `axcl-smi` with zeros: neither may decide whether a model fits.
+        """
+        if self.total <= 0 or min(self.used, self.remain) < 0:
+            return False
+        return abs(self.used + self.remain - self.total) <= self.total // 100
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,22 +17,37 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from .client import DeviceClient
 from .errors import ConnectionLost, DeviceError, DeviceTimeout, ModelLoadFailed, TaskFull
+from .memory import check_memory, load_failure
 from .models import ModelDescriptor
+from .poolapi import (
+    PoolBusy,
+    PoolError,
+    PoolLoadFailed,
+    PoolObserver,
+    PoolOutOfMemory,
+    PoolUnavailable,
+    UnitLedger,
+    UnitSource,
+    _Prefer,
+)
 from .unit import Unit
+from .versions import Version
 
 __all__ = [
     "UNIT_LIMITS",
     "DevicePool",
     "PoolBusy",
     "PoolError",
+    "PoolLoadFailed",
     "PoolObserver",
+    "PoolOutOfMemory",
     "PoolUnavailable",
     "UnitLedger",
     "UnitSource",
@@ -42,56 +57,11 @@ log = logging.getLogger(__name__)
 
 # Instances per unit type on a device (protocol §6). melotts and tts both drive llm-audio and must not
 # run together (StackFlow docs), so they share one slot.
-UNIT_LIMITS: Mapping[str, int] = {"llm": 2, "vlm": 2, "melotts": 1, "tts": 1, "whisper": 1, "asr": 1}
+UNIT_LIMITS: Mapping[str, int] = {
+    "llm": 2, "vlm": 2, "melotts": 1, "tts": 1, "whisper": 1, "asr": 1,
+    "cosy_voice": 2,  # MAX_TASK_NUM (dev:main_cosy_voice/src/main.cpp 31)
+}  # fmt: skip
 _SLOT_GROUP: Mapping[str, str] = {"melotts": "audio", "tts": "audio"}
-
-
-class PoolError(Exception):
-    pass
-
-
-class PoolBusy(PoolError):
-    """No instance could be had before the deadline, or the wait queue is full."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class PoolUnavailable(PoolError):
-    """The device cannot set the model up (unreachable, out of memory, load failure)."""
-
-
-class UnitSource(Protocol):
-    """What a backend leases units from: one device's pool, or a router over several devices."""
-
-    def lease(
-        self,
-        model: ModelDescriptor,
-        setup: Mapping[str, Any],
-        *,
-        pool_size: int | None = None,
-        prefer: _Prefer = None,
-    ) -> AbstractAsyncContextManager[Unit]: ...
-
-
-class PoolObserver(Protocol):
-    """Receives timings for metrics (wired by the gateway; the pool works without one)."""
-
-    def queue_wait(self, model: str, seconds: float) -> None: ...
-
-    def unit_setup(self, model: str, seconds: float) -> None: ...
-
-
-class UnitLedger(Protocol):
-    """Records the instances set up and not yet exited: a later run exits its own leftovers only."""
-
-    def opened(self, work_id: str, model: str) -> None: ...
-
-    def closed(self, work_id: str) -> None: ...
-
-
-_Prefer = Callable[[Unit], bool] | None  # picks, among idle instances, the one a lease wants (see `lease`)
 
 
 def _signature(setup: Mapping[str, Any]) -> str:
@@ -146,6 +116,9 @@ class DevicePool:
 
     def work_ids(self) -> list[str]:
         return [s.unit.work_id for s in self._slots if s.unit is not None]
+
+    def unit_version(self, unit: str) -> Version | None:
+        return self.client.unit_versions.get(unit)
 
     def unit_states(self) -> dict[tuple[str, str], int]:
         """(unit type, state) → instances; state is loading, busy or idle."""
@@ -314,7 +287,19 @@ class DevicePool:
 
     async def _setup(self, model: ModelDescriptor, setup: Mapping[str, Any]) -> Unit:
         await self._reap_lost()
-        await self._check_memory(model)
+        await check_memory(self.client, model, self._evict_idle)
+        while True:
+            try:
+                return await self._open(model, setup)
+            except ModelLoadFailed as exc:
+                # Most descriptors do not say how much memory their model needs, so the device's -5
+                # is often the first sign that it does not fit: free an idle instance and try again.
+                if await self._evict_idle():
+                    continue
+                held = sum(1 for s in self._slots if s.unit is not None)
+                raise await load_failure(self.client, model, exc, held) from exc
+
+    async def _open(self, model: ModelDescriptor, setup: Mapping[str, Any]) -> Unit:
         started = time.monotonic()
         try:
             unit = await self.client.open_unit(model.unit, dict(setup), timeout=self.setup_timeout)
@@ -326,30 +311,12 @@ class DevicePool:
         except TaskFull as exc:
             # Someone else (another gateway, a script) holds the device's instances.
             raise PoolBusy(f"the device has no free {model.unit} instance ({exc.message})", 5.0) from exc
-        except ModelLoadFailed as exc:
-            raise PoolUnavailable(
-                f"the device could not load {model.mode} ({exc.message}): not installed, or out of memory"
-            ) from exc
+        except ModelLoadFailed:
+            raise
         except (DeviceTimeout, ConnectionLost, OSError) as exc:
             raise PoolUnavailable(f"the device did not set up {model.mode}: {exc}") from exc
         except DeviceError as exc:
             raise PoolUnavailable(f"setup of {model.mode} failed: {exc}") from exc
-
-    async def _check_memory(self, model: ModelDescriptor) -> None:
-        if model.cmm_size is None:
-            return
-        while True:
-            try:
-                info = await self.client.cmminfo()
-            except (DeviceError, DeviceTimeout, ConnectionLost, OSError) as exc:
-                raise PoolUnavailable(f"device unreachable: {exc}") from exc
-            if info.remain >= model.cmm_size or not await self._evict_idle():
-                break
-        if info.remain < model.cmm_size:
-            raise PoolUnavailable(
-                f"not enough device memory for {model.mode}: "
-                f"needs {model.cmm_size} KiB, {info.remain} KiB free"
-            )
 
     async def _evict_idle(self) -> bool:
         """Exit the least recently used idle instance (any model) to free device memory."""

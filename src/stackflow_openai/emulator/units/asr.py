@@ -14,6 +14,10 @@ reassembled by index first. With `wav` in the object everything up to and includ
   Without an endpoint nothing is reset: the next inference's audio continues the same utterance.
 - asr with other models (sense-voice): each inference is one utterance with one final message, sent
   even when empty; the `.` is appended only when `model_config.sense_voice.use_itn` is off.
+- asr of the dev generation (1.10; also axcl's 1.9): a final never gets the `.`; a streaming model sends
+  its final at every endpoint, empty ones included; sense-voice cuts the upload at silences (its VAD)
+  and sends one `finish:false` message per voiced segment, then the segments' texts joined by spaces
+  as the final (dev:main_asr/src/main.cpp `sys_pcm_on_data_onnx`, `task_output` 807-841).
 """
 
 from __future__ import annotations
@@ -113,19 +117,36 @@ class AsrInstance(AudioInstance):
         if pcm is None:
             return
         assert self.session is not None
+        new = self.unit.state.generation.asr_empty_finals
         if not self.streaming:
-            text = await self.session.transcribe(pcm, language=self.language)
-            self.emit_text(text if self.use_itn else text + ".", finish=True)
+            await (self._segments_then_final(pcm) if new else self._one_final(pcm))
             return
         self._add_audio(pcm)
         text = (await self.session.transcribe(bytes(self._utterance), language=self.language)).lower()
         if text:
             self.emit_text(text, finish=False)
         if self._at_endpoint():
-            if text:
+            if new:
+                self.emit_text(text, finish=True)  # sent even when empty, and without the "."
+            elif text:
                 self.emit_text(text + ".", finish=True)
             self._utterance.clear()
             self._speech_flags.clear()
+
+    async def _one_final(self, pcm: bytes) -> None:
+        assert self.session is not None
+        text = await self.session.transcribe(pcm, language=self.language)
+        self.emit_text(text if self.use_itn else text + ".", finish=True)
+
+    async def _segments_then_final(self, pcm: bytes) -> None:
+        assert self.session is not None
+        texts = []
+        for segment in voiced_segments(pcm):
+            text = await self.session.transcribe(segment, language=self.language)
+            if text:
+                self.emit_text(text, finish=False)
+                texts.append(text)
+        self.emit_text(" ".join(texts), finish=True)
 
     def _add_audio(self, pcm: bytes) -> None:
         # Frames are classified once, as they complete; a partial frame waits for more audio.
@@ -143,6 +164,28 @@ class AsrInstance(AudioInstance):
         if last_speech < 0:
             return trailing >= self.rule1
         return trailing >= self.rule2 or total >= self.rule3
+
+
+def voiced_segments(pcm: bytes, *, min_gap: float = 0.5, min_length: float = 0.1) -> list[bytes]:
+    """What a VAD hands the recognizer: voiced stretches split at `min_gap` s of silence, those shorter
+    than `min_length` s dropped (the unit skips segments under 0.1 s)."""
+    frames = [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)]
+    segments: list[bytes] = []
+    current: list[bytes] = []
+    silent = 0
+    for frame in frames:
+        if _is_speech(frame):
+            current.append(frame)
+            silent = 0
+        elif current:
+            silent += 1
+            current.append(frame)
+            if silent >= min_gap * 100:
+                segments.append(b"".join(current[:-silent]))
+                current, silent = [], 0
+    if current:
+        segments.append(b"".join(current[: len(current) - silent]))
+    return [s for s in segments if len(s) >= min_length * SAMPLE_RATE * 2]
 
 
 def _is_speech(frame: bytes) -> bool:

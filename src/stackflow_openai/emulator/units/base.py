@@ -15,6 +15,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from stackflow_openai.emulator.memory import model_cmm_kib
 from stackflow_openai.emulator.rawjson import c_stoi, extract
 from stackflow_openai.emulator.replies import build_reply
 from stackflow_openai.emulator.units.instance import Instance
@@ -159,9 +160,9 @@ class UnitService:
         if faults.take("hang_setup"):
             await asyncio.Future()  # never completes: only reset/stop cancel it
         model, params = check_setup(self.name, config, self.state.find_model)
-        need = model.cmm_size or 0
+        need = model_cmm_kib(model)
         if need > self.state.cmm_remain_kib():
-            raise SetupError(-5)
+            raise SetupError(-5)  # the device's load fails in AX_SYS_MemAlloc: "Model loading failed."
         instance.cmm_kib = need
         instance.configure(config, params, model)
         await instance.open()

@@ -25,6 +25,7 @@ REQUIRED: dict[str, dict[str, str]] = {
     "tts": dict(_COMMON),
     "whisper": {**_COMMON, "language": STR},
     "asr": dict(_COMMON),
+    "cosy_voice": dict(_COMMON),
 }
 INPUT_REQUIRED = frozenset({"melotts", "whisper"})  # their parse_config throws without `input`
 
@@ -83,7 +84,16 @@ OPTIONAL: dict[str, dict[str, str]] = {
         "tagger": STR,
         "verbalizer": STR,
     },
-    "tts": {"spacker_role": NUM, "spacker_speed": NUM, "ttsModelName": STR},
+    # Kokoro (dev) reads the rates too; SummerTTS only the first three.
+    "tts": {
+        "spacker_role": NUM,
+        "spacker_speed": NUM,
+        "ttsModelName": STR,
+        "mode_rate": NUM,
+        "audio_rate": NUM,
+    },
+    # dev:main_cosy_voice/src/main.cpp 175-212 (a few of them)
+    "cosy_voice": {"mode_rate": NUM, "audio_rate": NUM, "prompt_dir": STR, "n_timesteps": NUM},
     "whisper": {
         "tokens": STR,
         "positional_embedding": STR,

@@ -1,15 +1,21 @@
-"""The melotts and tts (SummerTTS) units (`main_melotts`, `main_tts`; protocol §5.4).
+"""The melotts and tts (SummerTTS, Kokoro) units (`main_melotts`, `main_tts`; protocol §5.4).
 
 Both cut the text after each of `, . ! ? ; ，、。！？；` and synthesize every segment on its own;
-what remains when the input finishes gets a `.` appended. Audio goes out as base64 s16le mono.
-Neither buffers `.stream` input by index: each delta is spoken as it arrives, and bad base64 is
-dropped without an error. Their output quirks are the device's:
+what remains when the input finishes gets a `.` appended. Audio goes out as base64 s16le mono, at the
+setup's `audio_rate`, else the descriptor's (48000 for the AX650/AXCL melotts and kokoro), else
+16 kHz; SummerTTS ignores `audio_rate`. Neither unit buffers `.stream` input by index: each delta is
+spoken as it arrives, and bad base64 is dropped without an error. Their output quirks are the
+device's, per unit generation (`boards.py`):
 
 - melotts, stream: one `finish:false` message per segment, then a `finish:true` one holding the
-  remainder's audio, or `""` when the text ended on punctuation;
-- melotts, non-stream: only that final message is sent (so punctuated text returns `""`);
-- tts, stream: every segment is flagged `finish:true` with an empty delta, so no audio arrives;
-- tts, non-stream: one message per segment and no end marker.
+  remainder's audio, or `""` when the text ended on punctuation; from dev (and on axcl) an empty
+  `finish:true` message always follows the remainder's;
+- melotts, non-stream: only the `finish:true` messages are sent (so punctuated text returns `""`);
+- tts 1.6, stream: every segment is flagged `finish:true` with an empty delta, so no audio arrives;
+- tts 1.6, non-stream: one message per segment and no end marker;
+- tts 1.7 (dev), like melotts from dev: segments `finish:false`, the remainder `finish:true`, then an
+  empty `finish:true`; non-stream therefore carries only the remainder's audio and the empty end.
+  It also runs Kokoro (every model not named `single-speaker*`); 1.6 cannot load one (-5).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 
 from stackflow_openai.emulator.engines.base import TtsSession
 from stackflow_openai.emulator.rawjson import decode_base64, extract, unescape
-from stackflow_openai.emulator.units.base import Instance, UnitService
+from stackflow_openai.emulator.units.base import Instance, SetupError, UnitService
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = ["MeloInstance", "MeloUnit", "SummerInstance", "TtsUnit"]
@@ -118,6 +124,8 @@ class MeloInstance(SpeechInstance):
         if finish:
             rest, self.pending = self.pending, ""
             await self._speak(rest + "." if rest else "", finish=True)
+            if rest and self.unit.state.generation.melotts_extra_end:
+                await self._speak("", finish=True)
 
     async def _speak(self, text: str, *, finish: bool) -> None:
         pcm = await self.synthesize(text) if text else b""
@@ -132,6 +140,16 @@ class MeloInstance(SpeechInstance):
 
 class SummerInstance(SpeechInstance):
     unit: TtsUnit
+    final_only = False  # tts 1.7's output (set from the unit generation at setup)
+
+    def configure(self, config: dict[str, Any], params: dict[str, Any], model: ModelDescriptor) -> None:
+        super().configure(config, params, model)
+        self.final_only = self.unit.state.generation.tts_final_only
+        if not model.mode.startswith("single-speaker"):
+            if not self.final_only:
+                raise SetupError(-5)  # tts 1.6 knows SummerTTS only: no ttsModelName, load fails
+        else:
+            self.audio_rate = ENGINE_RATE  # SummerTTS has no audio_rate: its own 16 kHz
 
     @staticmethod
     def finished(flag: str) -> bool:
@@ -145,19 +163,26 @@ class SummerInstance(SpeechInstance):
         # `static faster_stream_buff`: the pending text belongs to the unit, not the instance.
         segments, self.unit.pending = self.split(self.unit.pending, text)
         for segment in segments:
-            await self._speak(segment)
+            await self._speak(segment, finish=False)
         if finish and self.unit.pending:
             rest, self.unit.pending = self.unit.pending, ""
-            await self._speak(rest + ".")
+            await self._speak(rest + ".", finish=True)
+        if finish and self.final_only:
+            self._send(b"", finish=True)  # `TTS("", true)`: the end message of 1.7
 
-    async def _speak(self, text: str) -> None:
+    async def _speak(self, text: str, *, finish: bool) -> None:
         pcm = await self.synthesize(text)
-        if pcm is None:
-            return
-        if self.enstream:  # every segment is a "finish", and finish deltas are emptied
-            self.emit({"delta": "", "finish": True, "index": self.next_stream_index(finish=True)})
-        else:
-            self.emit(base64.b64encode(pcm).decode("ascii"))
+        if pcm is not None:
+            self._send(pcm, finish=finish or not self.final_only)  # 1.6 flags every segment finished
+
+    def _send(self, pcm: bytes, *, finish: bool) -> None:
+        encoded = base64.b64encode(pcm).decode("ascii") if pcm else ""
+        if self.enstream:
+            if finish and not self.final_only:
+                encoded = ""  # 1.6: finish deltas are emptied, so no audio arrives
+            self.emit({"delta": encoded, "finish": finish, "index": self.next_stream_index(finish=finish)})
+        elif finish:
+            self.emit(encoded)
 
 
 def resample_s16le(pcm: bytes, source_rate: int, target_rate: int) -> bytes:
