@@ -222,3 +222,15 @@ def test_background_response_polled_and_another_cancelled(tmp_path: Path) -> Non
         h.assert_no_leak()
     finally:
         h.stop()
+
+
+def test_streamed_function_call_through_the_sdk_stream_helper(harness: Harness) -> None:
+    client = sdk(harness)
+    kinds = []
+    with client.responses.stream(model=LLM, input="Is it sunny in Barcelona?", tools=[WEATHER]) as stream:  # type: ignore[list-item]
+        for event in stream:
+            kinds.append(event.type)
+        final = stream.get_final_response()
+    [call] = [item for item in final.output if item.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Barcelona"}
+    assert "response.function_call_arguments.done" in kinds and kinds[-1] == "response.completed"
