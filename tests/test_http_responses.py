@@ -449,3 +449,23 @@ async def test_a_stored_response_replays_as_its_stream(client: httpx.AsyncClient
         await client.get(f"/v1/responses/{rid}?stream=true&starting_after=-5"), 400, param="starting_after"
     )
     assert_error(await client.get("/v1/responses/resp_nope?stream=true"), 404)
+
+
+async def test_no_valid_call_after_the_re_ask_is_a_500_in_this_apis_terms() -> None:
+    async for http in tools_client(["I will not call anything."], QWEN25):
+        body = {"model": "t", "input": "Weather?", "tools": [WEATHER], "tool_choice": "required"}
+        error = assert_error(await http.post("/v1/responses", json=body), 500, code="tool_call_invalid")
+        assert error["param"] == "tools"
+        streamed = await http.post("/v1/responses", json={**body, "stream": True})
+        if streamed.status_code == 200:  # the first event may already be out: then it ends failed
+            events = parse_response_events(streamed.text)
+            assert events[-1]["type"] == "response.failed"
+            assert "tool call" in events[-1]["response"]["error"]["message"]
+        else:
+            assert_error(streamed, 500, code="tool_call_invalid")
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+        text = {"format": {"type": "json_schema", "name": "num", "schema": schema}}
+        error = assert_error(
+            await http.post("/v1/responses", json={"model": "t", "input": "n?", "text": text}), 500
+        )
+        assert error["code"] == "structured_output_failed" and error["param"] == "text.format"
