@@ -469,3 +469,14 @@ async def test_no_valid_call_after_the_re_ask_is_a_500_in_this_apis_terms() -> N
             await http.post("/v1/responses", json={"model": "t", "input": "n?", "text": text}), 500
         )
         assert error["code"] == "structured_output_failed" and error["param"] == "text.format"
+
+
+async def test_a_configured_default_truncation_applies_to_requests_that_set_none() -> None:
+    backend = FakeChatBackend(QWEN_P128, script=["ok"])
+    app = make_app([chat_entry("small", backend)], HttpSettings(responses_default_truncation="auto"))
+    async with client_for(app) as http:
+        turns = [{"role": "user", "content": f"Turn {i}: " + "lorem ipsum dolor " * 6} for i in range(8)]
+        result = (await http.post("/v1/responses", json={"model": "small", "input": turns})).json()
+        assert result["truncation"] == "auto" and "Turn 0" not in backend.generations[-1].prompt
+        refused = {"model": "small", "input": turns, "truncation": "disabled"}  # a request's own still wins
+        assert_error(await http.post("/v1/responses", json=refused), 400, code="context_length_exceeded")

@@ -82,6 +82,7 @@ class HttpSettings:
     data_dir: str | None = None  # stored responses go here; None: in memory only (tests, embedding)
     responses_retention_days: float = 30.0
     responses_max_bytes: int = 256 * 1024 * 1024
+    responses_default_truncation: str = "disabled"  # for requests that set none (OpenAI's default)
 
     def __repr__(self) -> str:  # never show the keys
         return f"HttpSettings(api_keys={len(self.api_keys)} configured, cors_origins={self.cors_origins!r})"
@@ -239,7 +240,9 @@ def create_app(
         retention_days=settings.responses_retention_days,
         max_bytes=settings.responses_max_bytes,
     )
-    app.state.responses_service = ResponsesService(registry, tokenizers, images, store)
+    app.state.responses_service = ResponsesService(
+        registry, tokenizers, images, store, default_truncation=settings.responses_default_truncation
+    )
     app.state.responses_observed = ObservedService(app.state.responses_service, registry, metrics)
 
     app.add_exception_handler(APIError, _api_error)

@@ -159,6 +159,11 @@ class ResponsesSettings(_Strict):
         gt=0,
         description="stored responses beyond this many bytes of JSON: the oldest are deleted first",
     )
+    default_truncation: Literal["disabled", "auto"] = Field(
+        "disabled",
+        description="truncation for requests that set none: disabled (OpenAI's: 400 when the conversation "
+        "does not fit the window) or auto (drop the oldest items, as chat completions does)",
+    )
 
 
 class ModelSettings(_Strict):

@@ -54,6 +54,7 @@ def http_settings(settings: Settings):  # type: ignore[no-untyped-def]
         data_dir=settings.data_dir or str(settings.state_path()),  # one directory unless told
         responses_retention_days=settings.responses.retention_days,
         responses_max_bytes=settings.responses.max_bytes,
+        responses_default_truncation=settings.responses.default_truncation,
     )
 
 

@@ -11,8 +11,8 @@ reasoning items come from the shared core (services/output.py, through services/
 Background responses run in a task of their own (services/responses_background.py). Departures from
 OpenAI, each answered with a 400 that says so: a streamed background response, `conversation` and
 `prompt` (stored prompts) are not served; built-in tools (web search, file search, ...) do not exist
-on a device. `truncation` is OpenAI's: `disabled` (the default) refuses a conversation that does not
-fit the prefill window, `auto` drops its oldest items.
+on a device. `truncation` is OpenAI's: `disabled` (the default, configurable) refuses a conversation
+that does not fit the prefill window, `auto` drops its oldest items.
 """
 
 from __future__ import annotations
@@ -74,8 +74,17 @@ class _Saver:
 
 class ResponsesService:
     def __init__(
-        self, registry: ModelRegistry, tokenizers: Tokenizers, images: ImageLoader, store: ResponseStore
+        self,
+        registry: ModelRegistry,
+        tokenizers: Tokenizers,
+        images: ImageLoader,
+        store: ResponseStore,
+        *,
+        default_truncation: str = "disabled",
     ) -> None:
+        """`default_truncation`: for requests that name none; OpenAI's is `disabled` (config:
+        responses.default_truncation, for clients that never set it on a device's small window)."""
+        self._default_truncation = default_truncation
         self._registry = registry
         self._planner = PlanBuilder(tokenizers, images)
         self._store = store
@@ -87,6 +96,8 @@ class ResponsesService:
 
     async def create(self, body: Mapping[str, Any], *, owner: str = "") -> ServiceResult:
         request = parse_body(ResponseCreateRequest, body)
+        if request.truncation is None:
+            request.truncation = self._default_truncation  # type: ignore[assignment]
         _refuse_unsupported(request)
         entry = resolve_model(
             self._registry, request.model, kinds=("chat", "proxy"), endpoint="/v1/responses"
