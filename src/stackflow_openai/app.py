@@ -51,6 +51,7 @@ from stackflow_openai.services import (
     ModelService,
 )
 from stackflow_openai.services.images import Resolver
+from stackflow_openai.services.params import DROPPED_HEADER, IGNORED_HEADER, TRANSLATION_HEADER
 from stackflow_openai.tokens import Tokenizers
 
 __all__ = ["HttpSettings", "ModelRegistry", "create_app"]
@@ -253,5 +254,12 @@ def _add_middlewares(app: FastAPI, settings: HttpSettings, metrics: Metrics) -> 
             allow_origins=list(settings.cors_origins),
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=[REQUEST_ID_HEADER, "X-Ignored-Params", "X-Images-Dropped", "Retry-After"],
+            expose_headers=[
+                REQUEST_ID_HEADER,
+                IGNORED_HEADER,
+                DROPPED_HEADER,
+                TRANSLATION_HEADER,
+                "X-Images-Dropped",
+                "Retry-After",
+            ],
         )

@@ -140,6 +140,12 @@ class DiscoverySettings(_Strict):
     default_aliases: bool = Field(
         True, description="answer to names clients hard-code (gpt-4o-mini, whisper-1, tts-1, ...)"
     )
+    auto_translation_model: bool = Field(
+        True,
+        description="a transcription model with no translation_chat_model translates through a text chat "
+        "model on the same device (the one gpt-4o-mini would stand for there; docs/audio.md); "
+        "false: only models configured with translation_chat_model translate",
+    )
 
 
 class ImageSettings(_Strict):
@@ -227,6 +233,8 @@ class Settings(_Strict):
         description="where the gateway remembers the device instances it set up (for orphan_cleanup: "
         "owned); default $XDG_DATA_HOME/stackflow-openai or ~/.local/share/stackflow-openai",
     )
+
+    playground: bool = Field(True, description="serve the browser playground at GET /")
 
     def state_path(self) -> Path:
         if self.state_dir:

@@ -49,6 +49,7 @@ def http_settings(settings: Settings):  # type: ignore[no-untyped-def]
         protect_health=settings.auth.protect_health,
         protect_metrics=settings.auth.protect_metrics,
         cors_origins=tuple(settings.server.cors_origins),
+        playground=settings.playground,
     )
 
 

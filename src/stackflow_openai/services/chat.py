@@ -49,6 +49,7 @@ from .ctx import conversation_turn
 from .generation import Job
 from .images import ImageLoader
 from .limiter import FinishReason
+from .params import DROPPED_HEADER
 from .prompt import (
     DEFAULT_SYSTEM_PROMPT,
     check_image_count,
@@ -116,6 +117,7 @@ class ChatService:
         fitted = await run_counting(fit, chars=chars)
         if fitted.dropped:
             log.info("%s: dropped the %d oldest turns to fit the prefill window", entry.id, fitted.dropped)
+            headers[DROPPED_HEADER] = str(fitted.dropped)  # otherwise the client cannot tell
         refs, dropped = images_to_send(fitted.turns, info.max_images)
         if dropped:
             headers[IMAGES_DROPPED_HEADER] = str(dropped)

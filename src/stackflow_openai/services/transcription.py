@@ -24,6 +24,7 @@ from stackflow_openai.backends.base import BackendError, ChatBackend, Transcript
 from stackflow_openai.errors import APIError, InvalidRequestError, ServiceUnavailable, to_openai_error
 from stackflow_openai.languages import language_code, language_name
 from stackflow_openai.services.generation import Detached
+from stackflow_openai.services.params import TRANSLATION_HEADER
 from stackflow_openai.services.registry import ModelRegistry, resolve_model
 from stackflow_openai.services.speech import ignored_or_refused
 from stackflow_openai.sse import aclose_quietly, encode_event
@@ -240,6 +241,8 @@ async def prepare_transcription(registry: ModelRegistry, request: TranscriptionR
     native, chat = False, None
     if request.translate:
         native, chat = _translation_mode(registry, entry.id, backend, entry.extra)
+        if chat is not None:  # say which model's words these are: the ASR model did not translate
+            headers[TRANSLATION_HEADER] = str(entry.extra["translation_chat_model"])
     limit = backend.window_seconds
     # Stay 2 s under the model's limit: its front end may pad or trim a little.
     longest = max(1.0, limit - min(2.0, limit * 0.1))
@@ -269,8 +272,9 @@ def _translation_mode(
     chat_id = extra.get("translation_chat_model")
     if not chat_id:
         raise InvalidRequestError(
-            f"The model '{model_id}' cannot translate: it has no translation mode and no "
-            "translation_chat_model is configured for it. Use /v1/audio/transcriptions instead.",
+            f"The model '{model_id}' cannot translate: it has no translation mode and no chat model to "
+            "translate with (none on its device, or discovery.auto_translation_model is off and no "
+            "translation_chat_model is configured). Use /v1/audio/transcriptions instead.",
             param="model",
             code="translation_not_supported",
         )
