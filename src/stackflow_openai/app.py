@@ -38,6 +38,7 @@ from stackflow_openai.ops.limits import BodyLimit
 from stackflow_openai.ops.metrics import Metrics
 from stackflow_openai.ops.observe import ObservedService
 from stackflow_openai.ops.reqlog import REQUEST_ID_HEADER, RequestObservation
+from stackflow_openai.playground import mount_playground
 from stackflow_openai.routers import audio_router, chat_router, completions_router, models_router
 from stackflow_openai.routers.chat import create_chat_completion
 from stackflow_openai.routers.completions import create_completion
@@ -70,6 +71,7 @@ class HttpSettings:
     protect_health: bool = False  # keys required on /health and /ready too
     protect_metrics: bool = False  # keys required on /metrics too
     cors_origins: tuple[str, ...] = ()  # empty: CORS off
+    playground: bool = True  # the browser playground at GET / (playground/)
 
     def __repr__(self) -> str:  # never show the keys
         return f"HttpSettings(api_keys={len(self.api_keys)} configured, cors_origins={self.cors_origins!r})"
@@ -232,6 +234,8 @@ def create_app(
     app.include_router(models_router)
     app.include_router(audio_router)  # written by the audio helper (routers/audio.py)
     app.include_router(health_router)
+    if settings.playground:
+        mount_playground(app)
     return app
 
 
