@@ -133,6 +133,8 @@ class ChatService:
         turn = conversation_turn(
             self._tokenizers, info, system, conversation, fitted, budget
         )  # ctx models only
+        # A single-turn unit's silent cap (limiter.py); a ctx unit reports its own (stopped_at_capacity).
+        room = info.max_token_len - fitted.prompt_tokens if turn is None else None
         include_usage = bool(
             request.stream and request.stream_options and request.stream_options.include_usage
         )
@@ -142,7 +144,7 @@ class ChatService:
             model=entry.id,
             backend=backend,
             settings=settings,
-            jobs=[Job(fitted.user_text, images, budget, turn)] * n,
+            jobs=[Job(fitted.user_text, images, budget, turn, room)] * n,
             stops=stop_list(request.stop),
             counter=self._tokenizers.for_model(info),
             prompt_tokens=fitted.prompt_tokens,

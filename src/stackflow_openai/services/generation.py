@@ -50,6 +50,9 @@ class Job:
     images: list[bytes]  # JPEG
     budget: int  # generated tokens allowed for this choice
     turn: ConversationTurn | None = None  # a ctx model's new turn (services/ctx.py); None: single-turn
+    # tokens a single-turn device unit can generate after this prompt, to tell its silent cap from an
+    # end of sequence (limiter.py); None: not known (a ctx turn reports its cap itself)
+    room: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +292,7 @@ async def generate_choices(
         return
     async with _leased(_lease(backend, settings, jobs[0].turn)) as unit:
         for index, job in enumerate(jobs):
-            limiter = OutputLimiter(counter, stops=stops, budget=job.budget)
+            limiter = OutputLimiter(counter, stops=stops, budget=job.budget, room=job.room)
             # `turn` only for a ctx model: single-turn units (and test fakes) keep their signature.
             deltas = (
                 unit.generate(job.prompt, images=job.images)
