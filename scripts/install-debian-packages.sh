@@ -13,5 +13,6 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
-apt-get install -y -q --no-install-recommends chromium
+# fonts-liberation: text in screenshots (a recommendation of chromium, skipped with the rest)
+apt-get install -y -q --no-install-recommends chromium fonts-liberation
 echo "==> installed $(/usr/bin/chromium --version)"
