@@ -56,3 +56,38 @@ def test_an_alias_is_retrieved_as_itself(harness):
         "devices": ["emu"],
         "alias_of": "melotts-en-us",
     }
+
+
+class _Ears:
+    """A transcription backend that cannot translate by itself (as the device's units)."""
+
+    can_translate = False
+    window_seconds = 30.0
+
+
+def test_the_translating_chat_model_is_a_text_model_on_the_asr_models_device():
+    from dataclasses import replace
+
+    from fakes import QWEN_P256, FakeChatBackend
+    from stackflow_openai.backends.base import ModelEntry
+    from stackflow_openai.backends.entries import _choose_translation_models
+
+    vision = FakeChatBackend(replace(QWEN_P256, vision=True))
+    entries = {
+        "vlm-a": ModelEntry(id="vlm-a", kind="chat", chat=vision, devices=("a",)),
+        "llm-b": ModelEntry(id="llm-b", kind="chat", chat=FakeChatBackend(), devices=("b",)),
+        "llm-a": ModelEntry(id="llm-a", kind="chat", chat=FakeChatBackend(), devices=("a",)),
+        "ears-a": ModelEntry(id="ears-a", kind="transcription", transcription=_Ears(), devices=("a",)),  # type: ignore[arg-type]
+        "ears-c": ModelEntry(id="ears-c", kind="transcription", transcription=_Ears(), devices=("c",)),  # type: ignore[arg-type]
+        "ears-set": ModelEntry(
+            id="ears-set",
+            kind="transcription",
+            transcription=_Ears(),  # type: ignore[arg-type]
+            devices=("a",),
+            extra={"translation_chat_model": "llm-b"},
+        ),
+    }
+    _choose_translation_models(entries)
+    assert entries["ears-a"].extra["translation_chat_model"] == "llm-a"  # same device, text before vision
+    assert "translation_chat_model" not in entries["ears-c"].extra  # no chat model on its device
+    assert entries["ears-set"].extra["translation_chat_model"] == "llm-b"  # the config's choice stays
