@@ -212,6 +212,7 @@ def test_sections_at_phone_width(browser, harness):
         page.get_by_label("Message").fill("Hi")
         page.get_by_role("button", name="Send").click()
         page.locator('[data-role="assistant"]').last.filter(has_text="You said").wait_for(timeout=WAIT_MS)
+        page.wait_for_function("document.querySelector('#chat-stop').disabled", timeout=WAIT_MS)
         screenshot(page, "playground-phone")
         record.check()
 
