@@ -228,13 +228,12 @@ class Settings(_Strict):
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="explicit model entries")
     aliases: dict[str, str] = Field(default_factory=dict, description="client-facing name → model id")
     strict_params: bool = Field(False, description="strict_params for every model")
+    playground: bool = Field(True, description="serve the browser playground at GET /")
     state_dir: str | None = Field(
         None,
         description="where the gateway remembers the device instances it set up (for orphan_cleanup: "
         "owned); default $XDG_DATA_HOME/stackflow-openai or ~/.local/share/stackflow-openai",
     )
-
-    playground: bool = Field(True, description="serve the browser playground at GET /")
 
     def state_path(self) -> Path:
         if self.state_dir:
