@@ -109,7 +109,12 @@ class OutputLimiter:
 
     def _device_capped(self) -> bool:
         room = self._room
-        return room is not None and self._counter.count(self._text) >= room - DEVICE_CAP_SLACK
+        if room is None:
+            return False
+        text, near = self._text, room - DEVICE_CAP_SLACK
+        if self._ascii_bound and text.isascii() and len(text) < near:
+            return False  # at most one token per character: a short answer needs no count (module doc)
+        return self._counter.count(text) >= near
 
     def _end(self, text: str, reason: FinishReason) -> Step:
         released = self._text[: self._emitted]
