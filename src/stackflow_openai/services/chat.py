@@ -144,7 +144,7 @@ class ChatService:
             model=entry.id,
             backend=backend,
             settings=settings,
-            jobs=[Job(fitted.user_text, images, budget, turn, room)] * n,
+            jobs=[Job(fitted.user_text, images, budget, turn=turn, room=room)] * n,
             stops=stop_list(request.stop),
             counter=self._tokenizers.for_model(info),
             prompt_tokens=fitted.prompt_tokens,

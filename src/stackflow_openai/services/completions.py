@@ -95,7 +95,7 @@ class CompletionService:
             budget = token_budget(info, fitted.prompt_tokens, max_tokens, param=param)
             prompt_tokens += fitted.prompt_tokens
             room = info.max_token_len - fitted.prompt_tokens  # the device's own cap (limiter.py)
-            jobs.extend(Job(prompt, [], budget, room) for _ in range(n))
+            jobs.extend(Job(prompt, [], budget, room=room) for _ in range(n))
         settings = UnitSettings(
             system_prompt=system,
             max_token_len=info.max_token_len,  # one signature per model (docs/decisions.md)
