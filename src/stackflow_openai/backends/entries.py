@@ -258,11 +258,6 @@ def _default_aliases(entries: dict[str, ModelEntry]) -> dict[str, str]:
         if kind == "chat":
             return _first_chat_model(entries)
         ids = [e.id for e in entries.values() if e.kind == kind]
-        if kind == "chat":  # text-only models first: a vision model is slower and has a smaller window
-            ids.sort(key=lambda i: (_is_vision(entries[i]), not _general_chat(i), "-p256-" not in i))
-        elif kind == "transcription":  # whisper-1 should be a whisper model (sherpa sorts first by name)
-
-
         if kind == "transcription":  # whisper-1 should be a whisper model (sherpa sorts first by name)
             ids.sort(key=lambda i: not i.startswith("whisper"))
         elif kind == "speech":  # US English melotts first: OpenAI's voices speak (American) English
