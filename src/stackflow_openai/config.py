@@ -189,6 +189,12 @@ class ModelSettings(_Strict):
     translation_chat_model: str | None = Field(
         None, description="transcription: chat model that translates transcripts for /v1/audio/translations"
     )
+    max_audio_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="transcription: longest audio accepted, in seconds (default 7200); longer is a 400 "
+        "audio_too_long, from the file's declared duration or as soon as decoding passes it",
+    )
     base_url: str | None = Field(None, description="openai_proxy: upstream base URL, e.g. http://gpu:8000/v1")
     api_key: SecretStr | None = Field(None, description="openai_proxy: key sent to the upstream")
     model: str | None = Field(

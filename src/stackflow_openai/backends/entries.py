@@ -155,9 +155,11 @@ class EntryBuilder:
                     "model %s: whisper cannot transcribe language %r; not served", model_id, conf.language
                 )
                 return
-            extra = (
-                {"translation_chat_model": conf.translation_chat_model} if conf.translation_chat_model else {}
-            )
+            extra: dict[str, object] = {}
+            if conf.translation_chat_model:
+                extra["translation_chat_model"] = conf.translation_chat_model
+            if conf.max_audio_seconds:
+                extra["max_audio_seconds"] = conf.max_audio_seconds
             asr = StackFlowTranscriptionBackend(router, model, default_language=conf.language)
             entry = ModelEntry(kind="transcription", transcription=asr, extra=extra, **common)  # type: ignore[arg-type]
         else:
