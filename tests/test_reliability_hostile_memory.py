@@ -1,0 +1,275 @@
+"""Hostile inputs that cost memory or device time out of proportion to their size (issue #13, items 1-2):
+a small FLAC holding hours of silence, and images that decode to huge bitmaps.
+
+Memory is measured in a fresh child process (hostile_inputs.run_child), so the figures are the request's
+alone. Every test here is bounded to a few seconds: they run in CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from audio_fakes import (
+    FakeRegistry,
+    FakeTranscriptionBackend,
+    encode_file,
+    make_app,
+    sse_events,
+    validate_openai,
+)
+from e2e_harness import Harness
+from hostile_inputs import run_child, silent_flac, without_length
+from stackflow_openai.audio import PcmStream, WindowReader
+from stackflow_openai.backends.base import ModelEntry
+from stackflow_openai.emulator import ScriptedEngine, Timing
+from stackflow_openai.emulator.engines.scripted import ScriptedAsrSession
+from stackflow_openai.stackflow.models import ModelDescriptor
+from test_e2e_audio import speech_like
+
+
+def app_with_asr(asr: FakeTranscriptionBackend, **extra: Any) -> Any:
+    registry = FakeRegistry()
+    registry.add(ModelEntry(id="whisper-1", kind="transcription", transcription=asr, extra=extra))
+    return make_app(registry)
+
+
+async def transcribe(app: Any, data: bytes, **fields: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.invalid/v1") as http:
+        return await http.post(
+            "/audio/transcriptions", files={"file": ("a.flac", data)}, data={"model": "whisper-1", **fields}
+        )
+
+
+# ---- item 1: long audio ------------------------------------------------------------------------
+
+_TRANSCRIBE_IN_A_CHILD = """
+import asyncio, json, sys
+from audio_fakes import FakeTranscriptionBackend
+from hostile_inputs import memory_mib, silent_flac
+from test_reliability_hostile_memory import app_with_asr, transcribe
+
+async def main(seconds):
+    asr = FakeTranscriptionBackend()
+    app = app_with_asr(asr, max_audio_seconds=10 * seconds)
+    warm = await transcribe(app, silent_flac(40))  # loads PyAV and numpy, and warms the allocator
+    assert warm.status_code == 200, warm.text
+    data = silent_flac(seconds)
+    before = memory_mib()
+    response = await transcribe(app, data, response_format="verbose_json")
+    after = memory_mib()
+    assert response.status_code == 200, response.text
+    print(json.dumps({"before": before, "after": after, "duration": response.json()["duration"],
+                      "windows": len(asr.windows) - 2, "file_bytes": len(data)}))
+
+asyncio.run(main(float(sys.argv[1])))
+"""
+
+
+def test_an_hour_of_flac_silence_is_transcribed_in_constant_memory() -> None:
+    # Decoded whole, an hour is 115 MB of 16 kHz PCM, and joining its pieces doubled that: the peak
+    # grew by ~240 MB. Window by window it holds one window (0.9 MB) and a second of decoded audio.
+    seconds = 3600.0
+    result = run_child(_TRANSCRIBE_IN_A_CHILD, str(seconds))
+    assert result["duration"] == pytest.approx(seconds, abs=0.01)
+    assert result["windows"] >= seconds / 28  # all of it was transcribed, at most 28 s at a time
+    grew = result["after"]["hwm"] - result["before"]["rss"]
+    assert grew < 40, (
+        f"transcribing {seconds:.0f} s of a {result['file_bytes']} B file grew the peak by {grew:.0f} MiB"
+    )
+    assert result["after"]["rss"] - result["before"]["rss"] < 25  # and nothing of note is kept
+
+
+async def test_audio_longer_than_the_limit_is_refused_from_the_container_before_any_work() -> None:
+    asr = FakeTranscriptionBackend()
+    three_hours = silent_flac(3 * 3600)
+    response = await transcribe(app_with_asr(asr), three_hours)  # the default limit: 7200 s
+    assert response.status_code == 400
+    validate_openai(response.json(), "ErrorResponse")
+    error = response.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        "audio_too_long",
+        "file",
+        "invalid_request_error",
+    )
+    assert "7200 s" in error["message"] and "10800 s" in error["message"]
+    assert asr.windows == []  # refused from the file's header: nothing decoded, nothing transcribed
+
+    configured = app_with_asr(asr, max_audio_seconds=60)
+    for fields in ({}, {"stream": "true"}, {"response_format": "srt"}):
+        response = await transcribe(configured, silent_flac(90), **fields)
+        assert response.status_code == 400 and response.json()["error"]["code"] == "audio_too_long"
+    assert asr.windows == []
+    assert (await transcribe(configured, silent_flac(59))).status_code == 200
+
+
+async def test_audio_of_unknown_length_is_refused_once_decoding_passes_the_limit() -> None:
+    data = without_length(silent_flac(600))
+    with PcmStream(data) as stream:
+        assert stream.declared_seconds is None  # the container cannot say: only decoding finds out
+    asr = FakeTranscriptionBackend()
+    app = app_with_asr(asr, max_audio_seconds=60)
+
+    response = await transcribe(app, data)
+    assert response.status_code == 400
+    validate_openai(response.json(), "ErrorResponse")
+    assert response.json()["error"]["code"] == "audio_too_long"
+    assert "60 s" in response.json()["error"]["message"]
+    assert sum(asr.windows) < 60  # the two windows before the limit; the other 9 minutes never ran
+
+    asr.windows.clear()
+    streamed = await transcribe(app, data, stream="true")  # the 200 is out before the limit is met
+    events = sse_events(streamed.text)
+    assert [e.get("type") for e in events[:-1]] == ["transcript.text.delta"] * 2
+    assert events[-1]["error"]["code"] == "audio_too_long"
+    assert sum(asr.windows) < 60
+
+
+class SlowAsr(FakeTranscriptionBackend):
+    """Holds a "unit" for `delay` seconds per window; counts the units held at any time, and sets
+    `busy` once `busy_after` windows are done."""
+
+    def __init__(self, delay: float, busy_after: int) -> None:
+        super().__init__()
+        self.delay = delay
+        self.held = 0
+        self.busy_after = busy_after
+        self.busy = asyncio.Event()
+
+    async def transcribe(self, pcm: bytes, **kwargs: Any) -> str:
+        self.held += 1
+        try:
+            await asyncio.sleep(self.delay)
+            return await super().transcribe(pcm, **kwargs)
+        finally:
+            self.held -= 1
+            if len(self.windows) >= self.busy_after:
+                self.busy.set()
+
+
+async def asgi_post_then_leave(app: Any, body: bytes, content_type: str, leave: asyncio.Event) -> list[Any]:
+    """Drive the ASGI app as a server would: the whole body, then a disconnect once `leave` is set."""
+    sent: list[Any] = []
+    body_sent = False
+
+    async def receive() -> dict[str, Any]:
+        # Like a server's receive, safe to cancel and to call again (the app's watchers do both).
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/audio/transcriptions", "raw_path": b"/v1/audio/transcriptions",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+    await app(scope, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("stream", ["false", "true"])
+async def test_a_client_that_leaves_stops_decoding_and_transcribing(
+    monkeypatch: pytest.MonkeyPatch, stream: str
+) -> None:
+    readers: list[WindowReader] = []
+    real_init = WindowReader.__init__
+
+    def spy(self: WindowReader, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        readers.append(self)
+
+    monkeypatch.setattr(WindowReader, "__init__", spy)
+    asr = SlowAsr(delay=0.05, busy_after=3)
+    app = app_with_asr(asr)
+    request = httpx.Request(
+        "POST", "http://gateway.invalid/", files={"file": ("a.flac", silent_flac(3600))},
+        data={"model": "whisper-1", "stream": stream},
+    )  # fmt: skip
+    leave = asyncio.Event()
+    served = asyncio.ensure_future(
+        asgi_post_then_leave(app, request.read(), request.headers["content-type"], leave)
+    )
+    await asyncio.wait_for(asr.busy.wait(), 10)
+    leave.set()
+    sent = await asyncio.wait_for(served, 5)
+    done = len(asr.windows)
+    await asyncio.sleep(0.3)  # six more windows' time, if the work went on
+
+    assert len(asr.windows) == done < 10  # of 129
+    assert asr.held == 0  # the unit of the window in progress was given back
+    (reader,) = readers
+    assert reader.decoded_seconds < 10 * 28 + 2  # decoding stopped with the transcription
+    if stream == "false":
+        assert sent[0]["status"] == 499  # nobody reads it; logs and metrics see a client that left
+    else:
+        assert sent[0]["status"] == 200
+        assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]).split(b"data: ")[1])["type"] == (
+            "transcript.text.delta"
+        )
+
+
+def test_a_client_that_leaves_a_device_transcription_returns_the_unit() -> None:
+    # The real pool and the emulator's whisper unit: 0.2 s per window, 22 windows if it ran to the end.
+    engine = CountingEngine(timing=Timing(transcription_delay=0.2))
+    h = Harness(engine=engine).start()
+    try:
+        data = encode_file("wav", speech_like(600.0), 16_000, stereo=False)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{h.base_url}/audio/transcriptions",
+                files={"file": ("talk.wav", data)},
+                data={"model": "whisper-tiny"},
+                timeout=httpx.Timeout(10.0, read=1.0),
+            )  # the client gives up after a second and closes the connection
+        h.assert_no_leak()
+        deadline = time.monotonic() + 3
+        while any(i["state"] == "busy" for i in h.live_instances()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stopped_at = engine.windows
+        time.sleep(0.6)  # three more windows' time, if the work went on
+        assert engine.windows == stopped_at <= 8
+        assert not any(i["state"] == "busy" for i in h.live_instances())
+        # The unit is free for the next client at once.
+        short = encode_file("wav", speech_like(3.0), 16_000, stereo=False)
+        reply = httpx.post(
+            f"{h.base_url}/audio/transcriptions",
+            files={"file": ("a.wav", short)},
+            data={"model": "whisper-tiny"},
+            timeout=5,
+        )
+        assert reply.status_code == 200 and reply.json()["text"]
+        h.assert_no_leak()
+    finally:
+        h.stop()
+
+
+class CountingEngine(ScriptedEngine):
+    """The scripted engine, counting the windows its asr/whisper sessions transcribe."""
+
+    windows = 0
+
+    async def open_asr(self, model: ModelDescriptor) -> ScriptedAsrSession:
+        session = await super().open_asr(model)
+        engine = self
+        transcribe = session.transcribe
+
+        async def counted(pcm: bytes, *, language: str) -> str:
+            engine.windows += 1
+            return await transcribe(pcm, language=language)
+
+        session.transcribe = counted  # type: ignore[method-assign]
+        return session
