@@ -49,12 +49,13 @@ def without_length(flac: bytes) -> bytes:
     return bytes(data)
 
 
-def png_bomb(width: int, height: int, mode: str = "RGB") -> bytes:
-    """A one-colour PNG: a few hundred KB of file that decodes to width x height pixels."""
+def image_bomb(width: int, height: int, mode: str = "RGB", fmt: str = "PNG", **options: Any) -> bytes:
+    """A one-colour image: a few hundred KB of file that decodes to width x height pixels."""
     from PIL import Image
 
     out = io.BytesIO()
-    Image.new(mode, (width, height), "white").save(out, format="PNG", optimize=False, compress_level=9)
+    colour = 1 if mode in ("1", "P", "PA") else "white"
+    Image.new(mode, (width, height), colour).save(out, format=fmt, **options)
     return out.getvalue()
 
 
@@ -67,6 +68,11 @@ def run_child(code: str, *args: str, timeout: float = 60.0) -> dict[str, Any]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def reset_peak() -> None:
+    """Start VmHWM afresh at the current RSS (Linux 4.0+), so a peak is one step's alone."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def memory_mib() -> dict[str, float]:

@@ -8,7 +8,9 @@ alone. Every test here is bounded to a few seconds: they run in CI.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import threading
 import time
 from typing import Any
 
@@ -23,14 +25,20 @@ from audio_fakes import (
     sse_events,
     validate_openai,
 )
+from chat_http import post
 from e2e_harness import Harness
-from hostile_inputs import run_child, silent_flac, without_length
+from fakes import VLM_INFO, FakeChatBackend, assert_error
+from hostile_inputs import image_bomb, run_child, silent_flac, without_length
 from stackflow_openai.audio import PcmStream, WindowReader
 from stackflow_openai.backends.base import ModelEntry
 from stackflow_openai.emulator import ScriptedEngine, Timing
 from stackflow_openai.emulator.engines.scripted import ScriptedAsrSession
+from stackflow_openai.services import images as images_module
+from stackflow_openai.services.images import ImageLoader, ImagePolicy, decode_slots
+from stackflow_openai.services.prompt import ImageRef
 from stackflow_openai.stackflow.models import ModelDescriptor
 from test_e2e_audio import speech_like
+from test_http_chat_images import image_message
 
 
 def app_with_asr(asr: FakeTranscriptionBackend, **extra: Any) -> Any:
@@ -51,20 +59,28 @@ async def transcribe(app: Any, data: bytes, **fields: str) -> httpx.Response:
 
 _TRANSCRIBE_IN_A_CHILD = """
 import asyncio, json, sys
-from audio_fakes import FakeTranscriptionBackend
+import httpx
+from audio_fakes import FakeRegistry, FakeTranscriptionBackend, make_app
 from hostile_inputs import memory_mib, silent_flac
-from test_reliability_hostile_memory import app_with_asr, transcribe
+from stackflow_openai.backends.base import ModelEntry
 
 async def main(seconds):
     asr = FakeTranscriptionBackend()
-    app = app_with_asr(asr, max_audio_seconds=10 * seconds)
-    warm = await transcribe(app, silent_flac(40))  # loads PyAV and numpy, and warms the allocator
-    assert warm.status_code == 200, warm.text
-    data = silent_flac(seconds)
-    before = memory_mib()
-    response = await transcribe(app, data, response_format="verbose_json")
-    after = memory_mib()
-    assert response.status_code == 200, response.text
+    registry = FakeRegistry()
+    extra = {"max_audio_seconds": 10 * seconds}
+    registry.add(ModelEntry(id="whisper-1", kind="transcription", transcription=asr, extra=extra))
+    transport = httpx.ASGITransport(app=make_app(registry))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.invalid/v1") as http:
+        async def transcribe(data):
+            fields = {"model": "whisper-1", "response_format": "verbose_json"}
+            response = await http.post("/audio/transcriptions", files={"file": ("a.flac", data)}, data=fields)
+            assert response.status_code == 200, response.text
+            return response
+        await transcribe(silent_flac(40))  # loads PyAV and numpy, and warms the allocator
+        data = silent_flac(seconds)
+        before = memory_mib()
+        response = await transcribe(data)
+        after = memory_mib()
     print(json.dumps({"before": before, "after": after, "duration": response.json()["duration"],
                       "windows": len(asr.windows) - 2, "file_bytes": len(data)}))
 
@@ -72,10 +88,11 @@ asyncio.run(main(float(sys.argv[1])))
 """
 
 
-def test_an_hour_of_flac_silence_is_transcribed_in_constant_memory() -> None:
-    # Decoded whole, an hour is 115 MB of 16 kHz PCM, and joining its pieces doubled that: the peak
-    # grew by ~240 MB. Window by window it holds one window (0.9 MB) and a second of decoded audio.
-    seconds = 3600.0
+def test_half_an_hour_of_flac_silence_is_transcribed_in_constant_memory() -> None:
+    # Decoded whole, half an hour is 58 MB of 16 kHz PCM, and joining its pieces doubled that: the peak
+    # grew by ~110 MB (an hour: 219 MiB, 145 kept). Window by window it holds one window (0.9 MB) and a
+    # second of decoded audio, whatever the length.
+    seconds = 1800.0
     result = run_child(_TRANSCRIBE_IN_A_CHILD, str(seconds))
     assert result["duration"] == pytest.approx(seconds, abs=0.01)
     assert result["windows"] >= seconds / 28  # all of it was transcribed, at most 28 s at a time
@@ -273,3 +290,116 @@ class CountingEngine(ScriptedEngine):
 
         session.transcribe = counted  # type: ignore[method-assign]
         return session
+
+
+# ---- item 2: images ----------------------------------------------------------------------------
+
+PARAM = "messages[0].content[1].image_url"
+
+_IMAGES_IN_A_CHILD = """
+import io, json, sys
+from PIL import Image
+from hostile_inputs import image_bomb, memory_mib, reset_peak
+from stackflow_openai.errors import InvalidRequestError
+from stackflow_openai.services import image_decode
+
+image_decode.to_jpeg(image_bomb(1500, 1000), "warm-up")  # loads Pillow's codecs
+results = []
+for width, height, mode, fmt, options in json.loads(sys.argv[1]):
+    data = image_bomb(width, height, mode, fmt, **options)
+    with Image.open(io.BytesIO(data)) as image:
+        source = image.size
+        if image.format == "JPEG":
+            image.draft(None, image_decode._fitted(source))
+        predicted = image_decode.decode_cost(image, source) / 2**20
+    image_decode.release_memory()  # making the file left freed pages behind, which the decode could reuse
+    before = memory_mib()
+    reset_peak()
+    try:
+        out = Image.open(io.BytesIO(image_decode.to_jpeg(data, "image"))).size
+    except InvalidRequestError as exc:
+        out = exc.code
+    after = memory_mib()
+    results.append({"case": [width, height, mode, fmt], "file": len(data), "out": out,
+                    "predicted": predicted, "peak": after["hwm"] - before["rss"],
+                    "kept": after["rss"] - before["rss"]})
+print(json.dumps({"results": results}))
+"""
+
+
+def test_decoding_costs_what_the_model_predicts_and_is_given_back() -> None:
+    # One child measures each format and mode: the peak over the RSS before (VmHWM, reset between),
+    # against decode_cost's prediction, which the refusal of larger images relies on.
+    cases = [
+        (3000, 3000, "RGB", "PNG", {}),
+        (2500, 2500, "RGBA", "PNG", {}),
+        (5000, 5000, "L", "PNG", {}),
+        (4000, 4000, "P", "GIF", {}),
+        (4000, 4000, "1", "PNG", {}),
+        (2000, 2000, "RGB", "WEBP", {}),
+        (6300, 6300, "RGB", "JPEG", {}),  # decoded at 1/4 scale: 20 MiB, not 150
+        (4000, 4000, "RGB", "JPEG", {"progressive": True}),
+        (9000, 900, "RGB", "PNG", {}),
+    ]
+    for result in run_child(_IMAGES_IN_A_CHILD, json.dumps(cases))["results"]:
+        assert isinstance(result["out"], list) and max(result["out"]) == 1024, result
+        assert result["peak"] <= result["predicted"] + 6, result  # + page and allocator rounding
+        assert result["kept"] < 8, result  # malloc_trim gave the bitmap's pages back
+
+
+def test_the_png_bomb_of_the_issue_is_refused_before_decoding() -> None:
+    # 6300x6300: 170 KB of PNG that cost ~645 MB to convert (4 full-size copies). The 400 names the
+    # limit; nothing is decoded.
+    cases = [(6300, 6300, "RGB", "PNG", {}), (4700, 4700, "RGBA", "PNG", {}), (3500, 3500, "RGB", "WEBP", {})]
+    for result in run_child(_IMAGES_IN_A_CHILD, json.dumps(cases))["results"]:
+        assert result["out"] == "image_too_large", result
+        assert result["peak"] < 4, result
+
+
+async def test_a_png_bomb_in_a_chat_request_is_a_400_naming_the_limit() -> None:
+    backend = FakeChatBackend(VLM_INFO)
+    url = "data:image/png;base64," + base64.b64encode(image_bomb(6300, 6300)).decode()
+    response = await post(backend, image_message(url))
+    assert_error(response, 400, param=PARAM, code="image_too_large")
+    message = response.json()["error"]["message"]
+    assert "6300x6300" in message and "megapixels" in message
+    assert backend.generations == []
+
+
+async def test_concurrent_decodes_are_bounded_and_a_cancelled_one_keeps_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    running, most = 0, 0
+    lock = threading.Lock()
+    real = images_module.to_jpeg
+
+    def slow_to_jpeg(raw: bytes, param: str) -> bytes:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.15)
+            return real(raw, param)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(images_module, "to_jpeg", slow_to_jpeg)
+    loader = ImageLoader(ImagePolicy(decode_slots=2))
+    url = "data:image/png;base64," + base64.b64encode(image_bomb(1600, 1200)).decode()
+    loads = [asyncio.ensure_future(loader.load(ImageRef(url, PARAM))) for _ in range(8)]
+    await asyncio.sleep(0.05)
+    loads[0].cancel()  # its decode is running: the slot stays taken until it ends
+    results = await asyncio.gather(*loads, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert all(isinstance(r, bytes) and r[:2] == b"\xff\xd8" for r in results[1:])
+    assert most == 2
+    assert running == 0
+
+
+def test_decode_slots_follow_the_memory() -> None:
+    mib = 1024 * 1024
+    assert decode_slots(512 * mib) == 1  # never none
+    assert decode_slots(4096 * mib) == 3  # an eighth of 4 GiB, in decodes of 160 MiB
+    assert decode_slots(64 * 1024 * mib) == 4
