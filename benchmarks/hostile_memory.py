@@ -79,8 +79,8 @@ CASES: dict[str, tuple[str, Callable[[], Request]]] = {
     "flac-115min": ("1 h 55 min of FLAC silence (under the 2 h limit)", lambda: transcription(115 * 60)),
     "png-bomb": ("a 6300x6300 PNG (issue: ~645 MB)", lambda: chat_images(6300, 6300, 1)),
     "png-bomb-x8": ("8 of them at once (issue: 3.64 GB peak)", lambda: chat_images(6300, 6300, 8)),
-    "png-33mp": ("a 5800x5800 PNG (33.6 MP, admitted)", lambda: chat_images(5800, 5800, 1)),
-    "png-33mp-x8": ("8 of them at once", lambda: chat_images(5800, 5800, 8)),
+    "png-29mp": ("a 5400x5400 PNG (29 MP, admitted)", lambda: chat_images(5400, 5400, 1)),
+    "png-29mp-x8": ("8 of them at once", lambda: chat_images(5400, 5400, 8)),
 }
 
 

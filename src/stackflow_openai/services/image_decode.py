@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 __all__ = ["MAX_DECODE_BYTES", "MAX_IMAGE_SIDE", "decode_cost", "release_memory", "to_jpeg"]
 
 MAX_IMAGE_SIDE = 1024  # the device's VLMs work at 364-448 px: larger only costs bandwidth and device memory
-# What one decode may allocate (decode_cost): about 35-40 MP of PNG/BMP/TIFF in colour (Pillow keeps 4
-# bytes a pixel), 20 MP with alpha, 10 MP of WebP (a 4K screenshot), 150 MP of grey or palette, 50 MP of
-# progressive JPEG, and baseline JPEG up to Pillow's own limit of 179 MP (decoded at 1/8 scale).
-# The 6300x6300 PNG of issue #13 would need 176 MiB: refused before decoding.
+# What one decode may allocate (decode_cost). For square images that is up to 29 MP of PNG/BMP/TIFF in
+# colour (5400x5400; Pillow keeps 4 bytes a pixel), 16.7 MP with alpha, 9 MP of WebP (4K passes), over
+# 100 MP of grey or palette, 46 MP of progressive JPEG, and baseline JPEG up to Pillow's own limit of
+# 179 MP (decoded at 1/8 scale). The 6300x6300 PNG of issue #13 would need 176 MiB: refused unread.
 MAX_DECODE_BYTES = 160 * 1024 * 1024
 _CODEC_BYTES = 4 * 1024 * 1024  # the codec's own state and row buffers (measured: up to 4 MiB)
 _TRIM_ABOVE = 2 * 1024 * 1024  # smaller decodes (1 MP or less in colour) are left to the allocator
