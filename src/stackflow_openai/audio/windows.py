@@ -52,7 +52,8 @@ def split_windows(
     Every cut but the last lies in the final `search_seconds` of its window, at the lowest-energy frame.
     """
     cutter = WindowCutter(rate=rate, max_seconds=max_seconds, search_seconds=search_seconds)
-    windows = [window for window, _ in cutter.feed(pcm)]
+    step = rate * SAMPLE_WIDTH  # a second at a time: the cutter's buffer stays about a window long
+    windows = [window for at in range(0, len(pcm), step) for window, _ in cutter.feed(pcm[at : at + step])]
     windows += [window for window, _ in cutter.finish()]
     return windows or [AudioWindow(0, 0, rate)]
 
@@ -62,7 +63,8 @@ class WindowCutter:
     (plus the piece being fed) in memory, so hours of audio are cut in constant memory.
 
     A cut only looks at the next `max_seconds` of audio, so a window is final as soon as more than
-    `max_seconds` are buffered; the rest of the recording cannot move it.
+    `max_seconds` are buffered; the rest of the recording cannot move it. Feed pieces of about a
+    second: the buffer is trimmed from its front after each cut.
     """
 
     def __init__(self, *, rate: int = DEVICE_RATE, max_seconds: float = 28.0, search_seconds: float = 4.0):
@@ -99,8 +101,9 @@ class WindowCutter:
         return [(window, pcm)]
 
     def _cut(self) -> tuple[AudioWindow, bytes]:
-        head = pcm_to_array(bytes(self._buffer[: self._longest * SAMPLE_WIDTH]))
-        cut = _quietest_cut(head, self._longest - self._search, self._longest, self._frame)
+        lo = self._longest - self._search  # the cut lies in the window's last `search` samples
+        region = pcm_to_array(bytes(self._buffer[lo * SAMPLE_WIDTH : self._longest * SAMPLE_WIDTH]))
+        cut = lo + _quietest_cut(region, 0, self._search, self._frame)
         window = AudioWindow(self._start, self._start + cut, self.rate)
         pcm = bytes(self._buffer[: cut * SAMPLE_WIDTH])
         del self._buffer[: cut * SAMPLE_WIDTH]
