@@ -148,6 +148,29 @@ async def test_audio_of_unknown_length_is_refused_once_decoding_passes_the_limit
     assert sum(asr.windows) < 60
 
 
+def test_closing_a_stream_while_another_thread_decodes_stops_it_at_once() -> None:
+    # The event loop closes the reader when a client leaves, while a worker thread may be inside
+    # FFmpeg: the read must stop at its next frame and close the container itself, not crash.
+    stream = PcmStream(silent_flac(3600))
+    pieces: list[int] = []
+    ended = threading.Event()
+
+    def read_all() -> None:
+        while (piece := stream.read()) is not None:
+            pieces.append(len(piece))
+        ended.set()
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    while len(pieces) < 5:
+        time.sleep(0.001)
+    stream.close()
+    assert ended.wait(2)
+    reader.join(2)
+    assert stream.closed and stream.read() is None
+    assert stream.seconds < 3000  # of 3600: it stopped (at about 5 s, unless this machine is very busy)
+
+
 class SlowAsr(FakeTranscriptionBackend):
     """Holds a "unit" for `delay` seconds per window; counts the units held at any time, and sets
     `busy` once `busy_after` windows are done."""
