@@ -31,6 +31,7 @@ from fakes import VLM_INFO, FakeChatBackend, assert_error
 from hostile_inputs import image_bomb, run_child, silent_flac, without_length
 from stackflow_openai.audio import PcmStream, WindowReader
 from stackflow_openai.backends.base import ModelEntry
+from stackflow_openai.config import ModelSettings, Settings
 from stackflow_openai.emulator import ScriptedEngine, Timing
 from stackflow_openai.emulator.engines.scripted import ScriptedAsrSession
 from stackflow_openai.services import images as images_module
@@ -63,6 +64,7 @@ import httpx
 from audio_fakes import FakeRegistry, FakeTranscriptionBackend, make_app
 from hostile_inputs import memory_mib, silent_flac
 from stackflow_openai.backends.base import ModelEntry
+from stackflow_openai.config import ModelSettings, Settings
 
 async def main(seconds):
     asr = FakeTranscriptionBackend()
@@ -265,7 +267,8 @@ async def test_a_client_that_leaves_stops_decoding_and_transcribing(
 def test_a_client_that_leaves_a_device_transcription_returns_the_unit() -> None:
     # The real pool and the emulator's whisper unit: 0.2 s per window, 22 windows if it ran to the end.
     engine = CountingEngine(timing=Timing(transcription_delay=0.2))
-    h = Harness(engine=engine).start()
+    ears = ModelSettings(type="transcription", device_model="whisper-tiny", max_audio_seconds=60)
+    h = Harness(settings=Settings(models={"ears": ears}), engine=engine).start()
     try:
         data = encode_file("wav", speech_like(600.0), 16_000, stereo=False)
         with pytest.raises(httpx.ReadTimeout):
@@ -292,6 +295,16 @@ def test_a_client_that_leaves_a_device_transcription_returns_the_unit() -> None:
             timeout=5,
         )
         assert reply.status_code == 200 and reply.json()["text"]
+        # A configured max_audio_seconds reaches the model (the file's header says 90 s).
+        too_long = encode_file("wav", speech_like(90.0), 16_000, stereo=False)
+        refused = httpx.post(
+            f"{h.base_url}/audio/transcriptions",
+            files={"file": ("a.wav", too_long)},
+            data={"model": "ears"},
+            timeout=5,
+        )
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "audio_too_long"
+        assert "60 s" in refused.json()["error"]["message"]
         h.assert_no_leak()
     finally:
         h.stop()
