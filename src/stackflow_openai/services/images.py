@@ -108,7 +108,6 @@ class ImageLoader:
         # thread cannot be stopped): a client that leaves must not make room for another decode.
         decode = asyncio.ensure_future(asyncio.to_thread(to_jpeg, raw, ref.param))
         decode.add_done_callback(self._decode_done)
-        del raw
         return await asyncio.shield(decode)
 
     def _decode_done(self, decode: asyncio.Future[bytes]) -> None:
