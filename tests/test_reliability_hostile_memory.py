@@ -30,6 +30,7 @@ from e2e_harness import Harness
 from fakes import VLM_INFO, FakeChatBackend, assert_error
 from hostile_inputs import image_bomb, run_child, silent_flac, without_length
 from stackflow_openai.audio import PcmStream, WindowReader
+from stackflow_openai.audio import decode as decode_module
 from stackflow_openai.backends.base import ModelEntry
 from stackflow_openai.config import ModelSettings, Settings
 from stackflow_openai.emulator import ScriptedEngine, Timing
@@ -128,10 +129,28 @@ async def test_audio_longer_than_the_limit_is_refused_from_the_container_before_
     assert (await transcribe(configured, silent_flac(59))).status_code == 200
 
 
-async def test_audio_of_unknown_length_is_refused_once_decoding_passes_the_limit() -> None:
+async def test_audio_of_undeclared_length_is_refused_from_its_packets_before_any_work() -> None:
     data = without_length(silent_flac(600))
     with PcmStream(data) as stream:
-        assert stream.declared_seconds is None  # the container cannot say: only decoding finds out
+        assert stream.declared_seconds is None  # the container cannot say; its packets can
+    asr = FakeTranscriptionBackend()
+    app = app_with_asr(asr, max_audio_seconds=60)
+    for fields in ({}, {"stream": "true"}):
+        response = await transcribe(app, data, **fields)
+        assert response.status_code == 400
+        validate_openai(response.json(), "ErrorResponse")
+        assert response.json()["error"]["code"] == "audio_too_long"
+        assert "60 s" in response.json()["error"]["message"]
+    assert asr.windows == []
+    assert (await transcribe(app, without_length(silent_flac(50)))).status_code == 200
+
+
+async def test_audio_whose_length_shows_only_when_decoded_is_refused_once_decoding_passes_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Packets without timing (or lying about it): only decoding finds out, and it stops at the limit.
+    monkeypatch.setattr(decode_module, "_demuxed_seconds", lambda data, limit: None)
+    data = without_length(silent_flac(600))
     asr = FakeTranscriptionBackend()
     app = app_with_asr(asr, max_audio_seconds=60)
 
@@ -139,7 +158,6 @@ async def test_audio_of_unknown_length_is_refused_once_decoding_passes_the_limit
     assert response.status_code == 400
     validate_openai(response.json(), "ErrorResponse")
     assert response.json()["error"]["code"] == "audio_too_long"
-    assert "60 s" in response.json()["error"]["message"]
     assert sum(asr.windows) < 60  # the two windows before the limit; the other 9 minutes never ran
 
     asr.windows.clear()

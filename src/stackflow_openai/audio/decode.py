@@ -51,6 +51,28 @@ def decode_to_pcm(data: bytes, *, rate: int = DEVICE_RATE, max_seconds: float | 
         return b"".join(iter(stream.read, None))
 
 
+def _demuxed_seconds(data: bytes, limit: float) -> float | None:
+    """The end time of the first audio stream's last packet, read without decoding; counting stops
+    once past `limit`. None when the packets carry no timing or cannot be read."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.audio[0]
+            base = stream.time_base
+            if base is None:
+                return None
+            start = stream.start_time or 0
+            end = None
+            for packet in container.demux(stream):
+                if packet.pts is None or not packet.duration:
+                    continue
+                end = max(end or 0, packet.pts + packet.duration - start)
+                if end * base > limit:
+                    break
+            return float(end * base) if end is not None else None
+    except (av.error.FFmpegError, ValueError, IndexError):
+        return None  # decoding will say what is wrong
+
+
 class PcmStream:
     """An upload decoded a block (about a second) at a time, so that memory does not grow with its
     length: the decoded audio of an hour is 115 MB at 16 kHz, and 25 MB of FLAC silence holds 36 h.
@@ -79,10 +101,8 @@ class PcmStream:
         try:
             if not self._container.streams.audio:
                 raise AudioDecodeError("The uploaded file contains no audio stream.")
-            declared = self.declared_seconds
-            if max_seconds is not None and declared is not None and declared > max_seconds:
-                # Refused before decoding anything: the container says how long it is.
-                raise _too_long(max_seconds, f"the file says {declared:.0f} s")
+            if max_seconds is not None:
+                self._check_length(data, max_seconds)
             self._frames = self._container.decode(self._container.streams.audio[0])
         except BaseException:
             self._container.close()
@@ -96,6 +116,19 @@ class PcmStream:
     def seconds(self) -> float:
         """Input audio decoded so far."""
         return self._blocks.seconds
+
+    def _check_length(self, data: bytes, max_seconds: float) -> None:
+        """Refuse before decoding anything when the container says the audio is too long, or, when it
+        does not say (a browser's WebM recording, a FLAC written as a stream), when its packets do.
+        Counting packets is cheap next to decoding them (1 h of FLAC: 0.27 s), and stops at the limit.
+        A file whose packets carry no timing is caught while decoding (see _read)."""
+        if self.declared_seconds is not None:
+            if self.declared_seconds > max_seconds:
+                raise _too_long(max_seconds, f"the file says {self.declared_seconds:.0f} s")
+            return
+        counted = _demuxed_seconds(data, max_seconds)
+        if counted is not None and counted > max_seconds:
+            raise _too_long(max_seconds, f"its packets say more than {max_seconds:g} s")
 
     def _declared_seconds(self) -> float | None:
         # The container's duration (AV_TIME_BASE units) when it has one: FLAC's sample count, a WAV's
