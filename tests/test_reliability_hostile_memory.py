@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,7 +38,7 @@ from stackflow_openai.config import ModelSettings, Settings
 from stackflow_openai.emulator import ScriptedEngine, Timing
 from stackflow_openai.emulator.engines.scripted import ScriptedAsrSession
 from stackflow_openai.services import images as images_module
-from stackflow_openai.services.images import ImageLoader, ImagePolicy, decode_slots
+from stackflow_openai.services.images import ImageLoader, ImagePolicy, decode_slots, usable_memory
 from stackflow_openai.services.prompt import ImageRef
 from stackflow_openai.stackflow.models import ModelDescriptor
 from test_e2e_audio import speech_like
@@ -452,8 +454,15 @@ async def test_concurrent_decodes_are_bounded_and_a_cancelled_one_keeps_its_slot
     assert running == 0
 
 
-def test_decode_slots_follow_the_memory() -> None:
+def test_decode_slots_follow_the_memory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     mib = 1024 * 1024
     assert decode_slots(512 * mib) == 1  # never none
     assert decode_slots(4096 * mib) == 3  # an eighth of 4 GiB, in decodes of 160 MiB
     assert decode_slots(64 * 1024 * mib) == 4
+    # A container's limit counts, not the host's memory; "max" is no limit.
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(images_module, "_CGROUP_LIMITS", (str(limit),))
+    limit.write_text("max\n")
+    assert usable_memory() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit.write_text(f"{512 * mib}\n")
+    assert usable_memory() == 512 * mib and decode_slots() == 1

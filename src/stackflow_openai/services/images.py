@@ -30,7 +30,7 @@ from stackflow_openai.errors import InvalidRequestError
 from .image_decode import MAX_DECODE_BYTES, MAX_IMAGE_SIDE, to_jpeg
 from .prompt import ImageRef
 
-__all__ = ["MAX_IMAGE_SIDE", "ImageLoader", "ImagePolicy", "Resolver", "decode_slots"]
+__all__ = ["MAX_IMAGE_SIDE", "ImageLoader", "ImagePolicy", "Resolver", "decode_slots", "usable_memory"]
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -47,11 +47,29 @@ class ImagePolicy:
 
 def decode_slots(memory_bytes: int | None = None) -> int:
     """How many images may decode at once: each may use MAX_DECODE_BYTES (image_decode.py), and all
-    of them together at most an eighth of the machine's memory; at least 1, at most 4 (the CPU work
-    is in C threads and a few cores suffice for the images one device's VLM can take)."""
+    of them together at most an eighth of the memory the process may use; at least 1, at most 4 (the
+    CPU work is in C threads and a few cores suffice for the images one device's VLM can take)."""
     if memory_bytes is None:
-        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory_bytes = usable_memory()
     return max(1, min(4, memory_bytes // 8 // MAX_DECODE_BYTES))
+
+
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def usable_memory() -> int:
+    """The machine's memory, or the container's or service's limit (cgroup v2 or v1) when lower: a
+    gateway in a 512 MB container must not size itself by the host's 16 GB."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path, encoding="ascii") as limit:
+                value = limit.read().strip()
+        except OSError:
+            continue
+        if value.isdigit():  # "max" (v2) or a huge number (v1) when there is no limit
+            memory = min(memory, int(value))
+    return memory
 
 
 def _invalid(ref: ImageRef, message: str, code: str = "invalid_image") -> InvalidRequestError:
