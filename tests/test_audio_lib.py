@@ -17,6 +17,7 @@ from stackflow_openai.audio import (
     AudioDecodeError,
     Cue,
     PcmConverter,
+    WindowCutter,
     atempo_stages,
     decode_to_pcm,
     format_timestamp,
@@ -157,6 +158,26 @@ def test_windows_cut_at_the_quiet_point_and_cover_everything() -> None:
         a.end_sample == b.start_sample for a, b in itertools.pairwise(windows)
     )
     assert all(w.duration <= 28.0 for w in windows)
+
+
+def test_windows_cut_from_pieces_are_the_windows_of_the_whole() -> None:
+    # The streaming cutter sees the audio in uneven pieces (one splits a sample) and must cut exactly
+    # where split_windows cuts the whole recording, handing out each window's own bytes.
+    wave = tone(95.0, 200.0) * (1.0 + np.sin(np.arange(95 * 16_000) / 9_000.0))
+    for centre in (13.0, 26.0, 41.5, 70.0):
+        wave[int((centre - 0.2) * 16_000) : int((centre + 0.2) * 16_000)] *= 0.01
+    pcm = to_s16(wave / 2)
+    whole = split_windows(pcm, max_seconds=28.0, search_seconds=4.0)
+    cutter = WindowCutter(max_seconds=28.0, search_seconds=4.0)
+    pieces, at = [], 0
+    for size in itertools.cycle([32_001, 7, 100_000, 1]):
+        if at >= len(pcm):
+            break
+        pieces += cutter.feed(pcm[at : at + size])
+        at += size
+    pieces += cutter.finish()
+    assert [window for window, _ in pieces] == whole and len(whole) == 4
+    assert all(data == window.slice(pcm) for window, data in pieces)
 
 
 def test_windows_without_pauses_still_respect_the_limit() -> None:

@@ -54,7 +54,9 @@ def test_emulator_command_prints_its_port_answers_and_stops_on_ctrl_c():
 
 
 def test_serve_with_emulator_serves_the_api_and_stops_on_ctrl_c():
-    proc = start("serve", "--emulator", "--port", "0")
+    # Scripted: fast and the same wherever the suite runs (the local engines are installed by the
+    # README's install line; tests/local/test_local_cli.py runs this command with them).
+    proc = start("serve", "--emulator", "--engine", "scripted", "--port", "0")
     try:
         base = read_until(proc, r"(http://[\d.]+:\d+/v1)").group(1)
         models = httpx.get(f"{base}/models", timeout=10).json()

@@ -139,10 +139,31 @@ def test_transcription_on_the_sherpa_asr_unit(harness):
     assert text.text.strip()
 
 
-def test_translation_refused_without_a_way_to_translate(harness):
+def test_translation_without_configuration_uses_a_chat_model_on_the_same_device(harness):
     data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
-    with pytest.raises(openai.BadRequestError):
-        client(harness).audio.translations.create(model="whisper-tiny", file=("a.wav", io.BytesIO(data)))
+    response = client(harness).audio.translations.with_raw_response.create(
+        model="whisper-1", file=("a.wav", io.BytesIO(data))
+    )
+    # The first text-only chat model of the device (what gpt-4o-mini stands for), named in a header.
+    assert response.headers["x-translation-model"] == "qwen2.5-0.5B-p256-ax630c"
+    assert response.parse().text.startswith("You said")  # the scripted LLM's answer about the transcript
+
+
+def test_translation_refused_when_the_automatic_choice_is_off():
+    settings = Settings()
+    settings.discovery.auto_translation_model = False
+    h = Harness(settings=settings).start()
+    try:
+        data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
+        with pytest.raises(openai.BadRequestError) as refused:
+            client(h).audio.translations.create(model="whisper-tiny", file=("a.wav", io.BytesIO(data)))
+        assert refused.value.code == "translation_not_supported"
+        transcribed = client(h).audio.transcriptions.with_raw_response.create(
+            model="whisper-tiny", file=("a.wav", io.BytesIO(data))
+        )
+        assert "x-translation-model" not in transcribed.headers
+    finally:
+        h.stop()
 
 
 def test_translation_through_a_configured_chat_model():
@@ -151,18 +172,19 @@ def test_translation_through_a_configured_chat_model():
             "whisper-translate": ModelSettings(
                 type="transcription",
                 device_model="whisper-tiny",
-                translation_chat_model="qwen2.5-0.5B-p256-ax630c",
+                translation_chat_model="qwen2.5-1.5B-ax630c",  # not the automatic choice
             )
         }
     )
     h = Harness(settings=settings).start()
     try:
         data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
-        result = client(h).audio.translations.create(
+        response = client(h).audio.translations.with_raw_response.create(
             model="whisper-translate", file=("a.wav", io.BytesIO(data))
         )
         # The scripted LLM answers "You said N words: ..." about the transcript it was given.
-        assert result.text.startswith("You said")
+        assert response.parse().text.startswith("You said")
+        assert response.headers["x-translation-model"] == "qwen2.5-1.5B-ax630c"
         h.assert_no_leak()
     finally:
         h.stop()

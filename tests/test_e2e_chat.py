@@ -465,3 +465,22 @@ def test_a_configured_prefill_len_replaces_the_descriptors_window():
 def test_a_prefill_len_too_small_for_the_margin_is_a_config_error():
     with pytest.raises(ValueError, match="prefill_len"):
         ModelSettings(device_model=LLM, prefill_len=20)
+
+
+def test_left_out_messages_are_counted_in_a_header(harness):
+    messages = []
+    for i in range(30):
+        messages.append({"role": "user", "content": f"Question number {i} about the weather in town {i}?"})
+        messages.append({"role": "assistant", "content": f"Answer number {i}: it is sunny in town {i}."})
+    messages.append({"role": "user", "content": "And the last question?"})
+    chat = client(harness).chat.completions
+    response = chat.with_raw_response.create(model=LLM, messages=messages)
+    dropped = int(response.headers["x-dropped-messages"])
+    sent = harness.engine.prompts[-1][1]
+    # The oldest messages went first: the first one kept is message number `dropped`.
+    kept_first = messages[dropped]["content"]
+    assert kept_first in sent and messages[dropped - 1]["content"] not in sent
+    with chat.with_streaming_response.create(model=LLM, messages=messages, stream=True) as streamed:
+        assert streamed.headers["x-dropped-messages"] == str(dropped)
+    short = chat.with_raw_response.create(model=LLM, messages=[{"role": "user", "content": "hi"}])
+    assert "x-dropped-messages" not in short.headers

@@ -40,7 +40,9 @@ async def test_list_models() -> None:
         "object": "model",
         "created": 1700000000,
         "owned_by": "someone",
+        "stackflow": {"kind": "chat", "device": None, "devices": [], "alias_of": None},
     }
+    assert body["data"][2]["stackflow"]["kind"] == "speech"
 
 
 @pytest.mark.parametrize("model_id", ["qwen2.5-0.5B-p256-ax630c", "org/model:v1"])

@@ -16,6 +16,7 @@ from PIL import Image
 
 from fakes import image_bytes
 from stackflow_openai.errors import InvalidRequestError
+from stackflow_openai.services import image_decode
 from stackflow_openai.services import images as images_module
 from stackflow_openai.services.images import ImageLoader, ImagePolicy
 from stackflow_openai.services.prompt import ImageRef
@@ -158,9 +159,10 @@ async def test_data_url_over_the_size_cap(make_loader) -> None:
 
 
 async def test_pixel_bombs_are_refused_before_decoding(make_loader, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 100)
-    with pytest.raises(InvalidRequestError, match="too large"):
+    monkeypatch.setattr(image_decode, "MAX_DECODE_BYTES", 1000)
+    with pytest.raises(InvalidRequestError, match="too large") as info:
         await make_loader().load(ref(data_url(PNG)))
+    assert info.value.code == "image_too_large"
 
 
 # ---- http(s) URLs ----------------------------------------------------------------------------------------

@@ -135,3 +135,19 @@ def test_streamed_output_equals_the_reference_cut(
     assert output == expected or counter.count(output) >= budget
     assert counter.count(output) <= budget
     assert not any(s in output for s in stops)
+
+
+def test_an_end_next_to_the_devices_room_is_length_and_a_stop_sequence_stays_stop() -> None:
+    # room 20: the device's cap; the stream lost its held group, so the text is a few tokens short.
+    near = OutputLimiter(WordCounter(), stops=[], budget=20, room=20)
+    assert run(near, ["a" * 8, "b" * 9]) == (["a" * 8, "b" * 9], False)  # 17 >= 20 - 4
+    assert near.finish_reason == "length"
+    far = OutputLimiter(WordCounter(), stops=[], budget=20, room=20)
+    run(far, ["a" * 8, "b" * 7])  # 15: an end of sequence well inside the room
+    assert far.finish_reason == "stop"
+    stopped = OutputLimiter(WordCounter(), stops=["!"], budget=20, room=20)
+    run(stopped, ["a" * 17, "!"])
+    assert (stopped.text, stopped.finish_reason) == ("a" * 17, "stop")
+    unknown = OutputLimiter(WordCounter(), stops=[], budget=20)  # no room known: never guessed
+    run(unknown, ["a" * 19])
+    assert unknown.finish_reason == "stop"

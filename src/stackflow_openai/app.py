@@ -39,6 +39,7 @@ from stackflow_openai.ops.limits import BodyLimit
 from stackflow_openai.ops.metrics import Metrics
 from stackflow_openai.ops.observe import ObservedService
 from stackflow_openai.ops.reqlog import REQUEST_ID_HEADER, RequestObservation
+from stackflow_openai.playground import mount_playground
 from stackflow_openai.routers import (
     audio_router,
     chat_router,
@@ -58,6 +59,7 @@ from stackflow_openai.services import (
     ModelService,
 )
 from stackflow_openai.services.images import Resolver
+from stackflow_openai.services.params import DROPPED_HEADER, IGNORED_HEADER, TRANSLATION_HEADER
 from stackflow_openai.services.responses import ResponsesService
 from stackflow_openai.store import SqliteResponseStore
 from stackflow_openai.store.sqlite import DB_NAME
@@ -83,6 +85,7 @@ class HttpSettings:
     responses_retention_days: float = 30.0
     responses_max_bytes: int = 256 * 1024 * 1024
     responses_default_truncation: str = "disabled"  # for requests that set none (OpenAI's default)
+    playground: bool = True  # the browser playground at GET / (playground/)
 
     def __repr__(self) -> str:  # never show the keys
         return f"HttpSettings(api_keys={len(self.api_keys)} configured, cors_origins={self.cors_origins!r})"
@@ -257,6 +260,8 @@ def create_app(
     app.include_router(audio_router)  # written by the audio helper (routers/audio.py)
     app.include_router(responses_router)
     app.include_router(health_router)
+    if settings.playground:
+        mount_playground(app)
     return app
 
 
@@ -279,5 +284,12 @@ def _add_middlewares(app: FastAPI, settings: HttpSettings, metrics: Metrics) -> 
             allow_origins=list(settings.cors_origins),
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=[REQUEST_ID_HEADER, "X-Ignored-Params", "X-Images-Dropped", "Retry-After"],
+            expose_headers=[
+                REQUEST_ID_HEADER,
+                IGNORED_HEADER,
+                DROPPED_HEADER,
+                TRANSLATION_HEADER,
+                "X-Images-Dropped",
+                "Retry-After",
+            ],
         )

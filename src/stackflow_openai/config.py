@@ -141,6 +141,12 @@ class DiscoverySettings(_Strict):
     default_aliases: bool = Field(
         True, description="answer to names clients hard-code (gpt-4o-mini, whisper-1, tts-1, ...)"
     )
+    auto_translation_model: bool = Field(
+        True,
+        description="a transcription model with no translation_chat_model translates through a text chat "
+        "model on the same device (the one gpt-4o-mini would stand for there; docs/audio.md); "
+        "false: only models configured with translation_chat_model translate",
+    )
 
 
 class ImageSettings(_Strict):
@@ -213,6 +219,12 @@ class ModelSettings(_Strict):
     translation_chat_model: str | None = Field(
         None, description="transcription: chat model that translates transcripts for /v1/audio/translations"
     )
+    max_audio_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="transcription: longest audio accepted, in seconds (default 7200); longer is a 400 "
+        "audio_too_long, from the file's declared duration or as soon as decoding passes it",
+    )
     base_url: str | None = Field(None, description="openai_proxy: upstream base URL, e.g. http://gpu:8000/v1")
     api_key: SecretStr | None = Field(None, description="openai_proxy: key sent to the upstream")
     model: str | None = Field(
@@ -252,6 +264,7 @@ class Settings(_Strict):
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="explicit model entries")
     aliases: dict[str, str] = Field(default_factory=dict, description="client-facing name → model id")
     strict_params: bool = Field(False, description="strict_params for every model")
+    playground: bool = Field(True, description="serve the browser playground at GET /")
     state_dir: str | None = Field(
         None,
         description="where the gateway remembers the device instances it set up (for orphan_cleanup: "

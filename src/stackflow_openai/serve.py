@@ -55,6 +55,7 @@ def http_settings(settings: Settings):  # type: ignore[no-untyped-def]
         responses_retention_days=settings.responses.retention_days,
         responses_max_bytes=settings.responses.max_bytes,
         responses_default_truncation=settings.responses.default_truncation,
+        playground=settings.playground,
     )
 
 

@@ -10,6 +10,8 @@ import time
 import pytest
 from local_support import INSTALL_HINT, QWEN_P256, VLM, require
 
+from stackflow_openai.stackflow.models import ModelDescriptor
+
 pytest.importorskip("xllamacpp", reason=INSTALL_HINT)
 require("llm")
 
@@ -21,6 +23,16 @@ pytestmark = pytest.mark.local
 
 HELPFUL = "You are a helpful assistant."
 STORY = "Write a long story about a dragon who learns to fly."
+
+
+# A descriptor whose tokenizer the emulator does not have: the local model's own count stands in.
+LLAMA = ModelDescriptor.from_json(
+    {
+        "mode": "llama3.2-1B-p256-ax630c",
+        "type": "llm",
+        "compile_flage": "--kv_cache_len 1023 --prefill_len 256",
+    },
+)
 
 
 async def open_llm(
@@ -107,6 +119,15 @@ async def test_prompt_tokens_count_the_templated_prompt(local_engine: LocalEngin
     longer = session.prompt_tokens("What is the capital of France? Answer in one short sentence.")
     assert short > 10  # the chat template and the system prompt count too
     assert longer > short
+    # Counted as the emulated Qwen device counts (its template, Qwen's BPE), not in SmolLM2's tokens:
+    # the same figure as the gateway's prompt_tokens for this question under this system prompt.
+    assert session.prompt_tokens("What is the capital of France?") == 26
+
+
+async def test_a_model_of_unknown_tokenizer_is_counted_by_the_local_model(local_engine: LocalEngine) -> None:
+    settings = LlmSettings(HELPFUL, 1023)
+    session = await local_engine.open_llm(LLAMA, settings)
+    assert isinstance(session, LocalLlmSession)
     if not os.environ.get(ENV_GGUF):  # exact figure for the bundled SmolLM2 tokenizer and template
         assert session.prompt_tokens("What is the capital of France?") == 27
 

@@ -30,9 +30,9 @@ from stackflow_openai.audio.subtitles import Cue, format_timestamp, to_srt, to_v
 
 if TYPE_CHECKING:
     from stackflow_openai.audio.convert import PcmConverter, atempo_stages
-    from stackflow_openai.audio.decode import decode_to_pcm
+    from stackflow_openai.audio.decode import PcmStream, decode_to_pcm
     from stackflow_openai.audio.encode import StreamEncoder, open_encoder
-    from stackflow_openai.audio.windows import AudioWindow, split_windows
+    from stackflow_openai.audio.windows import AudioWindow, WindowCutter, WindowReader, split_windows
 
 __all__ = [
     "CONTENT_TYPES",
@@ -47,8 +47,11 @@ __all__ = [
     "AudioWindow",
     "Cue",
     "PcmConverter",
+    "PcmStream",
     "SpeechFormat",
     "StreamEncoder",
+    "WindowCutter",
+    "WindowReader",
     "atempo_stages",
     "decode_to_pcm",
     "duration_seconds",
@@ -64,6 +67,9 @@ _LAZY = {
     "PcmConverter": "convert",
     "atempo_stages": "convert",
     "decode_to_pcm": "decode",
+    "PcmStream": "decode",
+    "WindowCutter": "windows",
+    "WindowReader": "windows",
     "StreamEncoder": "encode",
     "open_encoder": "encode",
     "AudioWindow": "windows",

@@ -169,3 +169,4 @@ class ModelEntry:
     strict_params: bool = False
     allow_n: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    devices: tuple[str, ...] = ()  # names of the devices whose lsmode lists it (none for a proxy)

@@ -126,7 +126,10 @@ class Device:
             "since": int(self.since),
             "models": len(self.models),
             "units": {"instances": pool["instances"], "busy": pool["busy"], "waiting": pool["waiting"]},
+            "loaded": self.pool.loaded_models(),
         }
+        if self.cmm is not None:  # KiB on the wire (cmminfo); bytes here, as in /metrics
+            out["memory"] = {"total": self.cmm.total * 1024, "used": self.cmm.used * 1024}
         if self.version:
             out["version"] = self.version
         if self.last_error:

@@ -87,6 +87,8 @@ class EntryBuilder:
                         self._add_discovered(cat, model)
         for model_id, conf in self.settings.models.items():
             self._add_configured(cat, model_id, conf)
+        if self.settings.discovery.auto_translation_model:
+            _choose_translation_models(cat.entries)
         if self.settings.discovery.default_aliases:
             cat.aliases.update(_default_aliases(cat.entries))
         for alias, target in self.settings.aliases.items():
@@ -99,7 +101,8 @@ class EntryBuilder:
     def _add_discovered(self, cat: Catalogue, model: ModelDescriptor) -> None:
         router = self.router()
         common = {"id": model.mode, "owned_by": "stackflow", "created": self.created,
-                  "strict_params": self.settings.strict_params}  # fmt: skip
+                  "strict_params": self.settings.strict_params,
+                  "devices": _devices_with(router, [model.mode])}  # fmt: skip
         idle = self._idle_timeout(router)
         if model.unit in _CHAT_UNITS:
             chat = StackFlowChatBackend(router, model, pool_size=None, idle_timeout=idle)
@@ -139,6 +142,7 @@ class EntryBuilder:
             self._add_speech(cat, model_id, conf, router, common)
             return
         mode = conf.device_model or model_id
+        common["devices"] = _devices_with(router, [mode])
         units = _CHAT_UNITS if conf.type == "chat" else _ASR_UNITS
         model = self._find(router, mode, units)
         if model is None:
@@ -152,9 +156,11 @@ class EntryBuilder:
                     "model %s: whisper cannot transcribe language %r; not served", model_id, conf.language
                 )
                 return
-            extra = (
-                {"translation_chat_model": conf.translation_chat_model} if conf.translation_chat_model else {}
-            )
+            extra: dict[str, object] = {}
+            if conf.translation_chat_model:
+                extra["translation_chat_model"] = conf.translation_chat_model
+            if conf.max_audio_seconds:
+                extra["max_audio_seconds"] = conf.max_audio_seconds
             asr = StackFlowTranscriptionBackend(router, model, default_language=conf.language)
             entry = ModelEntry(kind="transcription", transcription=asr, extra=extra, **common)  # type: ignore[arg-type]
         else:
@@ -193,8 +199,10 @@ class EntryBuilder:
         if not voices:
             return
         speech = StackFlowSpeechBackend(router, voices, idle_timeout=self._idle_timeout(router))
+        modes = sorted({v.model.mode for v in voices.values()})
+        common = {**common, "devices": _devices_with(router, modes)}
         cat.entries[model_id] = ModelEntry(kind="speech", speech=speech, **common)  # type: ignore[arg-type]
-        cat.reachable[model_id] = _reachable(router, sorted({v.model.mode for v in voices.values()}))
+        cat.reachable[model_id] = _reachable(router, modes)
 
     @staticmethod
     def _find(router: DeviceRouter, mode: str, units: tuple[str, ...]) -> ModelDescriptor | None:
@@ -210,6 +218,10 @@ class EntryBuilder:
         return max((d.settings.idle_timeout for d in router.devices), default=30.0)
 
 
+def _devices_with(router: DeviceRouter, modes: list[str]) -> tuple[str, ...]:
+    return tuple(d.name for d in router.devices if any(d.model(mode) is not None for mode in modes))
+
+
 def _reachable(router: DeviceRouter, modes: list[str]) -> Callable[[], bool]:
     return lambda: any(router.reachable(mode) for mode in modes)
 
@@ -223,12 +235,34 @@ def _general_chat(model_id: str) -> bool:
     return model_id.startswith("qwen2.5-") and not any(x in model_id for x in ("coder", "-HA-"))
 
 
+def _first_chat_model(entries: dict[str, ModelEntry], devices: Sequence[str] = ()) -> str | None:
+    """The chat model a client means by gpt-4o-mini, among those on one of `devices` when given."""
+    ids = [
+        e.id for e in entries.values() if e.kind == "chat" and (not devices or set(devices) & set(e.devices))
+    ]
+    # text-only first (a vision model is slower and has a smaller window), then a plain instruct model
+    ids.sort(key=lambda i: (_is_vision(entries[i]), not _general_chat(i), "-p256-" not in i))
+    return ids[0] if ids else None
+
+
+def _choose_translation_models(entries: dict[str, ModelEntry]) -> None:
+    """A transcription model that cannot translate and names no translation_chat_model translates through
+    the first chat model on its own device(s), so /v1/audio/translations works without configuration."""
+    for entry in entries.values():
+        backend = entry.transcription
+        if backend is None or backend.can_translate or entry.extra.get("translation_chat_model"):
+            continue
+        chosen = _first_chat_model(entries, entry.devices)
+        if chosen is not None:
+            entry.extra = {**entry.extra, "translation_chat_model": chosen}
+
+
 def _default_aliases(entries: dict[str, ModelEntry]) -> dict[str, str]:
     def first(kind: str) -> str | None:
+        if kind == "chat":
+            return _first_chat_model(entries)
         ids = [e.id for e in entries.values() if e.kind == kind]
-        if kind == "chat":  # text-only models first: a vision model is slower and has a smaller window
-            ids.sort(key=lambda i: (_is_vision(entries[i]), not _general_chat(i), "-p256-" not in i))
-        elif kind == "transcription":  # whisper-1 should be a whisper model (sherpa sorts first by name)
+        if kind == "transcription":  # whisper-1 should be a whisper model (sherpa sorts first by name)
             ids.sort(key=lambda i: not i.startswith("whisper"))
         elif kind == "speech":  # US English melotts first: OpenAI's voices speak (American) English
             ids.sort(key=lambda i: (not i.startswith("melotts-en-us"), not i.startswith("melotts-en"),

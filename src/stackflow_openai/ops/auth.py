@@ -1,5 +1,7 @@
 """API keys: `Authorization: Bearer KEY` on every route once keys are configured.
 
+The playground's page and files (GET / and /playground/...) are always open: a browser loads them before
+the user could type a key, and they hold no data; the page then sends the key on its API calls.
 /health, /ready and /metrics stay open unless `auth.protect_health` / `auth.protect_metrics` say
 otherwise, so that load balancers and Prometheus need no key. Keys are compared in constant time
 (`hmac.compare_digest`, against every key, without stopping at a match) and never logged or echoed.
@@ -20,6 +22,7 @@ __all__ = ["ApiKeyAuth"]
 
 _HEALTH_PATHS = ("/health", "/ready")
 _METRICS_PATHS = ("/metrics",)
+_PLAYGROUND_FILES = "/playground/"
 _MISSING = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header "
     "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
@@ -58,7 +61,12 @@ class ApiKeyAuth:
 
     def _is_open(self, scope: Scope) -> bool:
         # CORS preflights carry no credentials; no route answers OPTIONS with data.
-        return scope.get("method") == "OPTIONS" or scope.get("path", "").rstrip("/") in self._open
+        if scope.get("method") == "OPTIONS":
+            return True
+        path = scope.get("path", "")
+        if scope.get("method") in ("GET", "HEAD") and (path == "/" or path.startswith(_PLAYGROUND_FILES)):
+            return True
+        return path.rstrip("/") in self._open
 
     def _valid(self, token: bytes) -> bool:
         ok = False

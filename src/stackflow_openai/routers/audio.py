@@ -22,7 +22,7 @@ from stackflow_openai.services.transcription import (
 )
 from stackflow_openai.sse import ClosingStreamingResponse, EventStreamResponse
 
-from .common import client_gone, read_json_body
+from .common import client_gone, read_json_body, respond_unless_gone
 
 __all__ = ["router"]
 
@@ -59,14 +59,20 @@ async def create_translation(request: Request) -> Response:
 async def _transcribe(request: Request, *, translate: bool) -> Response:
     fields, file = await _read_form(request)
     parsed = parse_transcription_form(fields, file, translate=translate)
-    job = await prepare_transcription(request.app.state.registry, parsed)
-    if parsed.stream:
-        events = await stream_transcript(job)
-        return EventStreamResponse(events, headers=job.headers)
-    body, media_type = render_transcript(await job.run(), parsed.response_format)
-    if isinstance(body, dict):
-        return JSONResponse(body, headers=job.headers)
-    return Response(body, media_type=media_type, headers=job.headers)
+
+    async def respond() -> Response:
+        # A client that leaves cancels this: decoding stops and the unit of the window being
+        # transcribed is returned (TranscriptionJob.segments).
+        job = await prepare_transcription(request.app.state.registry, parsed)
+        if parsed.stream:
+            events = await stream_transcript(job)
+            return EventStreamResponse(events, headers=job.headers)
+        body, media_type = render_transcript(await job.run(), parsed.response_format)
+        if isinstance(body, dict):
+            return JSONResponse(body, headers=job.headers)
+        return Response(body, media_type=media_type, headers=job.headers)
+
+    return await respond_unless_gone(request, respond)
 
 
 async def _read_form(request: Request) -> tuple[dict[str, list[str]], bytes | None]:

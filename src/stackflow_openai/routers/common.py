@@ -17,7 +17,7 @@ from stackflow_openai.errors import APIError, InvalidRequestError
 from stackflow_openai.services import JsonResult, ProxyResult, ServiceResult, StreamResult
 from stackflow_openai.sse import ClosingStreamingResponse, EventStreamResponse, event_stream
 
-__all__ = ["client_gone", "read_json_body", "serve_json_request", "to_response"]
+__all__ = ["client_gone", "read_json_body", "respond_unless_gone", "serve_json_request", "to_response"]
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # nginx's "client closed request": nobody receives it, but logs show what happened
@@ -149,20 +149,26 @@ async def _disconnected(request: Request) -> None:
 
 
 async def serve_json_request(
-    request: Request,
-    create: Callable[[Mapping[str, Any]], Awaitable[ServiceResult]],
-    *,
-    respond: Callable[[ServiceResult], Awaitable[Response]] = to_response,
+    request: Request, create: Callable[[Mapping[str, Any]], Awaitable[ServiceResult]]
 ) -> Response:
-    """Read the body, run the service and build the response; if the client disconnects before the
-    response is ready (waiting for a unit, or a whole non-stream generation), cancel the work so the
-    device stops generating for nobody. Streams watch for disconnects themselves once they start.
+    """Read the body, run the service and build the response, cancelled if the client leaves first
+    (`respond_unless_gone`). Streams watch for disconnects themselves once they start."""
+    body = await read_json_body(request)
+
+    async def respond() -> Response:
+        return await to_response(await create(body))
+
+    return await respond_unless_gone(request, respond)
+
+
+async def respond_unless_gone(request: Request, respond: Callable[[], Awaitable[Response]]) -> Response:
+    """`respond()`, whose body has been read in full; if the client disconnects before the response is
+    ready (waiting for a unit, a whole non-stream generation or transcription), cancel the work so the
+    device stops working for nobody.
 
     The work runs in this task, and a watcher task cancels it (one plain cancellation, which the
     services' clean-up survives) when the disconnect comes: a second task for the work cost an
-    event-loop round trip per request (docs/performance.md). `respond` turns the service's result into
-    the response (an endpoint whose streams are not framed as chat's passes its own)."""
-    body = await read_json_body(request)
+    event-loop round trip per request (docs/performance.md)."""
     task = asyncio.current_task()
     assert task is not None
     watcher = asyncio.ensure_future(_disconnected(request))
@@ -180,7 +186,7 @@ async def serve_json_request(
 
     watcher.add_done_callback(on_disconnect)
     try:
-        return await respond(await create(body))
+        return await respond()
     except asyncio.CancelledError:
         if not gone or task.uncancel() > 0:
             raise  # not (only) ours: e.g. the server shutting down

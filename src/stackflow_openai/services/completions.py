@@ -93,7 +93,8 @@ class CompletionService:
             fitted = await run_counting(fit, chars=len(system) + len(prompt))
             budget = token_budget(info, fitted.prompt_tokens, max_tokens, param=param)
             prompt_tokens += fitted.prompt_tokens
-            jobs.extend(Job(prompt, [], budget) for _ in range(n))
+            room = info.max_token_len - fitted.prompt_tokens  # the device's own cap (limiter.py)
+            jobs.extend(Job(prompt, [], budget, room=room) for _ in range(n))
         settings = UnitSettings(
             system_prompt=system,
             max_token_len=info.max_token_len,  # one signature per model (docs/decisions.md)

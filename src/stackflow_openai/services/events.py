@@ -36,6 +36,9 @@ class Job:
     images: list[bytes]  # JPEG
     budget: int  # generated tokens allowed for this choice
     turn: ConversationTurn | None = None  # a ctx model's new turn (services/ctx.py); None: single-turn
+    # tokens a single-turn device unit can generate after this prompt, to tell its silent cap from an
+    # end of sequence (limiter.py); None: not known (a ctx turn reports its cap itself)
+    room: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -286,7 +286,7 @@ async def generate_choices(
     async with _leased(_lease(backend, settings, jobs[0].turn)) as unit:
         for index, job in enumerate(jobs):
             answer_filter = filters(index) if filters is not None else None
-            limiter = OutputLimiter(counter, stops=stops, budget=job.budget)
+            limiter = OutputLimiter(counter, stops=stops, budget=job.budget, room=job.room)
             # `turn` only for a ctx model: single-turn units (and test fakes) keep their signature.
             deltas = (
                 unit.generate(job.prompt, images=job.images)

@@ -1,6 +1,7 @@
 """`image_url` parts → JPEG bytes for the VLM: data URLs, or http(s) fetches guarded against SSRF.
 
-The device's VLM takes JPEG as base64 (protocol §5.3); everything else is converted with Pillow.
+The device's VLM takes JPEG as base64 (protocol §5.3); everything else is converted with Pillow, in
+bounded memory and a bounded number at once (image_decode.py, `decode_slots`).
 Fetching a URL named by a client is a classic server-side request forgery hole, so by default:
 - only http and https, no proxies from the environment, no connection reuse;
 - the host is resolved first and refused if ANY address is loopback, private, link-local, reserved,
@@ -16,26 +17,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import ipaddress
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import httpx
 
 from stackflow_openai.errors import InvalidRequestError
 
+from .image_decode import MAX_DECODE_BYTES, MAX_IMAGE_SIDE, to_jpeg
 from .prompt import ImageRef
 
-if TYPE_CHECKING:
-    from PIL import Image
+__all__ = ["MAX_IMAGE_SIDE", "ImageLoader", "ImagePolicy", "Resolver", "decode_slots", "usable_memory"]
 
-__all__ = ["MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "ImageLoader", "ImagePolicy", "Resolver", "to_jpeg"]
-
-MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
-MAX_IMAGE_SIDE = 1024  # the device's VLMs work at 364-448 px: larger only costs bandwidth and device memory
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
@@ -46,6 +42,34 @@ class ImagePolicy:
     allow_private: bool = False
     allowed_hosts: tuple[str, ...] = ()
     max_redirects: int = 3
+    decode_slots: int | None = None  # image decodes at once (None: decode_slots())
+
+
+def decode_slots(memory_bytes: int | None = None) -> int:
+    """How many images may decode at once: each may use MAX_DECODE_BYTES (image_decode.py), and all
+    of them together at most an eighth of the memory the process may use; at least 1, at most 4 (the
+    CPU work is in C threads and a few cores suffice for the images one device's VLM can take)."""
+    if memory_bytes is None:
+        memory_bytes = usable_memory()
+    return max(1, min(4, memory_bytes // 8 // MAX_DECODE_BYTES))
+
+
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def usable_memory() -> int:
+    """The machine's memory, or the container's or service's limit (cgroup v2 or v1) when lower: a
+    gateway in a 512 MB container must not size itself by the host's 16 GB."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path, encoding="ascii") as limit:
+                value = limit.read().strip()
+        except OSError:
+            continue
+        if value.isdigit():  # "max" (v2) or a huge number (v1) when there is no limit
+            memory = min(memory, int(value))
+    return memory
 
 
 def _invalid(ref: ImageRef, message: str, code: str = "invalid_image") -> InvalidRequestError:
@@ -65,45 +89,6 @@ def _is_public(address: str) -> bool:
     return ip.is_global and not (blocked or ip.is_multicast or ip.is_unspecified)
 
 
-def to_jpeg(raw: bytes, ref: ImageRef) -> bytes:
-    """JPEG bytes for the device: JPEG input passes through untouched unless it is too large.
-
-    Runs in a worker thread; Pillow is imported here, on the first image, not by a text-only gateway."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(raw)) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise _invalid(ref, f"The image is too large ({image.width}x{image.height} pixels).")
-            if image.format == "JPEG" and image.mode in ("RGB", "L") and max(image.size) <= MAX_IMAGE_SIDE:
-                image.load()  # decodes fully: a truncated or corrupt JPEG fails here, not on the device
-                return raw
-            image.load()
-            return _encode_jpeg(image)
-    except InvalidRequestError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise _invalid(ref, f"The image could not be decoded: {exc}") from exc
-
-
-def _encode_jpeg(image: Image.Image) -> bytes:
-    from PIL import Image, ImageOps
-
-    image = ImageOps.exif_transpose(image)  # phone photos: rotate now, the EXIF tag is not kept
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))  # transparency → white, not black
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        image = background
-    elif image.mode != "RGB":
-        image = image.convert("RGB")
-    if max(image.size) > MAX_IMAGE_SIDE:
-        image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=90)
-    return out.getvalue()
-
-
 class ImageLoader:
     def __init__(
         self, policy: ImagePolicy, client: httpx.AsyncClient | None = None, resolver: Resolver | None = None
@@ -113,6 +98,8 @@ class ImageLoader:
         self.policy = policy
         self._http = client
         self._resolve = resolver or _system_resolver
+        self.decode_slots = policy.decode_slots or decode_slots()
+        self._decoding = asyncio.Semaphore(self.decode_slots)
 
     @property
     def _client(self) -> httpx.AsyncClient:
@@ -134,7 +121,17 @@ class ImageLoader:
 
     async def load(self, ref: ImageRef) -> bytes:
         raw = self._decode_data_url(ref) if ref.url.startswith("data:") else await self._fetch(ref)
-        return await asyncio.to_thread(to_jpeg, raw, ref)
+        await self._decoding.acquire()
+        # The slot is held until the decode ends, also when this request is cancelled meanwhile (a
+        # thread cannot be stopped): a client that leaves must not make room for another decode.
+        decode = asyncio.ensure_future(asyncio.to_thread(to_jpeg, raw, ref.param))
+        decode.add_done_callback(self._decode_done)
+        return await asyncio.shield(decode)
+
+    def _decode_done(self, decode: asyncio.Future[bytes]) -> None:
+        self._decoding.release()
+        if not decode.cancelled():
+            decode.exception()  # retrieved here: nobody may await it once its request is gone
 
     def _decode_data_url(self, ref: ImageRef) -> bytes:
         header, sep, data = ref.url[5:].partition(",")

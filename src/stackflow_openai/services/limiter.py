@@ -29,10 +29,16 @@ from typing import Literal
 
 from stackflow_openai.tokens import TokenCounter, truncate_to_tokens
 
-__all__ = ["FinishReason", "OutputLimiter", "Step"]
+__all__ = ["DEVICE_CAP_SLACK", "FinishReason", "OutputLimiter", "Step"]
 
 FinishReason = Literal["stop", "length"]
 
+# The device ends a generation at its max_token_len without saying so: its finish message is the same as
+# at an end of sequence (main_llm's task_output). At that cap it has generated room + 1 tokens (LLM.hpp
+# counts the first token before its decode loop), and a stream loses the group it still held (up to 2
+# tokens; more while the text ends in byte 0xBD: docs/protocol-notes.md, item 2); re-counting the text
+# may differ by a token. So an end within this many tokens of the room is the device's cap.
+DEVICE_CAP_SLACK = 4
 _REBASE_AFTER = 128  # tail characters that trigger counting a longer prefix once
 _REBASE_KEEP = 32  # characters left in the tail: a boundary never sits at the growing end
 _CUT_AFTER_LETTER = frozenset(" ,.!?;:，。！？；：、")
@@ -47,8 +53,13 @@ class Step:
 
 
 class OutputLimiter:
-    def __init__(self, counter: TokenCounter, *, stops: Sequence[str], budget: int) -> None:
+    def __init__(
+        self, counter: TokenCounter, *, stops: Sequence[str], budget: int, room: int | None = None
+    ) -> None:
+        """`budget`: tokens the request allows; `room`: tokens the device can still generate after the
+        prompt (its max_token_len less the prompt), to tell its silent cap from an end of sequence."""
         self._counter = counter
+        self._room = room
         self._stops = [s for s in dict.fromkeys(stops) if s]  # "" would match everywhere: ignore it
         self._longest_stop = max((len(s) for s in self._stops), default=0)
         self._budget = budget
@@ -87,11 +98,23 @@ class OutputLimiter:
         return Step(self._release(safe if cut is None else min(safe, cut)), False)
 
     def finish(self) -> str:
-        """The generation ended on its own: release whatever was held back."""
+        """The generation ended on its own: release whatever was held back. It is an end by length
+        when the device ran out of room (see DEVICE_CAP_SLACK), else an end of sequence."""
         if self.final_text is not None:
             return ""
         cut = self._find_stop(self._text)
-        return self._end(self._text if cut is None else self._text[:cut], "stop").text
+        if cut is not None:
+            return self._end(self._text[:cut], "stop").text
+        return self._end(self._text, "length" if self._device_capped() else "stop").text
+
+    def _device_capped(self) -> bool:
+        room = self._room
+        if room is None:
+            return False
+        text, near = self._text, room - DEVICE_CAP_SLACK
+        if self._ascii_bound and text.isascii() and len(text) < near:
+            return False  # at most one token per character: a short answer needs no count (module doc)
+        return self._counter.count(text) >= near
 
     def _end(self, text: str, reason: FinishReason) -> Step:
         released = self._text[: self._emitted]

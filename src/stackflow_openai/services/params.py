@@ -17,9 +17,20 @@ from typing import Any
 
 from stackflow_openai.errors import UnsupportedParameter
 
-__all__ = ["IGNORED_HEADER", "header_list", "ignored_params", "reject_if_strict"]
+__all__ = [
+    "DROPPED_HEADER",
+    "IGNORED_HEADER",
+    "TRANSLATION_HEADER",
+    "header_list",
+    "ignored_params",
+    "reject_if_strict",
+]
 
 IGNORED_HEADER = "X-Ignored-Params"
+# Chat: how many of the oldest messages were left out to fit the device's prefill window.
+DROPPED_HEADER = "X-Dropped-Messages"
+# /v1/audio/translations: the chat model that translated the transcript (absent: the ASR model did).
+TRANSLATION_HEADER = "X-Translation-Model"
 _HEADER_SAFE_NAME = re.compile(r"[!-+\--~]+")  # visible ASCII but the comma that separates the names
 
 

@@ -24,6 +24,7 @@ from .ctx import conversation_turn
 from .generation import Job
 from .images import ImageLoader
 from .output import FormattedPrompt, OutputSpec
+from .params import DROPPED_HEADER
 from .prompt import (
     DEFAULT_SYSTEM_PROMPT,
     Conversation,
@@ -65,8 +66,12 @@ class Planned:
     images_dropped: int  # older images not sent to a one-image VLM (the front end says so)
 
     def headers(self) -> dict[str, str]:
-        """What the front end tells the client about the fitting (HTTP headers)."""
-        return {IMAGES_DROPPED_HEADER: str(self.images_dropped)} if self.images_dropped else {}
+        """What the front end tells the client about the fitting (HTTP headers): otherwise it cannot tell
+        that turns or images were left out."""
+        headers = {DROPPED_HEADER: str(self.fitted.dropped)} if self.fitted.dropped else {}
+        if self.images_dropped:
+            headers[IMAGES_DROPPED_HEADER] = str(self.images_dropped)
+        return headers
 
 
 class PlanBuilder:
@@ -108,13 +113,14 @@ class PlanBuilder:
         # ctx models only: the turn their unit continues from (tools in its system prompt, JSON instruction)
         formatted = Conversation(conversation.system_prompt, prompt.turns)
         turn = conversation_turn(self._tokenizers, info, prompt.system, formatted, fitted, budget)
+        room = info.max_token_len - fitted.prompt_tokens if turn is None else None  # the device's cap
         plan = GenerationPlan(
             id=new_id(request.id_prefix),
             created=int(time.time()),
             model=entry.id,
             backend=backend,
             settings=settings,
-            jobs=[Job(fitted.user_text, images, budget, turn)] * request.n,
+            jobs=[Job(fitted.user_text, images, budget, turn=turn, room=room)] * request.n,
             stops=request.stops,
             counter=self._tokenizers.for_model(info),
             prompt_tokens=fitted.prompt_tokens,

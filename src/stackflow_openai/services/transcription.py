@@ -24,14 +24,16 @@ from stackflow_openai.backends.base import BackendError, ChatBackend, Transcript
 from stackflow_openai.errors import APIError, InvalidRequestError, ServiceUnavailable, to_openai_error
 from stackflow_openai.languages import language_code, language_name
 from stackflow_openai.services.generation import Detached
+from stackflow_openai.services.params import TRANSLATION_HEADER
 from stackflow_openai.services.registry import ModelRegistry, resolve_model
 from stackflow_openai.services.speech import ignored_or_refused
 from stackflow_openai.sse import aclose_quietly, encode_event
 
 if TYPE_CHECKING:
-    from stackflow_openai.audio import AudioWindow
+    from stackflow_openai.audio import AudioWindow, WindowReader
 
 __all__ = [
+    "DEFAULT_MAX_AUDIO_SECONDS",
     "MAX_UPLOAD_BYTES",
     "TRANSCRIPTION_FORMATS",
     "TRANSLATION_SYSTEM_PROMPT",
@@ -47,6 +49,9 @@ __all__ = [
 ]
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # OpenAI's limit: "Maximum content size limit (26214400)"
+# A model's `max_audio_seconds` unless configured. Without a limit, the 25 MB upload cap admits about
+# 36 h of FLAC silence: 4,600 windows of device time for one request.
+DEFAULT_MAX_AUDIO_SECONDS = 7200.0
 TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 TRANSLATION_SYSTEM_PROMPT = "Translate the user's text to English. Reply with the translation only."
 # `chunking_strategy` is acted on whatever it says: long audio is always cut at silences (see split.py).
@@ -182,42 +187,60 @@ class Transcript:
 
 @dataclass(slots=True)
 class TranscriptionJob:
-    """A checked request with its audio decoded and windowed, ready to run."""
+    """A checked request whose audio is being decoded, ready to run window by window.
+
+    The audio is decoded as the windows are transcribed (audio/windows.py, WindowReader): memory stays
+    at about one window whatever the upload's length, and a client that leaves stops the decoding too.
+    """
 
     request: TranscriptionRequest
     backend: TranscriptionBackend
-    pcm: bytes
-    windows: list[AudioWindow]
+    reader: WindowReader
+    first: tuple[AudioWindow, bytes] | None  # decoded while preparing: a bad file is a 400, not a 200
     language: str
     headers: dict[str, str]
     native_translation: bool = False
     chat: ChatBackend | None = None
-
-    @property
-    def duration(self) -> float:
-        return self.windows[-1].end if self.windows else 0.0
+    duration: float = 0.0  # seconds of audio transcribed so far; all of it once the job has run
 
     async def segments(self) -> AsyncIterator[Segment]:
         """One segment per window that produced text, in order, with the window's time offsets."""
         number = 0
-        for window in self.windows:
-            text = await self.backend.transcribe(
-                window.slice(self.pcm),
-                language=self.request.language,
-                prompt=self.request.prompt,
-                translate=self.native_translation,
-            )
-            text = text.strip()
-            if text and self.chat is not None:
-                text = await _chat_translate(self.chat, text)
-            if text:
-                yield Segment(number, round(window.start, 3), round(window.end, 3), text)
-                number += 1
+        item, self.first = self.first, None
+        try:
+            while item is not None:
+                window, pcm = item
+                text = await self.backend.transcribe(
+                    pcm,
+                    language=self.request.language,
+                    prompt=self.request.prompt,
+                    translate=self.native_translation,
+                )
+                del pcm, item  # not held while the next window decodes
+                self.duration = window.end
+                text = text.strip()
+                if text and self.chat is not None:
+                    text = await _chat_translate(self.chat, text)
+                if text:
+                    yield Segment(number, round(window.start, 3), round(window.end, 3), text)
+                    number += 1
+                item = await _next_window(self.reader)
+        finally:
+            # Also when the client has gone (the task cancelled): a decode still running in its
+            # thread stops at its next frame.
+            self.reader.close()
 
     async def run(self) -> Transcript:
         segments = [s async for s in self.segments()]
         task = "translate" if self.request.translate else "transcribe"
         return Transcript(task, self.language, round(self.duration, 3), segments)
+
+
+async def _next_window(reader: WindowReader) -> tuple[AudioWindow, bytes] | None:
+    try:
+        return await asyncio.to_thread(reader.next_window)
+    except AudioDecodeError as exc:  # damaged past the first window, or longer than allowed
+        raise InvalidRequestError(exc.message, param="file", code=exc.code) from None
 
 
 async def _chat_translate(chat: ChatBackend, text: str) -> str:
@@ -229,7 +252,9 @@ async def _chat_translate(chat: ChatBackend, text: str) -> str:
 
 
 async def prepare_transcription(registry: ModelRegistry, request: TranscriptionRequest) -> TranscriptionJob:
-    """Pick the model and translation mode, decode and window the audio; 4xx for any problem."""
+    """Pick the model and translation mode, open the audio and decode its first window; 4xx for any
+    problem (a file longer than the model's `max_audio_seconds` is refused here when its container says
+    so, or as soon as its decoded audio passes the limit)."""
     endpoint = "/v1/audio/translations" if request.translate else "/v1/audio/transcriptions"
     entry = resolve_model(registry, request.model, kinds=("transcription",), endpoint=endpoint)
     if entry.transcription is None:
@@ -240,25 +265,36 @@ async def prepare_transcription(registry: ModelRegistry, request: TranscriptionR
     native, chat = False, None
     if request.translate:
         native, chat = _translation_mode(registry, entry.id, backend, entry.extra)
+        if chat is not None:  # say which model's words these are: the ASR model did not translate
+            headers[TRANSLATION_HEADER] = str(entry.extra["translation_chat_model"])
     limit = backend.window_seconds
     # Stay 2 s under the model's limit: its front end may pad or trim a little.
     longest = max(1.0, limit - min(2.0, limit * 0.1))
+    max_seconds = float(entry.extra.get("max_audio_seconds") or DEFAULT_MAX_AUDIO_SECONDS)
     try:
-        # A 25 MB file can take a second or more to decode: keep the event loop free meanwhile.
-        pcm, windows = await asyncio.to_thread(_decode_and_split, request.file, longest)
+        # Opening the file and decoding its first window take a moment: keep the event loop free.
+        reader, first = await asyncio.to_thread(_open_windows, request.file, longest, max_seconds)
     except AudioDecodeError as exc:
         raise InvalidRequestError(exc.message, param="file", code=exc.code) from None
     language = "english" if request.translate else language_name(heard_in)
-    return TranscriptionJob(request, backend, pcm, windows, language, headers, native, chat)
+    return TranscriptionJob(request, backend, reader, first, language, headers, native, chat)
 
 
-def _decode_and_split(data: bytes, longest: float) -> tuple[bytes, list[AudioWindow]]:
+def _open_windows(
+    data: bytes, longest: float, max_seconds: float
+) -> tuple[WindowReader, tuple[AudioWindow, bytes] | None]:
     # Imported here, in the worker thread: the first audio request loads numpy and PyAV (~0.25 s),
     # which a chat-only gateway never needs, without stalling the event loop.
-    from stackflow_openai.audio import decode_to_pcm, split_windows
+    from stackflow_openai.audio import WindowReader
 
-    pcm = decode_to_pcm(data)
-    return pcm, split_windows(pcm, max_seconds=longest, search_seconds=min(4.0, longest / 4))
+    reader = WindowReader(
+        data, max_seconds=longest, search_seconds=min(4.0, longest / 4), max_audio_seconds=max_seconds
+    )
+    try:
+        return reader, reader.next_window()
+    except BaseException:
+        reader.close()
+        raise
 
 
 def _translation_mode(
@@ -269,8 +305,9 @@ def _translation_mode(
     chat_id = extra.get("translation_chat_model")
     if not chat_id:
         raise InvalidRequestError(
-            f"The model '{model_id}' cannot translate: it has no translation mode and no "
-            "translation_chat_model is configured for it. Use /v1/audio/transcriptions instead.",
+            f"The model '{model_id}' cannot translate: it has no translation mode and no chat model to "
+            "translate with (none on its device, or discovery.auto_translation_model is off and no "
+            "translation_chat_model is configured). Use /v1/audio/transcriptions instead.",
             param="model",
             code="translation_not_supported",
         )

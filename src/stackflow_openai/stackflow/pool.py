@@ -114,6 +114,10 @@ class DevicePool:
             "waiting": self._waiting,
         }
 
+    def loaded_models(self) -> list[str]:
+        """Models with at least one instance set up on the device (what /ready calls loaded)."""
+        return sorted({s.model for s in self._slots if s.unit is not None})
+
     def work_ids(self) -> list[str]:
         return [s.unit.work_id for s in self._slots if s.unit is not None]
 

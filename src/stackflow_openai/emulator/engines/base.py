@@ -46,11 +46,17 @@ class LlmSession(Protocol):
         history: History = (),
         prefill_tokens: int | None = None,
     ) -> AsyncIterator[str]:
-        """Text pieces (about one token each). The consumer may stop iterating at any time (pause).
+        """Text pieces (about one token each), at most `max_new_tokens` device tokens in all. The consumer
+        may stop iterating at any time (pause).
 
         `history`: what a ctx unit's KV cache holds before this turn (the answer may use it).
         `prefill_tokens`: positions this inference prefills (a ctx unit prefills only the new turn);
         None: the whole templated prompt. Engines with a timing model charge prefill by it."""
+        ...
+
+    def count_output(self, pieces: list[str]) -> int:
+        """Device tokens these generated pieces stand for (the unit compares it with its cap to tell an
+        end of sequence from an end by max_token_len)."""
         ...
 
     async def close(self) -> None: ...

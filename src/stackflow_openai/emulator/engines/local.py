@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from stackflow_openai.emulator.engines.base import AsrSession, LlmSession, LlmSettings, TtsSession
+from stackflow_openai.emulator.engines.device_tokens import DeviceTokens, device_counter
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 if TYPE_CHECKING:
@@ -253,7 +254,10 @@ class LocalEngine:
                 llm.slot_context,
                 llm.slot_context,
             )
-        return LocalLlmSession(llm, settings, vision=model.unit == "vlm")
+        # The unit's prompt and cap are counted in the emulated model's tokens (device_tokens.py).
+        counter = await asyncio.to_thread(device_counter, model)
+        device = DeviceTokens(model, counter) if counter is not None else None
+        return LocalLlmSession(llm, settings, vision=model.unit == "vlm", device=device)
 
     async def open_tts(self, model: ModelDescriptor, voice: str | None) -> TtsSession:
         from stackflow_openai.emulator.engines.local_tts import LocalTtsSession

