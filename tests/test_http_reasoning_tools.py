@@ -131,3 +131,16 @@ def test_the_sdk_sees_reasoning_content_in_messages_and_deltas() -> None:
         assert (
             thinking == "The user greets me.\n" and "".join(d.content or "" for d in deltas) == "Hello there!"
         )
+
+
+async def test_text_before_a_call_streams_as_content_and_the_tag_never_does() -> None:
+    script = ["Let me ", "check. <tool", '_call>\n{"name": "a", ', '"arguments": {}}\n</tool_call>']
+    response = await post(FakeChatBackend(script=script), user("Hi", tools=TOOLS, stream=True))
+    events = _events(response)
+    for event in events:
+        validate("CreateChatCompletionStreamResponse", event)
+    content = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+    assert content == "Let me check. " and "tool_call>" not in response.text
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    body = (await post(FakeChatBackend(script=script), user("Hi", tools=TOOLS))).json()
+    assert body["choices"][0]["message"]["content"] == "Let me check."

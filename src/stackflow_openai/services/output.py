@@ -137,7 +137,6 @@ class ChoiceOutput:
         self._retries_left = spec.retries
         self._make_retry = make_retry
         self._visible = ""  # content streamed so far
-        self._raw_answer = ""  # the answer part (reasoning split off) of the first generation
 
     def feed(self, text: str) -> list[ChoiceEvent]:
         if self._splitter is None:
@@ -149,7 +148,6 @@ class ChoiceOutput:
     def _answer_events(self, answer: str) -> list[ChoiceEvent]:
         if not answer:
             return []
-        self._raw_answer += answer
         visible = answer if self._mode is None else self._mode.feed(answer)
         if not visible:
             return []
