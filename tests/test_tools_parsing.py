@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stackflow_openai.errors import InvalidRequestError
 from stackflow_openai.services.generation import ChoiceReasoning, ChoiceText, ChoiceToolCall, Job
@@ -338,3 +340,39 @@ def test_history_is_written_in_the_familys_format() -> None:
     assert turns[2].text == "20 C" and turns[3].text == '{"name": "f", "parameters": {}}'
     qwen = parse_messages(messages, FORMATS["qwen"]).turns
     assert qwen[2].text == "<tool_response>\n20 C\n</tool_response>"
+
+
+_TOKENS = st.sampled_from(
+    [
+        *"{}[]\"':, \nabc123<>/_",
+        "<tool_call>",
+        "</tool_call>",
+        "<think>",
+        "</think>",
+        "```",
+        '"name"',
+        '"arguments"',
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.lists(_TOKENS, max_size=12).map("".join), max_size=12))
+def test_any_model_output_gives_an_answer_or_a_clean_refusal(pieces: list[str]) -> None:
+    """Whatever a model writes, split however: an answer, or ModelOutputError (never another exception,
+    never call syntax in the streamed content)."""
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    for body, model in (
+        ({"tools": [WEATHER, LIGHT]}, "qwen3-0.6B-ax630c"),
+        ({"response_format": schema}, "qwen"),
+    ):
+        choice = _spec(body, model, output_retries=0).factory(lambda _c: None)(0)
+        streamed = "".join(e.text for p in pieces for e in choice.feed(p) if isinstance(e, ChoiceText))
+        assert "<tool_call>" not in streamed
+        try:
+            answer = choice.finish("stop")
+        except ModelOutputError:
+            continue
+        assert not isinstance(answer, Job)
+        for call in answer.tool_calls:
+            assert isinstance(json.loads(call.arguments), dict)

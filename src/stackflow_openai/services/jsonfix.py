@@ -48,6 +48,8 @@ def extract_json(text: str, *, want: type | None = None) -> ExtractedJson:
         return ExtractedJson(value, False, (body[:start] + body[end:]).strip())
     except json.JSONDecodeError as exc:
         strict_error = f"{exc.msg} at character {exc.pos - start}"
+    except RecursionError as exc:  # a model that writes "[[[[..." for its whole budget
+        raise JsonNotFound("the JSON is nested too deeply") from exc
     value, rest = _repair(body[start:])
     if value is None or (want is not None and not isinstance(value, want)):
         raise JsonNotFound(f"invalid JSON: {strict_error}")
