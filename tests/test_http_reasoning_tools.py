@@ -144,3 +144,11 @@ async def test_text_before_a_call_streams_as_content_and_the_tag_never_does() ->
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
     body = (await post(FakeChatBackend(script=script), user("Hi", tools=TOOLS))).json()
     assert body["choices"][0]["message"]["content"] == "Let me check."
+
+
+async def test_every_choice_of_n_gets_its_own_calls_and_ids() -> None:
+    response = await post(FakeChatBackend(script=TWO_CALLS), user("Hi", tools=TOOLS, n=2))
+    choices = response.json()["choices"]
+    assert [c["finish_reason"] for c in choices] == ["tool_calls", "tool_calls"]
+    ids = [call["id"] for c in choices for call in c["message"]["tool_calls"]]
+    assert len(ids) == 4 and len(set(ids)) == 4
