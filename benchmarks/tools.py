@@ -12,6 +12,7 @@ the re-ask.
    a re-ask runs two; one that still failed ends with tool_call_invalid / structured_output_failed.
    Two tool formats on the same device model: Qwen's (what a Qwen device model gets) and SmolLM2's
    own (`tool_format: smollm2`, what the local model was tuned on).
+3. Placement: prompt tokens with the tools in the system prompt or in the user turn (docs/tools.md).
 """
 
 from __future__ import annotations
@@ -176,12 +177,60 @@ async def local_reask_rate(requests: int) -> None:
         await engine.close()
 
 
+def _ha_tools() -> list[dict[str, Any]]:
+    """Twelve Home Assistant-like intents (names and shapes of HA's Assist API tools)."""
+    names = {
+        "HassTurnOn": {"name": "string"}, "HassTurnOff": {"name": "string"},
+        "HassLightSet": {"name": "string", "brightness": "integer"},
+        "HassClimateSetTemperature": {"temperature": "number"},
+        "HassClimateGetTemperature": {"name": "string"},
+        "HassOpenCover": {"name": "string"}, "HassCloseCover": {"name": "string"},
+        "HassLockLock": {"name": "string"}, "HassLockUnlock": {"name": "string"},
+        "HassMediaPause": {"name": "string"}, "HassTimerStart": {"minutes": "integer"}, "GetLiveContext": {},
+    }  # fmt: skip
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": name,
+                "description": f"{name[4:] if name.startswith('Hass') else name} (Home Assistant intent)",
+                "parameters": {
+                    "type": "object",
+                    "properties": {k: {"type": t} for k, t in props.items()},
+                    "required": list(props),
+                },
+            },
+        }
+        for name, props in names.items()
+    ]
+
+
+def placement() -> None:
+    """Prompt tokens with the tools in the system prompt (Qwen's template) or in the user turn."""
+    from stackflow_openai.backends.base import ChatModelInfo
+    from stackflow_openai.tokens import Tokenizers
+
+    tokenizers = Tokenizers()
+    info = ChatModelInfo(prefill_len=2048, max_token_len=4096, tokenizer="qwen", template="qwen")
+    system, question = "You are a voice assistant for Home Assistant.", "Turn on the kitchen light"
+    print("\nQwen prompt tokens, tools in the system prompt vs in the user turn:")
+    for label, tools in (("1 tool", [WEATHER]), ("12 HA tools", _ha_tools())):
+        block = build_output_spec({"tools": tools}, LLM, {}).tools_prompt()
+        in_system = tokenizers.prompt_tokens(info, f"{system}\n\n{block}", question)
+        in_user = tokenizers.prompt_tokens(info, system, f"{block}\n\n{question}")
+        block_tokens = tokenizers.get("qwen").count(block)
+        print(
+            f"  {label:12} system {in_system:5}   user {in_user:5}   (the tool block alone: {block_tokens})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=12)
     parser.add_argument("--skip-local", action="store_true")
     args = parser.parse_args()
     filter_overhead()
+    placement()
     if not args.skip_local:
         asyncio.run(local_reask_rate(args.requests))
 
