@@ -1,6 +1,7 @@
 """Tools and reasoning on the device's own dev-branch descriptors (tests/fixtures/stackflow_descriptors/dev),
 through the emulator: Llama 3.2 (tools in the user turn, its JSON call format, a script that never uses
-the setup's system prompt) and DeepSeek-R1 (its <think> text returned as reasoning_content)."""
+the setup's system prompt), DeepSeek-R1 (its <think> text returned as reasoning_content) and the Home
+Assistant ctx model (a tool set in its precomputed system prompt, a multi-turn tool conversation)."""
 
 from __future__ import annotations
 
@@ -39,12 +40,12 @@ class ThinkingEngine(ScriptedEngine):
         session: ScriptedLlmSession = await super().open_llm(model, settings)
         generate, prompts = session.generate, self.prompts
 
-        async def thinking(prompt, *, images, max_new_tokens):  # type: ignore[no-untyped-def]
+        async def thinking(prompt, **kwargs):  # type: ignore[no-untyped-def]
             prompts.append((settings.system_prompt, prompt))
             if model.mode.startswith("deepseek-r1"):
                 for piece in ["Okay", ", the user", " wants", " this.", "\n</think>", "\n\n"]:
                     yield piece
-            async for piece in generate(prompt, images=images, max_new_tokens=max_new_tokens):
+            async for piece in generate(prompt, **kwargs):  # (a ctx unit passes its history too)
                 yield piece
 
         session.generate = thinking  # type: ignore[method-assign]
@@ -98,3 +99,31 @@ def test_deepseek_r1_thinking_is_reasoning_content_and_the_call_still_parses(har
     calls = [d.tool_calls[0] for d in deltas if d.tool_calls]
     assert calls[0].function.name == "get_weather" and chunks[-1].choices[0].finish_reason == "tool_calls"
     assert not any("</think>" in (d.content or "") for d in deltas)
+
+
+def test_home_assistant_tools_on_the_ha_ctx_model(harness):
+    from test_tools_e2e import HA_SYSTEM, HA_TOOLS
+
+    model, tools = "qwen2.5-HA-0.5B-ctx-ax630c", HA_TOOLS[:10]  # 10 intents: ~700 of its 1024 positions
+    c = client(harness)
+    messages: list[dict] = [
+        {"role": "system", "content": HA_SYSTEM},
+        {"role": "user", "content": "Turn on the Kitchen light"},
+    ]
+    first = c.chat.completions.create(model=model, messages=messages, tools=tools)
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "HassTurnOn" and json.loads(call.function.arguments) == {"name": "Kitchen"}
+    system, _user = harness.engine.prompts[-1]
+    assert system.startswith(HA_SYSTEM) and system.count('{"type": "function"') == 10  # in the setup
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"success": true}'},
+    ]
+    second = c.chat.completions.create(model=model, messages=messages, tools=tools)
+    assert second.choices[0].message.content == 'The tool answered: {"success": true}'
+    messages += [
+        second.choices[0].message.model_dump(exclude_none=True),
+        {"role": "user", "content": "Please unlock the Front door"},
+    ]
+    third = c.chat.completions.create(model=model, messages=messages, tools=tools)
+    assert third.choices[0].message.tool_calls[0].function.name == "HassLockUnlock"
