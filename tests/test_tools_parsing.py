@@ -245,6 +245,10 @@ def test_think_text_is_split_even_when_tags_straddle_deltas() -> None:
     )
     assert _split("implicit", ["Still thinking about"]) == ("Still thinking about", "")  # cut short
     assert _split("off", ["<think>x</think>y"]) == ("", "<think>x</think>y")
+    empty = _spec({}, "qwen3-1.7B-Int8-ctx-axcl").factory(lambda _c: None)(0)
+    assert empty.feed("<think>\n\n</think>\n\nHi there") == [ChoiceText(0, "Hi there")]
+    answer = empty.finish("stop")
+    assert not isinstance(answer, Job) and answer.reasoning is None and answer.text == "Hi there"
 
 
 # ---- the whole filter ------------------------------------------------------------------------------------

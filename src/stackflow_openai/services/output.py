@@ -196,7 +196,9 @@ class ChoiceOutput:
         text = self._visible + outcome.late_text
         if outcome.calls:
             text = text.strip()
-        reasoning = self._splitter.reasoning if self._splitter and self._splitter.saw_reasoning else None
+        # An empty think block (Qwen3 with thinking off: `/no_think` on AXCL) is no reasoning at all.
+        splitter = self._splitter
+        reasoning = splitter.reasoning if splitter and splitter.reasoning.strip() else None
         return Answer(text, finish, outcome.calls, reasoning, tuple(events))
 
     def _failure(self, problem: str) -> ModelOutputError:
