@@ -54,7 +54,6 @@ class ThinkSplitter:
         self._held = ""
         self._answer_started = mode == "off"  # leading blanks of the answer are dropped once
         self.reasoning = ""  # all the reasoning text so far
-        self.saw_reasoning = False
 
     def feed(self, text: str) -> tuple[str, str]:
         self._held += text
@@ -97,7 +96,6 @@ class ThinkSplitter:
     def _enter_think(self, rest: str) -> None:
         self._state = "think"
         self._held = rest
-        self.saw_reasoning = True
 
     def _take_reasoning(self, end: int) -> str:
         piece = self._held[:end]
