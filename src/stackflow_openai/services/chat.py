@@ -48,10 +48,12 @@ from .common import (
 from .ctx import conversation_turn
 from .generation import ChoiceFinished, ChoiceFinishReason, ChoiceToolCall, Job
 from .images import ImageLoader
-from .output import OutputSpec, build_output_spec
+from .output import FormattedPrompt, OutputSpec, build_output_spec
 from .prompt import (
     DEFAULT_SYSTEM_PROMPT,
     Conversation,
+    FittedPrompt,
+    ImageRef,
     check_image_count,
     fit_prompt,
     images_to_send,
@@ -99,41 +101,13 @@ class ChatService:
         n = check_n(request.n, entry)
         info = backend.info
         spec = build_output_spec(body, info.name or entry.id, entry.extra)
-        conversation = parse_messages(request.messages, spec.tool_format)
-        refs = [ref for turn in conversation.turns for ref in turn.images]
-        if refs and not info.vision:
-            raise InvalidRequestError(
-                f"The model '{entry.id}' does not accept images.",
-                param=refs[0].param,
-                code="images_not_supported",
-            )
-        require_text(conversation.turns[-1].text, param=f"messages[{len(request.messages) - 1}].content")
-        check_image_count(conversation.turns[-1].images, info.max_images, entry.id)
+        conversation, refs = _conversation(request, entry, info, spec)
         system = conversation.system_prompt or entry.extra.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
         # A model whose device script swaps in its own system prompt (Llama 3.2; InternVL2/2.5 and SmolVLM
         # with an image) would drop tools written there: they go in the user turn then.
         fixed = info.image_system_prompt if refs else info.text_system_prompt
         prompt = spec.apply(system, conversation.turns, system_kept=fixed is None)
-        await self._tokenizers.load_for(info)  # first use: loads in a worker thread, not on the loop
-        fit = partial(
-            fit_prompt,
-            self._tokenizers,
-            info,
-            prompt.system,
-            prompt.turns,
-            image_tokens=int(entry.extra.get("image_tokens", info.image_tokens)),
-            instructions=conversation.system_prompt or entry.extra.get("system_prompt"),
-            user_prefix=prompt.user_prefix,
-        )
-        chars = len(prompt.system) + len(prompt.user_prefix) + sum(len(turn.text) for turn in prompt.turns)
-        try:
-            fitted = await run_counting(fit, chars=chars)
-        except ContextLengthExceeded as exc:
-            if spec.tools is None:
-                raise
-            raise self._tools_too_long(exc, info, spec) from exc
-        if fitted.dropped:
-            log.info("%s: dropped the %d oldest turns to fit the prefill window", entry.id, fitted.dropped)
+        fitted = await self._fit(info, entry, spec, conversation, prompt)
         refs, dropped = images_to_send(fitted.turns, info.max_images)
         if dropped:
             headers[IMAGES_DROPPED_HEADER] = str(dropped)
@@ -170,6 +144,36 @@ class ChatService:
             filters=spec.factory(retry) if spec.active else None,
         )
 
+    async def _fit(
+        self,
+        info: ChatModelInfo,
+        entry: ModelEntry,
+        spec: OutputSpec,
+        conversation: Conversation,
+        prompt: FormattedPrompt,
+    ) -> FittedPrompt:
+        await self._tokenizers.load_for(info)  # first use: loads in a worker thread, not on the loop
+        fit = partial(
+            fit_prompt,
+            self._tokenizers,
+            info,
+            prompt.system,
+            prompt.turns,
+            image_tokens=int(entry.extra.get("image_tokens", info.image_tokens)),
+            instructions=conversation.system_prompt or entry.extra.get("system_prompt"),
+            user_prefix=prompt.user_prefix,
+        )
+        chars = len(prompt.system) + len(prompt.user_prefix) + sum(len(turn.text) for turn in prompt.turns)
+        try:
+            fitted = await run_counting(fit, chars=chars)
+        except ContextLengthExceeded as exc:
+            if spec.tools is None:
+                raise
+            raise self._tools_too_long(exc, info, spec) from exc
+        if fitted.dropped:
+            log.info("%s: dropped the %d oldest turns to fit the prefill window", entry.id, fitted.dropped)
+        return fitted
+
     def _tools_too_long(self, exc: ContextLengthExceeded, info: ChatModelInfo, spec: OutputSpec) -> APIError:
         tokens = self._tokenizers.for_model(info).count(spec.tools_prompt())
         count = len(spec.tools.tools) if spec.tools else 0
@@ -196,6 +200,23 @@ class ChatService:
             log.info("a re-ask would not fit the prefill window (%d tokens): not asked", tokens)
             return None
         return Job(prompt, images, token_budget(info, tokens, max_tokens, param="messages"))
+
+
+def _conversation(
+    request: ChatCompletionRequest, entry: ModelEntry, info: ChatModelInfo, spec: OutputSpec
+) -> tuple[Conversation, list[ImageRef]]:
+    """The request's messages (earlier tool calls in the model family's format), checked; and its images."""
+    conversation = parse_messages(request.messages, spec.tool_format)
+    refs = [ref for turn in conversation.turns for ref in turn.images]
+    if refs and not info.vision:
+        raise InvalidRequestError(
+            f"The model '{entry.id}' does not accept images.",
+            param=refs[0].param,
+            code="images_not_supported",
+        )
+    require_text(conversation.turns[-1].text, param=f"messages[{len(request.messages) - 1}].content")
+    check_image_count(conversation.turns[-1].images, info.max_images, entry.id)
+    return conversation, refs
 
 
 def _message(choice: ChoiceFinished, legacy: bool) -> dict[str, Any]:
