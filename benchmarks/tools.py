@@ -151,16 +151,18 @@ async def local_reask_rate(requests: int) -> None:
     print(f"\nre-ask rate on the local engine (SmolLM2-135M), {requests} requests per case:")
     try:
         for name, (model, extra) in cases.items():
-            counts = {"first": 0, "reask": 0, "failed": 0, "text": 0}
+            counts = {"first": 0, "reask": 0, "failed after re-ask": 0, "failed, not re-asked": 0, "text": 0}
             for i in range(requests):
                 before = generations["n"]
                 question = questions[i % len(questions)]
                 try:
                     reply = await client.chat.completions.create(
-                        model=model, messages=[{"role": "user", "content": question}], max_tokens=80, **extra
+                        model=model, messages=[{"role": "user", "content": question}], max_tokens=200, **extra
                     )
                 except openai.InternalServerError:
-                    counts["failed"] += 1
+                    # not re-asked: the answer was cut at max_tokens, or a re-ask would not fit the window
+                    asked = generations["n"] - before > 1
+                    counts["failed after re-ask" if asked else "failed, not re-asked"] += 1
                     continue
                 message = reply.choices[0].message
                 if not message.tool_calls and "tools" in extra:
