@@ -359,7 +359,7 @@ async def _settle(
     result = answer_filter.finish(reason)
     generated = 0
     while isinstance(result, Job):
-        limiter = OutputLimiter(counter, stops=stops, budget=result.budget)
+        limiter = OutputLimiter(counter, stops=stops, budget=result.budget, room=result.room)
         reader = _ChoiceReader(unit.generate(result.prompt, images=result.images), limiter)
         try:
             await reader.ended()

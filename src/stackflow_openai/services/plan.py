@@ -191,7 +191,10 @@ class PlanBuilder:
         if tokens > info.prefill_len - PREFILL_MARGIN or tokens >= info.max_token_len:
             log.info("a re-ask would not fit the prefill window (%d tokens): not asked", tokens)
             return None
-        return Job(prompt, images, token_budget(info, tokens, request.max_tokens, param=request.param))
+        room = None if info.context_len else info.max_token_len - tokens  # the unit's silent cap (limiter.py)
+        return Job(
+            prompt, images, token_budget(info, tokens, request.max_tokens, param=request.param), room=room
+        )
 
 
 def _image_tokens(entry: ModelEntry, info: ChatModelInfo) -> int:
