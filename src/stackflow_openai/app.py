@@ -15,6 +15,7 @@ two hot routes served without FastAPI's routing. Routes: the OpenAI ones under /
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -77,9 +78,17 @@ class HttpSettings:
         return f"HttpSettings(api_keys={len(self.api_keys)} configured, cors_origins={self.cors_origins!r})"
 
 
+class _ErrorJSON(JSONResponse):
+    """Error bodies echo client text (a model name, a URL, a field value). ASCII-escaped, a lone surrogate
+    or any other text that UTF-8 cannot carry still makes a valid body, never a 500 from the encoder."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def _error_response(exc: BaseException) -> JSONResponse:
     status, body, headers = to_openai_error(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return _ErrorJSON(body, status_code=status, headers=headers)
 
 
 async def _api_error(_request: Request, exc: Exception) -> Response:
@@ -103,7 +112,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"
         body = error_body(str(exc.detail), kind, None, f"http_{exc.status_code}")
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return _ErrorJSON(body, status_code=exc.status_code, headers=exc.headers)
 
 
 Endpoint = Callable[[StarletteRequest], Awaitable[Response]]

@@ -145,6 +145,7 @@ class DeviceMonitor:
             self._down(device, exc)
             return False
         device.models = models
+        device.discovered = True
         device.set_state("up")
         log.info("device %s (%s) is up: StackFlow %s, %d models", device.name, device.address,
                  device.version, len(models))  # fmt: skip
