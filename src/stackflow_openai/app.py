@@ -15,6 +15,7 @@ two hot routes served without FastAPI's routing. Routes: the OpenAI ones under /
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,7 +34,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stackflow_openai import __version__
 from stackflow_openai.backends.base import BackendError
-from stackflow_openai.errors import APIError, error_body, to_openai_error, validation_error
+from stackflow_openai.errors import (
+    APIError,
+    ServiceUnavailable,
+    error_body,
+    to_openai_error,
+    validation_error,
+)
 from stackflow_openai.ops.auth import ApiKeyAuth
 from stackflow_openai.ops.limits import BodyLimit
 from stackflow_openai.ops.metrics import Metrics
@@ -54,11 +61,14 @@ from stackflow_openai.services import (
 )
 from stackflow_openai.services.images import Resolver
 from stackflow_openai.services.params import DROPPED_HEADER, IGNORED_HEADER, TRANSLATION_HEADER
+from stackflow_openai.shutdown import SCOPE_KEY as SHUTDOWN_KEY
+from stackflow_openai.shutdown import ShutdownDeadline
 from stackflow_openai.tokens import Tokenizers
 
 __all__ = ["HttpSettings", "ModelRegistry", "create_app"]
 
 log = logging.getLogger(__name__)
+STOP_TIMEOUT = 10.0  # seconds the lifespan gives the registry to exit every unit at shutdown
 
 
 @dataclass
@@ -138,8 +148,10 @@ class _Operations:
         auth: ApiKeyAuth,
         limits: BodyLimit,
         hot_routes: dict[str, tuple[BaseRoute, Endpoint]],
+        deadline: ShutdownDeadline,
     ) -> None:
         self.app = app
+        self.deadline = deadline
         self.metrics = metrics
         self.auth = auth
         self.limits = limits
@@ -151,7 +163,14 @@ class _Operations:
             return
         observation = RequestObservation(scope, send, self.metrics)
         send = observation.send
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = self.deadline
+        scope[SHUTDOWN_KEY] = deadline  # event streams end themselves at the deadline (sse.py)
+        deadline.track(task, lambda: observation.started)
         try:
+            if deadline.expired:
+                raise _ShuttingDown()
             refusal = self.auth.refusal(scope) or self.limits.refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
@@ -167,8 +186,22 @@ class _Operations:
                 if observation.started:
                     raise  # half a response is out: only closing the connection is left
                 await _error_response(exc)(scope, receive, send)
+        except asyncio.CancelledError:
+            # The shutdown deadline cancels requests still waiting (for a unit, for the device) with no
+            # response begun: they get a 503 rather than a closed connection.
+            if not (deadline.expired and not observation.started and task.uncancel() == 0):
+                raise
+            await _error_response(_ShuttingDown())(scope, receive, send)
         finally:
+            deadline.untrack(task)
             observation.finish()
+
+
+class _ShuttingDown(ServiceUnavailable):
+    code = "server_shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down; retry on another instance or after it restarts.")
 
 
 async def _serve_hot(hot: tuple[BaseRoute, Endpoint], scope: Scope, receive: Receive, send: Send) -> None:
@@ -209,20 +242,33 @@ def create_app(
     )
     images = ImageLoader(policy, resolver=image_resolver)
 
+    deadline = ShutdownDeadline()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.start()
         try:
             yield
         finally:
+            deadline.expire()  # whatever still runs (a server that did not call begin()) ends now
             await images.aclose()
-            await registry.stop()
+            try:
+                # Exits every unit. Bounded: a hung device must not hold the process past the service
+                # manager's stop timeout (docs/deployment.md); what it kept is exited as an orphan at the
+                # next start (pool.cleanup_orphans).
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await registry.stop()
+            except TimeoutError:
+                log.error(
+                    "stopping the devices' units took over %g s; some may remain on a device", STOP_TIMEOUT
+                )
 
     app = FastAPI(title="stackflow-openai", version=__version__, lifespan=lifespan)
     app.state.registry = registry
     app.state.settings = settings
     app.state.tokenizers = tokenizers
     app.state.images = images
+    app.state.shutdown = deadline  # serve.py calls begin(grace) when the server stops accepting
     metrics = Metrics(lambda: getattr(registry, "devices", ()))
     attach = getattr(registry, "attach", None)
     if attach is not None:
@@ -236,7 +282,7 @@ def create_app(
     app.add_exception_handler(BackendError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    _add_middlewares(app, settings, metrics)
+    _add_middlewares(app, settings, metrics, deadline)
 
     app.include_router(chat_router)
     app.include_router(completions_router)
@@ -248,7 +294,9 @@ def create_app(
     return app
 
 
-def _add_middlewares(app: FastAPI, settings: HttpSettings, metrics: Metrics) -> None:
+def _add_middlewares(
+    app: FastAPI, settings: HttpSettings, metrics: Metrics, deadline: ShutdownDeadline
+) -> None:
     # add_middleware puts each new one outside the previous ones: innermost first.
     app.add_middleware(
         _Operations,
@@ -260,6 +308,7 @@ def _add_middlewares(app: FastAPI, settings: HttpSettings, metrics: Metrics) -> 
         ),
         limits=BodyLimit(default=settings.max_body_bytes),
         hot_routes=_hot_routes(),
+        deadline=deadline,
     )
     if settings.cors_origins:
         app.add_middleware(

@@ -215,7 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "emulator":
             return _run(_emulator(args))
         if args.command == "serve":
+            from stackflow_openai.ops.connections import install_repeat_filter
             from stackflow_openai.serve import serve
+
+            install_repeat_filter()  # one traceback per kind and 10 s, not one per refused accept()
 
             return _run(serve(args))
         if args.command == "models":

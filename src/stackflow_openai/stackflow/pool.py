@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +103,10 @@ class DevicePool:
         # instances, so they are exited (by work_id) before any new setup, never concurrently with one.
         self._lost: list[Unit] = []
         self._reap_lock = asyncio.Lock()
+        # Set by the device monitor while the device is down: waiting for it is pointless (see `device_down`).
+        self._down: str | None = None
+        self._down_event = asyncio.Event()
+        self._notifiers: set[asyncio.Task[None]] = set()
 
     # ---- introspection -------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -217,6 +221,7 @@ class DevicePool:
         async with self._cond:
             if self._closed:
                 raise PoolUnavailable("the gateway is shutting down")
+            self._raise_if_down()
             slot, victim = self._pick(model, signature, pool_size, prefer)
             if slot is None and victim is None:
                 if self._waiting >= self.queue_limit:
@@ -238,6 +243,7 @@ class DevicePool:
                             continue
                         if self._closed:
                             raise PoolUnavailable("the gateway is shutting down")
+                        self._raise_if_down()
                         slot, victim = self._pick(model, signature, pool_size, prefer)
                 finally:
                     self._waiting -= 1
@@ -254,7 +260,7 @@ class DevicePool:
             if victim is not None and victim.unit is not None:
                 log.info("evicting idle %s to set up %s", victim.unit.work_id, model.mode)
                 await self._exit_quietly(victim.unit)
-            slot.unit = await self._setup(model, setup)
+            slot.unit = await self._unless_down(self._setup(model, setup))
         except BaseException:
             await asyncio.shield(self._forget(slot))  # as in `lease`: even when cancelled
             raise
@@ -364,6 +370,9 @@ class DevicePool:
         return len(broken)
 
     async def _discard(self, unit: Unit) -> None:
+        if self._down is not None:  # a hung device would hold this release for the exit's timeout
+            self._lost.append(unit)  # exited before the next setup, once the device is back
+            return
         if unit.connection.closed:
             self._lost.append(unit)
             await self._reap_lost()
@@ -404,6 +413,53 @@ class DevicePool:
 
     def _retry_after(self) -> float:
         return max(1.0, min(self.queue_timeout, 10.0))
+
+    # ---- device down ---------------------------------------------------------------------------
+    def device_down(self, reason: str) -> None:
+        """The monitor found the device down (or hung): fail every wait on it now, not after its timeout.
+
+        Requests queued for a unit and setups in progress get `PoolUnavailable`; generations on busy
+        units get `ConnectionLost` (their connections are aborted). Their units are exited by work_id
+        before the next setup once the device answers again (`_lost`)."""
+        self._down = reason
+        self._down_event.set()
+        for s in self._slots:
+            if s.busy and s.unit is not None and not s.unit.connection.closed:
+                s.unit.connection.abort(f"the device is down ({reason})")
+        self._cond_notify_soon()
+
+    def device_up(self) -> None:
+        self._down = None
+        self._down_event.clear()
+
+    def _raise_if_down(self) -> None:
+        if self._down is not None:
+            raise PoolUnavailable(f"the device is down ({self._down})")
+
+    def _cond_notify_soon(self) -> None:
+        async def notify() -> None:
+            async with self._cond:
+                self._cond.notify_all()
+
+        task = asyncio.ensure_future(notify())  # wakes the queued waiters, who then see `_down`
+        self._notifiers.add(task)
+        task.add_done_callback(self._notifiers.discard)
+
+    async def _unless_down(self, work: Coroutine[Any, Any, Unit]) -> Unit:
+        """`work` (a setup), abandoned with PoolUnavailable as soon as the device is marked down. (The
+        client's open_unit exits a unit whose setup was abandoned, in the background.)"""
+        task = asyncio.ensure_future(work)
+        down = asyncio.ensure_future(self._down_event.wait())
+        try:
+            await asyncio.wait((task, down), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            down.cancel()
+            if not task.done():
+                task.cancel()
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+        if not task.done() or task.cancelled():
+            raise PoolUnavailable(f"the device went down during the setup ({self._down or 'and came back'})")
+        return task.result()
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def close(self) -> None:
