@@ -24,6 +24,7 @@ from typing import Any
 
 from .client import DeviceClient
 from .errors import ConnectionLost, DeviceError, DeviceTimeout, ModelLoadFailed, TaskFull
+from .estimate import ServiceTimes
 from .memory import check_memory, load_failure
 from .models import ModelDescriptor
 from .poolapi import (
@@ -107,6 +108,7 @@ class DevicePool:
         self._down: str | None = None
         self._down_event = asyncio.Event()
         self._notifiers: set[asyncio.Task[None]] = set()
+        self.service_times = ServiceTimes()  # lease durations per model: Retry-After's basis
 
     # ---- introspection -------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -189,9 +191,11 @@ class DevicePool:
         """
         started = time.monotonic()
         slot = await self._acquire(model, setup, pool_size or self._limit(model.unit), started, prefer)
+        held = time.monotonic()
         try:
             assert slot.unit is not None
             yield slot.unit
+            self.service_times.record(model.mode, time.monotonic() - held)
         finally:
             # A cancelled caller (Starlette cancels a response whose client left through an anyio
             # scope that cancels every later await too) must still give the place back, hence the
@@ -226,7 +230,8 @@ class DevicePool:
             if slot is None and victim is None:
                 if self._waiting >= self.queue_limit:
                     raise PoolBusy(
-                        f"all {model.mode} units are busy and the queue is full", self._retry_after()
+                        f"all {model.mode} units are busy and the queue is full",
+                        self.retry_after(model, pool_size),
                     )
                 self._waiting += 1
                 try:
@@ -235,7 +240,7 @@ class DevicePool:
                         if remaining <= 0:
                             raise PoolBusy(
                                 f"no {model.mode} unit became free in {self.queue_timeout:g} s",
-                                self._retry_after(),
+                                self.retry_after(model, pool_size),
                             )
                         try:
                             await asyncio.wait_for(self._cond.wait(), remaining)
@@ -411,8 +416,26 @@ class DevicePool:
     def _limit(self, unit_type: str) -> int:
         return self.unit_limits.get(unit_type, 1)
 
-    def _retry_after(self) -> float:
-        return max(1.0, min(self.queue_timeout, 10.0))
+    def retry_after(self, model: ModelDescriptor, pool_size: int | None = None) -> float:
+        """When a request for `model` refused now should come back: the requests waiting, and itself,
+        served by the model's instances in parallel, at the model's recent time per request."""
+        parallel = min(pool_size or self._limit(model.unit), self._limit(model.unit))
+        return self.service_times.wait(
+            model.mode, ahead=self._waiting, parallel=parallel, cap=self.queue_timeout
+        )
+
+    def estimates(self) -> dict[str, tuple[float, float]]:
+        """model → (recent seconds per request, Retry-After a refused request would get now), for
+        /metrics: every model this pool has served."""
+        out = {}
+        for mode in self.service_times.models():
+            unit = next((s.unit_type for s in self._slots if s.model == mode), "")
+            parallel = self._limit(unit) if unit else 1
+            wait = self.service_times.wait(
+                mode, ahead=self._waiting, parallel=parallel, cap=self.queue_timeout
+            )
+            out[mode] = (self.service_times.mean(mode), wait)
+        return out
 
     # ---- device down ---------------------------------------------------------------------------
     def device_down(self, reason: str) -> None:
