@@ -51,6 +51,7 @@ from stackflow_openai.routers import audio_router, chat_router, completions_rout
 from stackflow_openai.routers.chat import create_chat_completion
 from stackflow_openai.routers.completions import create_completion
 from stackflow_openai.routers.health import router as health_router
+from stackflow_openai.routers.openapi import install_openapi
 from stackflow_openai.services import (
     ChatService,
     CompletionService,
@@ -291,6 +292,7 @@ def create_app(
     app.include_router(health_router)
     if settings.playground:
         mount_playground(app)
+    install_openapi(app)  # request bodies and error responses in /openapi.json (routers/openapi.py)
     return app
 
 
