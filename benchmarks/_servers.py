@@ -182,8 +182,9 @@ async def _run_other_server(kind: str, app: object) -> None:
         from granian.http import HTTP1Settings
         from granian.server.embed import Server
 
+        http1 = HTTP1Settings(header_read_timeout=int(timeout * 1000))
         server = Server(app, address="127.0.0.1", port=port, interface=Interfaces.ASGI, http=HTTPModes.http1,
-                        http1_settings=HTTP1Settings(header_read_timeout=int(timeout * 1000)), log_enabled=False)  # fmt: skip
+                        http1_settings=http1, log_enabled=False)  # fmt: skip
         task = asyncio.ensure_future(server.serve())
     import httpx
 

@@ -1,6 +1,7 @@
 """Slowloris against the gateway: silent and slow-header connections, under each candidate HTTP server.
 
-    python benchmarks/slowloris.py [--connections 200] [--header-timeout 2] [--servers guarded,uvicorn,granian,hypercorn]
+    python benchmarks/slowloris.py [--connections 200] [--header-timeout 2]
+                                   [--servers guarded,uvicorn,granian,hypercorn]
 
 Per server (BENCH_SERVER, see _servers.py; granian and hypercorn must be installed to be measured), with
 the same header/read timeout for all: opens N silent connections and N that send a request's headers one
@@ -54,9 +55,9 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def measure(kind: str, count: int, timeout: float) -> dict[str, float] | None:
+async def measure(kind: str, count: int, header_timeout: float) -> dict[str, float] | None:
     os.environ["BENCH_SERVER"] = kind
-    os.environ["BENCH_HEADER_TIMEOUT"] = str(timeout)
+    os.environ["BENCH_HEADER_TIMEOUT"] = str(header_timeout)
     with server("emulator") as emulator, server("gateway", "--device", f"127.0.0.1:{emulator.port}") as gw:
         http = RawHttp(gw.port)
         body = chat_body("alpha beta", stream=False)
@@ -64,7 +65,7 @@ async def measure(kind: str, count: int, timeout: float) -> dict[str, float] | N
         fds_idle = _fds(gw.pid)
         silent = [await _open(gw.port) for _ in range(count)]
         slow = [await _open(gw.port) for _ in range(count)]
-        trickle = asyncio.ensure_future(_trickle([w for _, w in slow], timeout + 3))
+        trickle = asyncio.ensure_future(_trickle([w for _, w in slow], header_timeout + 3))  # noqa: RUF006 (awaited below)
         await http.close()
         http = RawHttp(gw.port)  # a client arriving now (the first one's keep-alive may have expired)
         latencies = []
@@ -90,15 +91,15 @@ async def measure(kind: str, count: int, timeout: float) -> dict[str, float] | N
         return result
 
 
-async def run(kinds: list[str], count: int, timeout: float) -> None:
+async def run(kinds: list[str], count: int, header_timeout: float) -> None:
     print(machine_info())
-    print(f"{count} silent + {count} slow-header connections; header/read timeout {timeout:g} s; "
-          f"checked {timeout + 3:g} s later")  # fmt: skip
+    print(f"{count} silent + {count} slow-header connections; header/read timeout {header_timeout:g} s; "
+          f"checked {header_timeout + 3:g} s later")  # fmt: skip
     print(f"{'server':<12}{'silent open':>12}{'slow open':>11}{'fds idle':>10}{'fds held':>10}"
           f"{'chat p50 ms':>13}{'RSS MiB':>9}")  # fmt: skip
     for kind in kinds:
         try:
-            r = await measure(kind, count, timeout)
+            r = await measure(kind, count, header_timeout)
         except (ImportError, RuntimeError, AssertionError) as exc:
             print(f"{kind:<12} not measured: {exc!r}")
             continue
