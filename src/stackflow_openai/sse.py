@@ -31,6 +31,7 @@ __all__ = [
     "ClosingStreamingResponse",
     "EventStreamResponse",
     "aclose_quietly",
+    "encode_error_event",
     "encode_event",
     "event_stream",
     "text_event_encoder",
@@ -48,6 +49,12 @@ _EVENT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 def encode_event(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + _EVENT_JSON.encode(payload).encode() + b"\n\n"
+
+
+def encode_error_event(body: Mapping[str, Any]) -> bytes:
+    """An error event, ASCII-escaped: its message may echo client text, which must never make the encoder
+    fail halfway through a stream (a lone surrogate cannot be UTF-8)."""
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode("ascii") + b"\n\n"
 
 
 def text_event_encoder(chunk: Mapping[str, Any], placeholder: str) -> Callable[[str], bytes]:
@@ -89,7 +96,7 @@ async def event_stream(
     except Exception as exc:  # the status line is gone: report in-band, as OpenAI does
         status, body, _headers = to_openai_error(exc)
         log.warning("stream ended by an error (%d): %s", status, body["error"]["message"])
-        yield encode_event(body)
+        yield encode_error_event(body)
     finally:
         await aclose_quietly(rest)
     yield DONE_EVENT
@@ -182,9 +189,8 @@ async def _end_for_shutdown(send: Send) -> None:
     )
     with anyio.move_on_after(2.0, shield=True):  # a client that does not read must not hold the shutdown
         try:
-            await send(
-                {"type": "http.response.body", "body": encode_event(body) + DONE_EVENT, "more_body": True}
-            )
+            event = encode_error_event(body) + DONE_EVENT
+            await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass
