@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -36,10 +37,16 @@ LLM = "qwen2.5-0.5B-p256-ax630c"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
+def _limit_fds(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
 class ServeProcess:
     """An emulator (in this process) and `python -m stackflow_openai serve` in front of it."""
 
-    def __init__(self, tmp: Path, server: dict[str, object], tokens_per_second: float = 0.0) -> None:
+    def __init__(
+        self, tmp: Path, server: dict[str, object], tokens_per_second: float = 0.0, max_fds: int = 0
+    ) -> None:
         self.loop = BackgroundLoop()
         self.loop.thread.start()
         engine = ScriptedEngine(timing=Timing(tokens_per_second=tokens_per_second))
@@ -53,6 +60,7 @@ class ServeProcess:
             [sys.executable, "-m", "stackflow_openai", "--log-level", "warning", "serve",
              "--config", str(path), "--port", "0", "--device", f"127.0.0.1:{self.emulator.port}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+            preexec_fn=(lambda: _limit_fds(max_fds)) if max_fds else None,
         )  # fmt: skip
         self.stderr: list[str] = []
         threading.Thread(target=self._drain_stderr, daemon=True).start()
@@ -175,6 +183,30 @@ def test_connections_beyond_the_cap_get_a_503_and_the_server_recovers(guarded: S
         sock.close()
     time.sleep(0.3)
     chat_ok(guarded.url)
+
+
+def test_out_of_descriptors_the_log_stays_small_and_the_server_recovers(tmp_path: Path) -> None:
+    # A cap set above the process's descriptor limit (a misconfiguration): the accept loop hits EMFILE.
+    server = {"header_timeout": 2.0, "max_connections": 1000}
+    gateway = ServeProcess(tmp_path, server, max_fds=96)
+    try:
+        held = []
+        for _ in range(150):
+            try:
+                held.append(socket.create_connection(("127.0.0.1", gateway.port), timeout=1))
+            except OSError:
+                break  # the listen backlog is full too
+        time.sleep(2.5)  # the accept loop fails again and again meanwhile (retried every 0.1-1 s by asyncio)
+        for sock in held:
+            sock.close()
+        time.sleep(0.5)
+        chat_ok(gateway.url)  # the descriptors came back: served again
+        log = "".join(gateway.stderr)
+        failures = log.count("out of system resource")
+        assert 1 <= failures <= 2, log[-3000:]  # identical records: once per 10 s (then a count), not a flood
+        assert len(log) < 20_000, len(log)
+    finally:
+        gateway.stop()
 
 
 def read_events(response: httpx.Response) -> list[str]:
