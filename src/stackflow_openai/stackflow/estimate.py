@@ -9,6 +9,8 @@ instances that can serve them at once; bounded to [1 s, the queue timeout].
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = ["DEFAULT_SERVICE_TIME", "ServiceTimes"]
 
 DEFAULT_SERVICE_TIME = 2.0  # seconds, before a model has served anything (a short chat on a device)
@@ -34,3 +36,11 @@ class ServiceTimes:
         """Seconds until a newcomer behind `ahead` waiting requests would get one of `parallel` units."""
         estimate = self.mean(model) * (ahead + 1) / max(1, parallel)
         return max(1.0, min(cap, estimate))
+
+    def snapshot(
+        self, parallel: Callable[[str], int], *, ahead: int, cap: float
+    ) -> dict[str, tuple[float, float]]:
+        """model → (mean seconds per request, the wait a newcomer would be told now), for /metrics."""
+        return {
+            m: (self.mean(m), self.wait(m, ahead=ahead, parallel=parallel(m), cap=cap)) for m in self.models()
+        }

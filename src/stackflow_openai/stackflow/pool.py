@@ -17,12 +17,13 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from .client import DeviceClient
+from .down import DeviceWentDown, DownState
 from .errors import ConnectionLost, DeviceError, DeviceTimeout, ModelLoadFailed, TaskFull
 from .estimate import ServiceTimes
 from .memory import check_memory, load_failure
@@ -105,8 +106,7 @@ class DevicePool:
         self._lost: list[Unit] = []
         self._reap_lock = asyncio.Lock()
         # Set by the device monitor while the device is down: waiting for it is pointless (see `device_down`).
-        self._down: str | None = None
-        self._down_event = asyncio.Event()
+        self._down = DownState()
         self._notifiers: set[asyncio.Task[None]] = set()
         self.service_times = ServiceTimes()  # lease durations per model: Retry-After's basis
 
@@ -265,7 +265,10 @@ class DevicePool:
             if victim is not None and victim.unit is not None:
                 log.info("evicting idle %s to set up %s", victim.unit.work_id, model.mode)
                 await self._exit_quietly(victim.unit)
-            slot.unit = await self._unless_down(self._setup(model, setup))
+            try:
+                slot.unit = await self._down.race(self._setup(model, setup))
+            except DeviceWentDown as exc:
+                raise PoolUnavailable(f"the device went down during the setup ({exc})") from None
         except BaseException:
             await asyncio.shield(self._forget(slot))  # as in `lease`: even when cancelled
             raise
@@ -375,7 +378,7 @@ class DevicePool:
         return len(broken)
 
     async def _discard(self, unit: Unit) -> None:
-        if self._down is not None:  # a hung device would hold this release for the exit's timeout
+        if self._down.reason is not None:  # a hung device would hold this release for the exit's timeout
             self._lost.append(unit)  # exited before the next setup, once the device is back
             return
         if unit.connection.closed:
@@ -427,15 +430,12 @@ class DevicePool:
     def estimates(self) -> dict[str, tuple[float, float]]:
         """model → (recent seconds per request, Retry-After a refused request would get now), for
         /metrics: every model this pool has served."""
-        out = {}
-        for mode in self.service_times.models():
-            unit = next((s.unit_type for s in self._slots if s.model == mode), "")
-            parallel = self._limit(unit) if unit else 1
-            wait = self.service_times.wait(
-                mode, ahead=self._waiting, parallel=parallel, cap=self.queue_timeout
-            )
-            out[mode] = (self.service_times.mean(mode), wait)
-        return out
+        units = {s.model: s.unit_type for s in self._slots}
+        return self.service_times.snapshot(
+            lambda mode: self._limit(units[mode]) if mode in units else 1,
+            ahead=self._waiting,
+            cap=self.queue_timeout,
+        )
 
     # ---- device down ---------------------------------------------------------------------------
     def device_down(self, reason: str) -> None:
@@ -444,20 +444,18 @@ class DevicePool:
         Requests queued for a unit and setups in progress get `PoolUnavailable`; generations on busy
         units get `ConnectionLost` (their connections are aborted). Their units are exited by work_id
         before the next setup once the device answers again (`_lost`)."""
-        self._down = reason
-        self._down_event.set()
+        self._down.mark(reason)
         for s in self._slots:
             if s.busy and s.unit is not None and not s.unit.connection.closed:
                 s.unit.connection.abort(f"the device is down ({reason})")
         self._cond_notify_soon()
 
     def device_up(self) -> None:
-        self._down = None
-        self._down_event.clear()
+        self._down.clear()
 
     def _raise_if_down(self) -> None:
-        if self._down is not None:
-            raise PoolUnavailable(f"the device is down ({self._down})")
+        if self._down.reason is not None:
+            raise PoolUnavailable(f"the device is down ({self._down.reason})")
 
     def _cond_notify_soon(self) -> None:
         async def notify() -> None:
@@ -467,22 +465,6 @@ class DevicePool:
         task = asyncio.ensure_future(notify())  # wakes the queued waiters, who then see `_down`
         self._notifiers.add(task)
         task.add_done_callback(self._notifiers.discard)
-
-    async def _unless_down(self, work: Coroutine[Any, Any, Unit]) -> Unit:
-        """`work` (a setup), abandoned with PoolUnavailable as soon as the device is marked down. (The
-        client's open_unit exits a unit whose setup was abandoned, in the background.)"""
-        task = asyncio.ensure_future(work)
-        down = asyncio.ensure_future(self._down_event.wait())
-        try:
-            await asyncio.wait((task, down), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            down.cancel()
-            if not task.done():
-                task.cancel()
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
-        if not task.done() or task.cancelled():
-            raise PoolUnavailable(f"the device went down during the setup ({self._down or 'and came back'})")
-        return task.result()
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def close(self) -> None:
