@@ -27,7 +27,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["RepeatFilter", "guarded_protocol", "install_repeat_filter"]
+__all__ = ["RepeatFilter", "guarded_protocol"]
 
 log = logging.getLogger(__name__)
 # Time a refused client gets to read its 503 before the socket is closed (closing a socket with unread
@@ -161,12 +161,3 @@ class RepeatFilter(logging.Filter):
             self._seen.clear()
         self._seen[key] = (now, 0)
         return True
-
-
-def install_repeat_filter(window: float = 10.0) -> RepeatFilter:
-    """On every handler of the root logger (set up by `logging.basicConfig`): covers asyncio's accept
-    loop, uvicorn's and the gateway's own loggers alike."""
-    repeat = RepeatFilter(window)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(repeat)
-    return repeat
