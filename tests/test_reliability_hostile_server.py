@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -233,6 +234,11 @@ def test_sigterm_ends_long_streams_cleanly_and_leaves_no_unit(tmp_path: Path) ->
         while len([i for i in gateway.live_instances() if i["state"] == "busy"]) < 2:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        queued: list[httpx.Response] = []  # a third request waits for one of the two llm instances
+        waiter = threading.Thread(target=lambda: queued.append(httpx.post(
+            f"{gateway.url}/chat/completions", json={**body, "stream": False}, timeout=30)))  # fmt: skip
+        waiter.start()
+        time.sleep(0.3)
         started = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
         for t in threads:
@@ -247,6 +253,7 @@ def test_sigterm_ends_long_streams_cleanly_and_leaves_no_unit(tmp_path: Path) ->
             assert error["code"] == "server_shutting_down", error
             assert len(events) > 3  # text came before the cut
         assert len(results) == 2
+        assert queued[0].status_code == 503 and queued[0].json()["error"]["code"] == "server_shutting_down"
         assert gateway.live_instances() == []  # paused and exited, not left on the device
     finally:
         gateway.stop()
@@ -264,20 +271,23 @@ def test_a_hung_device_fails_its_waiting_requests_when_it_is_marked_down() -> No
             assert next(line for line in lines if line.startswith("data: "))
             emulator.faults.hang = 1
             started = time.monotonic()
-            # A request queued behind it, on the same device (the llm's two instances: take the other).
-            queued = httpx.post(
-                f"{h.base_url}/v1/chat/completions",
-                json={"model": LLM, "messages": [{"role": "user", "content": "x"}]},
-                timeout=30,
-            )
+            # Two more requests: one sets up the llm's second instance (its setup never answers), the
+            # other waits in the queue behind it.
+            with ThreadPoolExecutor(2) as pool:
+                later = list(pool.map(lambda _: httpx.post(
+                    f"{h.base_url}/v1/chat/completions",
+                    json={"model": LLM, "messages": [{"role": "user", "content": "x"}]},
+                    timeout=30,
+                ), range(2)))  # fmt: skip
             events = [line[6:] for line in lines if line.startswith("data: ")]
         took = time.monotonic() - started
         # Marked down after probe_interval + probe_timeout (0.8 s), not after idle_timeout (30 s).
         assert took < 5, took
         assert events[-1] == "[DONE]"
         assert json.loads(events[-2])["error"]["code"] == "device_unavailable"
-        assert queued.status_code == 503, queued.text
-        assert queued.json()["error"]["code"] == "device_unavailable"
+        for r in later:
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "device_unavailable"
         emulator.faults.hang = 0
         h.wait_for_state("a", "up")
         reply = h.client().chat.completions.create(model=LLM, messages=[{"role": "user", "content": "ok"}])
