@@ -187,6 +187,19 @@ class ModelSettings(_Strict):
         "it right (chunked-prefill models; docs/protocol-notes.md, item 10)",
     )
     strict_params: bool = Field(False, description="refuse (400) parameters the device cannot honour")
+    reasoning: Literal["auto", "think", "implicit", "off"] = Field(
+        "auto",
+        description="chat: return <think> text as reasoning_content; think: when the answer opens with "
+        "<think>, implicit: everything up to </think>, auto: implicit for deepseek-r1-*, think for qwen3-*, "
+        "else off (docs/tools.md)",
+    )
+    tool_format: Literal["auto", "qwen", "llama3", "smollm2", "generic"] = Field(
+        "auto",
+        description="chat: how tools are written into the prompt (auto: by model family; docs/tools.md)",
+    )
+    output_retries: int = Field(
+        1, ge=0, le=3, description="chat: re-asks after an invalid tool call or JSON answer (0: none)"
+    )
     allow_n: bool = Field(True, description="accept n > 1 (choices run one after another)")
     voices: dict[str, str] = Field(
         default_factory=dict,

@@ -80,6 +80,7 @@ class ChatModelInfo:
     # A ctx model's KV positions kept across inferences (0: single-turn). Its units continue a conversation
     # from their cache (backends/conversations.py); `prefill_len` is then the window of a replay.
     context_len: int = 0
+    name: str = ""  # the device model (lsmode mode): its family picks the tool format and reasoning split
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from stackflow_openai.config import ModelSettings, Settings
 from stackflow_openai.languages import WHISPER_LANGUAGES
@@ -167,6 +168,7 @@ class EntryBuilder:
                 router, model, pool_size=conf.pool_size, idle_timeout=idle, prefill_len=conf.prefill_len
             )
             extra = {"system_prompt": conf.system_prompt} if conf.system_prompt else {}
+            extra.update(answer_options(conf))
             entry = ModelEntry(kind="chat", chat=chat, allow_n=conf.allow_n, extra=extra, **common)  # type: ignore[arg-type]
         cat.entries[model_id] = entry
         cat.reachable[model_id] = _reachable(router, [mode])
@@ -273,3 +275,13 @@ def _default_aliases(entries: dict[str, ModelEntry]) -> dict[str, str]:
         if target is not None:
             aliases.update(dict.fromkeys(names, target))
     return aliases
+
+
+def answer_options(conf: ModelSettings) -> dict[str, Any]:
+    """A chat model's answer settings (services/output.py), only those the config sets."""
+    options: dict[str, Any] = {"output_retries": conf.output_retries}
+    if conf.reasoning != "auto":
+        options["reasoning"] = conf.reasoning
+    if conf.tool_format != "auto":
+        options["tool_format"] = conf.tool_format
+    return options

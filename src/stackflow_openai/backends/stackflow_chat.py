@@ -150,6 +150,7 @@ def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
         prefill_chunk=prefill
         if runner in ("qwen", "ctx") and not model.prefill_named and not model.context_len
         else None,
+        name=model.mode,
     )
 
 

@@ -32,6 +32,9 @@ class Faults:
     # receiving the output is closed by the device side.
     close_mid_stream: int = 0
     close_after_deltas: int = 1
+    # The next N llm/vlm generations whose prompt carries tools or asks for JSON answer with a broken call
+    # (arguments that are no JSON) or no JSON at all, whatever the engine: tests the gateway's re-ask.
+    malformed_answer: int = 0
     # Extra delay (s) after every generated llm/vlm token, on top of the engine's own timing.
     token_delay: float | None = None
     # The device hangs (a wedged llm-sys): every frame it reads is ignored (pings included) and running

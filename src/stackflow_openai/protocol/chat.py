@@ -77,6 +77,14 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Acted on by the gateway (services/tools.py, services/structured.py), which checks them itself so
+    # that a fault gets a 400 naming the exact field.
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
 
 
 class ResponseMessage(BaseModel):

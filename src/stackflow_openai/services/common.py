@@ -7,7 +7,7 @@ import secrets
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import anyio
 from pydantic import BaseModel, ValidationError
@@ -23,11 +23,22 @@ from stackflow_openai.errors import (
 from stackflow_openai.protocol import Usage
 from stackflow_openai.tokens import TokenCounter
 
-from .generation import ChoiceEvent, ChoiceFinished, ChoiceStarted, ChoiceText, Job, generate_choices
-from .limiter import FinishReason
+from .generation import (
+    ChoiceEvent,
+    ChoiceFinished,
+    ChoiceFinishReason,
+    ChoiceReasoning,
+    ChoiceStarted,
+    ChoiceText,
+    ChoiceToolCall,
+    FilterFactory,
+    Job,
+    generate_choices,
+)
 from .params import IGNORED_HEADER, header_list, ignored_params, reject_if_strict
 
 __all__ = [
+    "AnswerChunkFormat",
     "Chunk",
     "ChunkFormat",
     "GenerationPlan",
@@ -175,10 +186,18 @@ class GenerationPlan:
     counter: TokenCounter
     prompt_tokens: int
     include_usage: bool  # stream_options.include_usage on a stream
+    # Per choice: reasoning split, tool calls, JSON checks (services/output.py); None: the raw text.
+    filters: FilterFactory | None = None
 
     def events(self, *, stream: bool) -> AsyncGenerator[ChoiceEvent, None]:
         return generate_choices(
-            self.backend, self.settings, self.jobs, counter=self.counter, stops=self.stops, stream=stream
+            self.backend,
+            self.settings,
+            self.jobs,
+            counter=self.counter,
+            stops=self.stops,
+            stream=stream,
+            filters=self.filters,
         )
 
     def usage(self, completion_tokens: int) -> Usage:
@@ -206,9 +225,18 @@ class ChunkFormat(Protocol):
 
     def text(self, index: int, text: str) -> Chunk: ...
 
-    def finished(self, index: int, reason: FinishReason) -> Chunk: ...
+    def finished(self, index: int, reason: ChoiceFinishReason) -> Chunk: ...
 
     def usage(self, usage: Usage) -> Chunk: ...
+
+
+@runtime_checkable
+class AnswerChunkFormat(ChunkFormat, Protocol):
+    """A format that can also stream the parts a plan's answer filters produce (chat's)."""
+
+    def reasoning(self, index: int, text: str) -> Chunk: ...
+
+    def tool_call(self, event: ChoiceToolCall) -> list[Chunk]: ...
 
 
 async def stream_choices(
@@ -224,10 +252,17 @@ async def stream_choices(
                 first = chunks.started(event.index)
                 if first is not None:
                     yield first
-            else:
-                assert isinstance(event, ChoiceFinished)
+            elif type(event) is ChoiceFinished:
                 completion_tokens += event.completion_tokens
                 yield chunks.finished(event.index, event.finish_reason)
+            else:  # only a plan with answer filters makes these, and only for a format that has them
+                assert isinstance(chunks, AnswerChunkFormat)
+                if type(event) is ChoiceReasoning:
+                    yield chunks.reasoning(event.index, event.text)
+                else:
+                    assert isinstance(event, ChoiceToolCall)
+                    for chunk in chunks.tool_call(event):
+                        yield chunk
     usage = plan.usage(completion_tokens)
     usage_out.update(usage.model_dump())
     if plan.include_usage:

@@ -44,8 +44,7 @@ from .common import (
     stream_choices,
     token_budget,
 )
-from .generation import Job
-from .limiter import FinishReason
+from .generation import ChoiceFinishReason, Job
 from .prompt import DEFAULT_SYSTEM_PROMPT, Turn, fit_prompt
 from .registry import ModelRegistry, resolve_model
 
@@ -164,7 +163,7 @@ class _CompletionChunks:
             encode = self._text_events[index] = text_event_encoder(template, _PLACEHOLDER)
         return encode(text)
 
-    def finished(self, index: int, reason: FinishReason) -> Chunk:
+    def finished(self, index: int, reason: ChoiceFinishReason) -> Chunk:
         return self._chunk([CompletionChoice(text="", index=index, finish_reason=reason)])
 
     def usage(self, usage: Usage) -> Chunk:

@@ -16,65 +16,53 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from typing import Any, Generic, TypeVar
 
 import anyio
 
 from stackflow_openai.backends.base import ChatBackend, ChatUnit, UnitSettings
 from stackflow_openai.backends.conversations import ConversationTurn
+from stackflow_openai.errors import APIError
 from stackflow_openai.tokens import TokenCounter
 
+from .events import (
+    Answer,
+    AnswerFilter,
+    ChoiceEvent,
+    ChoiceFinished,
+    ChoiceFinishReason,
+    ChoiceReasoning,
+    ChoiceStarted,
+    ChoiceText,
+    ChoiceToolCall,
+    FilterFactory,
+    Job,
+    ToolCall,
+)
 from .limiter import FinishReason, OutputLimiter
 
 __all__ = [
     "CLEANUP_TIMEOUT",
+    "Answer",
+    "AnswerFilter",
     "ChoiceEvent",
+    "ChoiceFinishReason",
     "ChoiceFinished",
+    "ChoiceReasoning",
     "ChoiceStarted",
     "ChoiceText",
+    "ChoiceToolCall",
     "Detached",
+    "FilterFactory",
     "Job",
+    "ToolCall",
     "generate_choices",
 ]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CLEANUP_TIMEOUT = 30.0  # seconds allowed for pausing a unit and releasing the lease after a request ends
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    prompt: str  # the single user turn
-    images: list[bytes]  # JPEG
-    budget: int  # generated tokens allowed for this choice
-    turn: ConversationTurn | None = None  # a ctx model's new turn (services/ctx.py); None: single-turn
-    # tokens a single-turn device unit can generate after this prompt, to tell its silent cap from an
-    # end of sequence (limiter.py); None: not known (a ctx turn reports its cap itself)
-    room: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ChoiceStarted:
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class ChoiceText:
-    index: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChoiceFinished:
-    index: int
-    finish_reason: FinishReason
-    text: str  # the whole output of this choice
-    completion_tokens: int
-
-
-ChoiceEvent = ChoiceStarted | ChoiceText | ChoiceFinished
 
 
 async def _next_or_none(source: AsyncIterator[T]) -> T | None:
@@ -278,11 +266,15 @@ async def generate_choices(
     counter: TokenCounter,
     stops: Sequence[str],
     stream: bool = True,
+    filters: FilterFactory | None = None,
 ) -> AsyncGenerator[ChoiceEvent, None]:
     """Events of every job in order: Started, Text..., Finished per choice index.
 
     A ChoiceText carries all the text released since the previous one (see `_ChoiceReader`). With
-    `stream=False` only the ChoiceFinished events come (the consumer is woken once per choice)."""
+    `stream=False` only the ChoiceFinished events come (the consumer is woken once per choice).
+    With `filters`, each choice's raw text goes through its `AnswerFilter` (reasoning, tool calls, JSON),
+    and re-asks run on the same unit. A filter's final refusal (an APIError) is raised only after the
+    lease has ended normally: the unit is healthy and goes back to the pool warm."""
     if all(job.budget == 0 for job in jobs):
         # max_tokens=0 (a completions client scoring its prompt with echo): no unit, nothing generated.
         for index in range(len(jobs)):
@@ -290,8 +282,10 @@ async def generate_choices(
                 yield ChoiceStarted(index)
             yield ChoiceFinished(index, "length", "", 0)
         return
+    refusal: APIError | None = None
     async with _leased(_lease(backend, settings, jobs[0].turn)) as unit:
         for index, job in enumerate(jobs):
+            answer_filter = filters(index) if filters is not None else None
             limiter = OutputLimiter(counter, stops=stops, budget=job.budget, room=job.room)
             # `turn` only for a ctx model: single-turn units (and test fakes) keep their signature.
             deltas = (
@@ -301,19 +295,76 @@ async def generate_choices(
             )
             reader = _ChoiceReader(deltas, limiter)
             try:
-                if stream:
-                    # The first delta is awaited before ChoiceStarted: a stream's first chunk (and so its
-                    # HTTP status) then comes after the device accepted the input, not before.
-                    await reader.started()
-                    yield ChoiceStarted(index)
-                    while (text := await reader.next_text()) is not None:
-                        yield ChoiceText(index, text)
-                else:
-                    await reader.ended()
+                async with aclosing(_read_choice(reader, index, answer_filter, stream=stream)) as events:
+                    async for event in events:
+                        yield event
             finally:
                 await reader.close()
             text = limiter.text
             reason = limiter.finish_reason
             if reason == "stop" and getattr(unit, "stopped_at_capacity", False):
                 reason = "length"  # a ctx unit's decode mask ended it (backends/stackflow_chat.py)
-            yield ChoiceFinished(index, reason, text, counter.count(text))
+            if answer_filter is None:
+                yield ChoiceFinished(index, reason, text, counter.count(text))
+                continue
+            try:
+                answer, more_tokens = await _settle(unit, answer_filter, reason, counter, stops)
+            except APIError as exc:
+                refusal = exc
+                break
+            if stream:
+                for event in answer.events:
+                    yield event
+            yield ChoiceFinished(
+                index,
+                answer.finish_reason,
+                answer.text,
+                counter.count(text) + more_tokens,
+                answer.tool_calls,
+                answer.reasoning,
+            )
+    if refusal is not None:
+        raise refusal
+
+
+async def _read_choice(
+    reader: _ChoiceReader, index: int, answer_filter: AnswerFilter | None, *, stream: bool
+) -> AsyncGenerator[ChoiceEvent, None]:
+    """One choice's events while it generates (only when streaming; otherwise it is read to the end)."""
+    if not stream:
+        await reader.ended()
+        if answer_filter is not None:
+            answer_filter.feed(reader.limiter.text)
+        return
+    # The first delta is awaited before ChoiceStarted: a stream's first chunk (and so its HTTP status)
+    # then comes after the device accepted the input, not before.
+    await reader.started()
+    yield ChoiceStarted(index)
+    while (text := await reader.next_text()) is not None:
+        if answer_filter is None:
+            yield ChoiceText(index, text)
+        else:
+            for event in answer_filter.feed(text):
+                yield event
+
+
+async def _settle(
+    unit: ChatUnit,
+    answer_filter: AnswerFilter,
+    reason: FinishReason,
+    counter: TokenCounter,
+    stops: Sequence[str],
+) -> tuple[Answer, int]:
+    """The filter's answer, running the re-asks it asks for (never streamed); and their token count."""
+    result = answer_filter.finish(reason)
+    generated = 0
+    while isinstance(result, Job):
+        limiter = OutputLimiter(counter, stops=stops, budget=result.budget, room=result.room)
+        reader = _ChoiceReader(unit.generate(result.prompt, images=result.images), limiter)
+        try:
+            await reader.ended()
+        finally:
+            await reader.close()
+        generated += counter.count(limiter.text)
+        result = answer_filter.retried(limiter.text, reason)
+    return result, generated

@@ -3,9 +3,9 @@
 The gateway maps temperature/top_p to setup flags, emulates stop and max_tokens, runs n sequentially.
 Everything else a client sends is *ignored*, and honestly reported: the names go to the response header
 ``X-Ignored-Params``; a model with ``strict_params`` refuses them with 400 ``unsupported_parameter``.
-A parameter set to its neutral value (``null``, ``frequency_penalty: 0``, ``response_format: {"type":
-"text"}``, ``tool_choice: "none"``, ...) changes nothing and is not reported: SDKs and frameworks send
-those on every call.
+A parameter set to its neutral value (``null``, ``frequency_penalty: 0``, ``logprobs: false``, ...)
+changes nothing and is not reported: SDKs and frameworks send those on every call. Tools and
+``response_format`` are not in this list: the gateway acts on them (services/tools.py, structured.py).
 """
 
 from __future__ import annotations
@@ -47,11 +47,6 @@ def _always(_value: Any, _body: Mapping[str, Any]) -> bool:
     return True
 
 
-def _tool_choice_neutral(value: Any, body: Mapping[str, Any]) -> bool:
-    # "auto" with no tools means nothing; with tools, the tools themselves are reported.
-    return value == "none" or (value == "auto" and not body.get("tools"))
-
-
 # Neutral values of the parameters OpenAI defines that the gateway does not act on. A parameter missing
 # here is neutral only when null.
 _NEUTRAL: dict[str, Callable[[Any, Mapping[str, Any]], bool]] = {
@@ -60,12 +55,6 @@ _NEUTRAL: dict[str, Callable[[Any, Mapping[str, Any]], bool]] = {
     "logit_bias": _in({}),
     "logprobs": _in(False, 0),
     "top_logprobs": _in(0),
-    "tools": _in([]),
-    "functions": _in([]),
-    "tool_choice": _tool_choice_neutral,
-    "function_call": _in("none", "auto"),
-    "parallel_tool_calls": lambda _v, body: not body.get("tools"),
-    "response_format": _in({"type": "text"}),
     "modalities": _in(["text"]),
     # Bookkeeping and routing hints: whatever their value, the answer is the same (LibreChat sends
     # `user` with every request; strict_params must not refuse it).

@@ -25,8 +25,10 @@ alone do not fit, the request is refused with 400 context_length_exceeded.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from stackflow_openai.backends.base import ChatModelInfo
 from stackflow_openai.errors import ContextLengthExceeded, InvalidRequestError
@@ -39,6 +41,7 @@ __all__ = [
     "NEW_MESSAGE_LEAD",
     "Conversation",
     "FittedPrompt",
+    "HistoryFormat",
     "ImageRef",
     "Turn",
     "check_image_count",
@@ -52,6 +55,12 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # what Qwen's own chat t
 HISTORY_HEADER = "Conversation so far:"
 NEW_MESSAGE_LEAD = "Now answer the user's new message: "
 _LABELS = {"user": "User", "assistant": "Assistant", "tool": "Tool", "function": "Tool"}
+
+
+class HistoryFormat(Protocol):
+    def call_text(self, name: str, arguments: Any) -> str: ...
+
+    def result_text(self, content: str) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +115,30 @@ def _part_text(message: ChatMessage, index: int, images: list[ImageRef]) -> str:
     return "\n".join(texts)
 
 
-def _tool_calls_text(message: ChatMessage) -> str:
-    calls = []
-    for call in message.tool_calls or []:
-        function = call.get("function") or {}
-        calls.append(f"[called {function.get('name', '?')}({function.get('arguments', '')})]")
-    return " ".join(calls)
+def _arguments(raw: Any) -> Any:
+    """A call's arguments as a value: OpenAI sends them as JSON text, templates write them as JSON."""
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
 
 
-def parse_messages(messages: Sequence[ChatMessage]) -> Conversation:
+def _tool_calls_text(message: ChatMessage, tool_format: HistoryFormat | None) -> str:
+    calls = [c["function"] for c in message.tool_calls or [] if isinstance(c.get("function"), dict)]
+    legacy = (message.model_extra or {}).get("function_call")
+    if isinstance(legacy, dict):
+        calls.append(legacy)
+    if tool_format is not None:
+        return "\n".join(
+            tool_format.call_text(c.get("name", "?"), _arguments(c.get("arguments"))) for c in calls
+        )
+    return " ".join(f"[called {c.get('name', '?')}({c.get('arguments', '')})]" for c in calls)
+
+
+def parse_messages(messages: Sequence[ChatMessage], tool_format: HistoryFormat | None = None) -> Conversation:
+    """`tool_format`: the model family's way of writing earlier tool calls and results (tool requests)."""
     system: list[str] = []
     turns: list[Turn] = []
     for index, message in enumerate(messages):
@@ -123,8 +147,13 @@ def parse_messages(messages: Sequence[ChatMessage]) -> Conversation:
         if message.role in ("system", "developer"):
             system.append(text)
             continue
-        if message.role == "assistant" and not text:
-            text = _tool_calls_text(message)
+        if message.role == "assistant" and (
+            message.tool_calls or (message.model_extra or {}).get("function_call")
+        ):
+            calls = _tool_calls_text(message, tool_format)
+            text = f"{text}\n{calls}" if text else calls
+        elif message.role in ("tool", "function") and tool_format is not None:
+            text = tool_format.result_text(text)
         turns.append(Turn(message.role, text, tuple(images)))
     joined = "\n\n".join(s for s in system if s.strip())
     if not turns:
@@ -168,6 +197,7 @@ def fit_prompt(
     image_tokens: int = 0,
     instructions: str | None = None,
     param: str = "messages",
+    user_prefix: str = "",
 ) -> FittedPrompt:
     """Keep the newest turns whose templated prompt fits `info.prefill_len` minus the margin.
 
@@ -182,7 +212,7 @@ def fit_prompt(
     costs: dict[int, int] = {}  # each count once (a single turn is counted for the check and the result)
 
     def render(kept: Sequence[Turn]) -> tuple[str, str]:
-        text = render_user_text(kept)
+        text = user_prefix + render_user_text(kept)  # (tool definitions of a user-turn tool format)
         fixed = info.image_system_prompt if any(t.images for t in kept) else info.text_system_prompt
         if fixed is None:
             return system_prompt, text

@@ -5,9 +5,10 @@ Nothing here is a model. Outputs are pure functions of the inputs, so tests can 
 - LLM/VLM: the answer repeats the prompt's words ("You said 3 words: hello big world."), one piece
   per word-ish token; `max_new_tokens` cuts it. On a ctx unit, whose KV cache keeps earlier turns, it
   also repeats what it remembers ("... Before that you said: my name is Ann.") so that a test sees at
-  once when one conversation's text reaches another. `prompt_tokens` counts the templated prompt with the
-  Qwen tokenizer for Qwen/InternVL models (what the device counts with), else estimates
-  (~3.5 ASCII characters per token, CJK characters about one each, plus the template).
+  once when one conversation's text reaches another. A prompt that carries tools or asks for JSON gets
+  a call in its family's format or schema-valid JSON instead (scripted_tools.py). `prompt_tokens` counts
+  the templated prompt with the Qwen tokenizer for Qwen/InternVL models (what the device counts with),
+  else estimates (~3.5 ASCII characters per token, CJK characters about one each, plus the template).
 - TTS: a non-silent 16 kHz s16le waveform, one short tone per character (pitch from the character),
   silence for spaces and punctuation; longer text gives longer audio, `speed` shortens it.
 - ASR: one word per ~0.4 s of non-silent audio, picked from a fixed vocabulary by a checksum of
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 
 from stackflow_openai.emulator.engines.base import History, LlmSettings
 from stackflow_openai.emulator.engines.device_tokens import device_chat_template, qwen_encoder
+from stackflow_openai.emulator.engines.scripted_tools import scripted_json_answer, scripted_tool_answer
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = [
@@ -170,7 +172,9 @@ class ScriptedLlmSession:
         history: History = (),
         prefill_tokens: int | None = None,
     ) -> AsyncIterator[str]:
-        pieces = scripted_pieces(scripted_answer(prompt, len(images), history))[: max(0, max_new_tokens)]
+        answer = scripted_tool_answer(self.settings.system_prompt, prompt) or scripted_json_answer(prompt)
+        text = answer or scripted_answer(prompt, len(images), history)
+        pieces = scripted_pieces(text)[: max(0, max_new_tokens)]
         first = self._timing.time_to_first_token
         if self._timing.prefill_seconds_per_token > 0:
             positions = self.prompt_tokens(prompt) if prefill_tokens is None else prefill_tokens

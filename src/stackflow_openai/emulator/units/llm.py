@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from stackflow_openai.emulator.engines.base import LlmSession, LlmSettings
+from stackflow_openai.emulator.engines.scripted import scripted_pieces
+from stackflow_openai.emulator.engines.scripted_tools import malformed_answer
 from stackflow_openai.emulator.rawjson import unescape
 from stackflow_openai.emulator.units.base import Instance, UnitService
 from stackflow_openai.emulator.units.kvcontext import RESET_REPLY, KvContext
@@ -187,6 +189,9 @@ class LlmInstance(Instance):
                 pieces = _garbage(max_new)
             else:
                 pieces = session.generate(text, images=images, max_new_tokens=max_new)
+        if faults.malformed_answer and (bad := malformed_answer(self.config["prompt"], text)) is not None:
+            faults.take("malformed_answer")  # instead of the engine's answer (a garbage one included)
+            pieces = _scripted(bad, max_new)
         produced: list[str] = []
         held: list[str] = []
         deltas = 0
@@ -233,6 +238,13 @@ class LlmInstance(Instance):
             self.emit({"delta": text, "finish": False, "index": self.next_stream_index(finish=False)})
             return 1
         return 0
+
+
+async def _scripted(text: str, count: int) -> AsyncIterator[str]:
+    """A fault's fixed answer, token-like piece by piece (at most `count`)."""
+    for piece in scripted_pieces(text)[:count]:
+        await asyncio.sleep(0)
+        yield piece
 
 
 async def _garbage(count: int) -> AsyncIterator[str]:
