@@ -21,6 +21,10 @@ Benchmark-only knobs, neither of which a real device has:
 
 Experiments (docs/performance.md): BENCH_HTTP=h11 serves with uvicorn's h11 instead of httptools;
 with BENCH_UVLOOP=1 (and uvloop installed) the processes run on uvloop, which the product does not use.
+BENCH_SERVER picks the HTTP server (issue 13, the header-timeout choice): `guarded` (default, the
+product: uvicorn + ops/connections.py), `uvicorn` (plain httptools protocol, no guards), `granian` or
+`hypercorn` (installed separately: pip install granian hypercorn), each with a BENCH_HEADER_TIMEOUT
+(seconds, default 10) header/read timeout where the server has one.
 """
 
 from __future__ import annotations
@@ -121,7 +125,14 @@ async def run_gateway(args: argparse.Namespace) -> None:
         for device in registry.devices:
             device.pool.unit_limits["llm"] = args.unit_limit
     app = create_app(registry, http_settings(settings))
-    config = uvicorn_config(app, "127.0.0.1", 0)  # the options of `stackflow-openai serve`
+    kind = os.environ.get("BENCH_SERVER", "guarded")
+    if kind in ("granian", "hypercorn"):
+        await _run_other_server(kind, app)
+        return
+    settings.server.header_timeout = float(os.environ.get("BENCH_HEADER_TIMEOUT", "10"))
+    config = uvicorn_config(app, "127.0.0.1", 0, settings.server)  # the options of `stackflow-openai serve`
+    if kind == "uvicorn":
+        config.http = "httptools"  # uvicorn's own protocol, without the connection guards
     if os.environ.get("BENCH_HTTP"):  # experiment: another HTTP implementation
         config.http = os.environ["BENCH_HTTP"]
     server = uvicorn.Server(config)
@@ -141,6 +152,60 @@ async def run_gateway(args: argparse.Namespace) -> None:
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(task, 15)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _run_other_server(kind: str, app: object) -> None:
+    """The gateway app under granian or hypercorn (candidates measured for issue 13, not the product)."""
+    timeout = float(os.environ.get("BENCH_HEADER_TIMEOUT", "10"))
+    port = _free_port()
+    stop = asyncio.Event()
+    if kind == "hypercorn":
+        from hypercorn.asyncio import serve as hypercorn_serve
+        from hypercorn.config import Config
+
+        config = Config()
+        config.bind = [f"127.0.0.1:{port}"]
+        config.read_timeout = int(timeout)  # hypercorn's only read deadline (per read, not per request)
+        config.keep_alive_timeout = 5
+        config.loglevel = "WARNING"
+        task = asyncio.ensure_future(hypercorn_serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    else:
+        from granian.constants import HTTPModes, Interfaces
+        from granian.http import HTTP1Settings
+        from granian.server.embed import Server
+
+        http1 = HTTP1Settings(header_read_timeout=int(timeout * 1000))
+        server = Server(app, address="127.0.0.1", port=port, interface=Interfaces.ASGI, http=HTTPModes.http1,
+                        http1_settings=http1, log_enabled=False)  # fmt: skip
+        task = asyncio.ensure_future(server.serve())
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        for _ in range(3000):
+            try:
+                if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.02)
+    print(f"READY {port} http={kind} loop=asyncio", flush=True)
+    try:
+        await _wait_for_exit()
+    finally:
+        if kind == "hypercorn":
+            stop.set()
+        else:
+            server.stop()
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
             await asyncio.wait_for(task, 15)
 
 

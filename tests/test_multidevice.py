@@ -153,16 +153,33 @@ def test_models_list_follows_reachability() -> None:
 
 
 def test_no_device_reachable_is_503_on_ready_then_a_device_comes_up() -> None:
-    h = MultiHarness(["a"]).start(down=("a",))
+    settings = Settings(models={"assistant": ModelSettings(device_model=LLM)})
+    h = MultiHarness(["a"], settings).start(down=("a",))
     try:
         ready = h.get("/ready")
         assert ready.status_code == 503
         assert ready.json()["devices"][0]["state"] == "down"
         assert h.client().models.list().data == []
+        # Down since start: its models were never read. A configured model, an alias and a model the device
+        # would list are 503 "unreachable", never 404 model_not_found (issue 13, item 7).
+        for model in ("assistant", "gpt-4o-mini", LLM):
+            with pytest.raises(openai.APIStatusError) as err:
+                ask(h.client(), model=model)
+            assert err.value.status_code == 503, (model, err.value.message)
+            assert "unreachable" in str(err.value.message) and "a (127.0.0.1:" in str(err.value.message)
+            assert err.value.code == "device_unavailable"
+        speech = {"model": "tts-1", "input": "hi", "voice": "alloy"}
+        r = httpx.post(f"{h.base_url}/v1/audio/speech", json=speech)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "device_unavailable"
+        assert h.get("/v1/models/assistant").status_code == 503
         h.start_device("a")
         h.wait_for_state("a", "up")
         assert h.get("/ready").status_code == 200
         assert ask(h.client()) == "You said 2 words: alpha beta."
+        assert ask(h.client(), model="assistant") == "You said 2 words: alpha beta."
+        # Every device's models are known now: an unknown name is a 404 again.
+        with pytest.raises(openai.NotFoundError):
+            ask(h.client(), model="no-such-model")
     finally:
         h.stop()
 

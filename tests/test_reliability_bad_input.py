@@ -232,6 +232,10 @@ def image_chat(url: str) -> dict[str, Any]:
         ("data:image/png,rawdata", "must be base64"),
         ("ftp://example.com/cat.png", "http(s)"),
         ("http://127.0.0.1:1/cat.png", "private"),
+        # issue 13, item 6: URLs httpx refuses (these were 500s)
+        ("http://[::1", "not valid"),
+        ("http://127.0.0.1:70000/cat.png", "out of range"),
+        ("http://xn--zz.invalid/cat.png", "not valid"),
     ],
 )
 def test_bad_images(gateway: Harness, url: str, says: str) -> None:
@@ -315,6 +319,10 @@ def test_transcription_form_errors(gateway: Harness) -> None:
         ("/chat/completions", b'{"model":"%s","messages":[{"role":"user","content":"hi"}],"x\\ud800":1}'),
         ("/completions", b'{"model":"%s","prompt":"a \\ude00 b"}'),
         ("/audio/speech", b'{"model":"tts-1","voice":"alloy","input":"%s \\ud83d"}'),
+        # issue 13, item 6: the exact forms that were 500s
+        ("/chat/completions", b'{"model":"\\ud800","messages":[{"role":"user","content":"%s"}]}'),
+        ("/completions", b'{"model":"\\ud800","prompt":"%s"}'),
+        ("/audio/speech", b'{"model":"tts-1","voice":"\\ud800","input":"%s"}'),
     ],
 )
 def test_lone_surrogates_are_refused_and_named(gateway: Harness, path: str, body: bytes) -> None:

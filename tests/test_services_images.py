@@ -236,3 +236,25 @@ async def test_other_schemes_are_refused(make_loader, url: str) -> None:
     with pytest.raises(InvalidRequestError) as info:
         await make_loader(allow_private=True).load(ref(url))
     assert info.value.code == "invalid_image_url"
+
+
+# URLs that httpx refuses with exceptions outside httpx.HTTPError, or accepts although no socket can use them:
+# each was a 500 (issue 13, item 6).
+@pytest.mark.parametrize(
+    "url",
+    ["http://[::1", "http://[::1/x.png", "http://127.0.0.1:70000/x.png", "http://[::1]:99999/",
+     "http://xn--zz.invalid/x.png"],
+)  # fmt: skip
+@pytest.mark.parametrize("allow_private", [False, True])
+async def test_urls_httpx_refuses_are_400s(make_loader, url: str, allow_private: bool) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        await make_loader(allow_private=allow_private).load(ref(url))
+    assert info.value.code == "invalid_image_url"
+    assert info.value.param == "messages[0].content[1].image_url"
+
+
+async def test_a_redirect_to_an_unparseable_url_is_a_400(make_loader, server: str) -> None:
+    loader = make_loader(allowed_hosts=("127.0.0.1",))
+    with pytest.raises(InvalidRequestError) as info:
+        await loader.load(ref(f"http://{server}/redirect?http://[::1"))
+    assert info.value.code in ("invalid_image_url", "image_fetch_failed")

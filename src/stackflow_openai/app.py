@@ -16,6 +16,8 @@ two hot routes served without FastAPI's routing. Routes: the OpenAI ones under /
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -33,7 +35,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stackflow_openai import __version__
 from stackflow_openai.backends.base import BackendError
-from stackflow_openai.errors import APIError, error_body, to_openai_error, validation_error
+from stackflow_openai.errors import (
+    APIError,
+    ServiceUnavailable,
+    error_body,
+    to_openai_error,
+    validation_error,
+)
 from stackflow_openai.ops.auth import ApiKeyAuth
 from stackflow_openai.ops.limits import BodyLimit
 from stackflow_openai.ops.metrics import Metrics
@@ -50,6 +58,7 @@ from stackflow_openai.routers import (
 from stackflow_openai.routers.chat import create_chat_completion
 from stackflow_openai.routers.completions import create_completion
 from stackflow_openai.routers.health import router as health_router
+from stackflow_openai.routers.openapi import install_openapi
 from stackflow_openai.services import (
     ChatService,
     CompletionService,
@@ -61,6 +70,8 @@ from stackflow_openai.services import (
 from stackflow_openai.services.images import Resolver
 from stackflow_openai.services.params import DROPPED_HEADER, IGNORED_HEADER, TRANSLATION_HEADER
 from stackflow_openai.services.responses import ResponsesService
+from stackflow_openai.shutdown import SCOPE_KEY as SHUTDOWN_KEY
+from stackflow_openai.shutdown import ShutdownDeadline
 from stackflow_openai.store import SqliteResponseStore
 from stackflow_openai.store.sqlite import DB_NAME
 from stackflow_openai.tokens import Tokenizers
@@ -68,6 +79,7 @@ from stackflow_openai.tokens import Tokenizers
 __all__ = ["HttpSettings", "ModelRegistry", "create_app"]
 
 log = logging.getLogger(__name__)
+STOP_TIMEOUT = 10.0  # seconds the lifespan gives the registry to exit every unit at shutdown
 
 
 @dataclass
@@ -91,9 +103,17 @@ class HttpSettings:
         return f"HttpSettings(api_keys={len(self.api_keys)} configured, cors_origins={self.cors_origins!r})"
 
 
+class _ErrorJSON(JSONResponse):
+    """Error bodies echo client text (a model name, a URL, a field value). ASCII-escaped, a lone surrogate
+    or any other text that UTF-8 cannot carry still makes a valid body, never a 500 from the encoder."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def _error_response(exc: BaseException) -> JSONResponse:
     status, body, headers = to_openai_error(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return _ErrorJSON(body, status_code=status, headers=headers)
 
 
 async def _api_error(_request: Request, exc: Exception) -> Response:
@@ -117,7 +137,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"
         body = error_body(str(exc.detail), kind, None, f"http_{exc.status_code}")
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return _ErrorJSON(body, status_code=exc.status_code, headers=exc.headers)
 
 
 Endpoint = Callable[[StarletteRequest], Awaitable[Response]]
@@ -143,8 +163,10 @@ class _Operations:
         auth: ApiKeyAuth,
         limits: BodyLimit,
         hot_routes: dict[str, tuple[BaseRoute, Endpoint]],
+        deadline: ShutdownDeadline,
     ) -> None:
         self.app = app
+        self.deadline = deadline
         self.metrics = metrics
         self.auth = auth
         self.limits = limits
@@ -156,7 +178,14 @@ class _Operations:
             return
         observation = RequestObservation(scope, send, self.metrics)
         send = observation.send
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = self.deadline
+        scope[SHUTDOWN_KEY] = deadline  # event streams end themselves at the deadline (sse.py)
+        deadline.track(task, lambda: observation.started)
         try:
+            if deadline.expired:
+                raise _ShuttingDown()
             refusal = self.auth.refusal(scope) or self.limits.refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
@@ -172,8 +201,22 @@ class _Operations:
                 if observation.started:
                     raise  # half a response is out: only closing the connection is left
                 await _error_response(exc)(scope, receive, send)
+        except asyncio.CancelledError:
+            # The shutdown deadline cancels requests still waiting (for a unit, for the device) with no
+            # response begun: they get a 503 rather than a closed connection.
+            if not (deadline.expired and not observation.started and task.uncancel() == 0):
+                raise
+            await _error_response(_ShuttingDown())(scope, receive, send)
         finally:
+            deadline.untrack(task)
             observation.finish()
+
+
+class _ShuttingDown(ServiceUnavailable):
+    code = "server_shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down; retry on another instance or after it restarts.")
 
 
 async def _serve_hot(hot: tuple[BaseRoute, Endpoint], scope: Scope, receive: Receive, send: Send) -> None:
@@ -214,22 +257,39 @@ def create_app(
     )
     images = ImageLoader(policy, resolver=image_resolver)
 
+    deadline = ShutdownDeadline()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.start()
         try:
             yield
         finally:
+            deadline.expire()  # whatever still runs (a server that did not call begin()) ends now
             await images.aclose()
-            await app.state.responses_service.close()  # background responses: cancelled, stored so
+            try:  # background responses: cancelled and stored so (bounded, as the units' exit below)
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await app.state.responses_service.close()
+            except TimeoutError:
+                log.error("cancelling the background responses took over %g s", STOP_TIMEOUT)
             await store.close()
-            await registry.stop()
+            try:
+                # Exits every unit. Bounded: a hung device must not hold the process past the service
+                # manager's stop timeout (docs/deployment.md); what it kept is exited as an orphan at the
+                # next start (pool.cleanup_orphans).
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await registry.stop()
+            except TimeoutError:
+                log.error(
+                    "stopping the devices' units took over %g s; some may remain on a device", STOP_TIMEOUT
+                )
 
     app = FastAPI(title="stackflow-openai", version=__version__, lifespan=lifespan)
     app.state.registry = registry
     app.state.settings = settings
     app.state.tokenizers = tokenizers
     app.state.images = images
+    app.state.shutdown = deadline  # serve.py calls begin(grace) when the server stops accepting
     metrics = Metrics(lambda: getattr(registry, "devices", ()))
     attach = getattr(registry, "attach", None)
     if attach is not None:
@@ -252,7 +312,7 @@ def create_app(
     app.add_exception_handler(BackendError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    _add_middlewares(app, settings, metrics)
+    _add_middlewares(app, settings, metrics, deadline)
 
     app.include_router(chat_router)
     app.include_router(completions_router)
@@ -262,10 +322,13 @@ def create_app(
     app.include_router(health_router)
     if settings.playground:
         mount_playground(app)
+    install_openapi(app)  # request bodies and error responses in /openapi.json (routers/openapi.py)
     return app
 
 
-def _add_middlewares(app: FastAPI, settings: HttpSettings, metrics: Metrics) -> None:
+def _add_middlewares(
+    app: FastAPI, settings: HttpSettings, metrics: Metrics, deadline: ShutdownDeadline
+) -> None:
     # add_middleware puts each new one outside the previous ones: innermost first.
     app.add_middleware(
         _Operations,
@@ -277,6 +340,7 @@ def _add_middlewares(app: FastAPI, settings: HttpSettings, metrics: Metrics) -> 
         ),
         limits=BodyLimit(default=settings.max_body_bytes),
         hot_routes=_hot_routes(),
+        deadline=deadline,
     )
     if settings.cors_origins:
         app.add_middleware(

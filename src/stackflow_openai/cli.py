@@ -214,8 +214,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    if args.command == "serve":
+        from stackflow_openai.ops.connections import RepeatFilter
+
+        handler.addFilter(RepeatFilter())  # one traceback per kind and 10 s, not one per refused accept()
+    # (When logging is configured already, e.g. under pytest, basicConfig leaves it as it is.)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[handler],
     )
     try:
         if args.command == "emulator":

@@ -70,6 +70,18 @@ class ServerSettings(_Strict):
         description='browser origins allowed by CORS, e.g. ["http://localhost:3000"] or ["*"]; '
         "empty: CORS off",
     )
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a connection has to send a request's headers, then it is closed"
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="open HTTP connections at most; more get 503 (keep under the fd limit)"
+    )
+    shutdown_grace: float = Field(
+        10.0, ge=0, description="on SIGTERM, seconds running requests get to finish before they are ended"
+    )
 
 
 class AuthSettings(_Strict):

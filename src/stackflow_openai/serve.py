@@ -6,13 +6,29 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 
 import uvicorn
 from pydantic import SecretStr
 
-from stackflow_openai.config import CONFIG_ENV, DeviceSettings, Settings, load_settings, parse_device
+from stackflow_openai.config import (
+    CONFIG_ENV,
+    DeviceSettings,
+    ServerSettings,
+    Settings,
+    load_settings,
+    parse_device,
+)
 
-__all__ = ["build_settings", "config_path", "http_protocol", "http_settings", "serve", "uvicorn_config"]
+__all__ = [
+    "GatewayServer",
+    "build_settings",
+    "config_path",
+    "http_protocol",
+    "http_settings",
+    "serve",
+    "uvicorn_config",
+]
 
 log = logging.getLogger("stackflow_openai")
 
@@ -59,28 +75,55 @@ def http_settings(settings: Settings):  # type: ignore[no-untyped-def]
     )
 
 
-def http_protocol() -> str:
-    """uvicorn's HTTP implementation: httptools (a C parser, a dependency of the project) when it can be
-    imported, else uvicorn's pure-Python h11. httptools costs about a third less CPU per request and per
-    streamed chunk (docs/performance.md)."""
+def http_protocol(server: ServerSettings | None = None) -> str | type[asyncio.Protocol]:
+    """uvicorn's HTTP implementation: httptools (a C parser, a dependency of the project) with the
+    connection guards of ops/connections.py (header deadline, connection cap), else uvicorn's
+    pure-Python h11 without them. httptools costs about a third less CPU per request and per streamed
+    chunk (docs/performance.md)."""
+    server = server or ServerSettings()
     try:
         import httptools  # noqa: F401
-    except ImportError:  # e.g. a platform without a wheel: h11 works, only slower
-        log.warning("httptools is not installed: serving HTTP with h11 (slower)")
+    except ImportError:  # e.g. a platform without a wheel: h11 works, only slower and unguarded
+        log.warning("httptools is not installed: serving HTTP with h11 (slower, no header timeout)")
         return "h11"
-    return "httptools"
+    from stackflow_openai.ops.connections import guarded_protocol
+
+    return guarded_protocol(header_timeout=server.header_timeout, max_connections=server.max_connections)
 
 
-def uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
+# uvicorn's own backstop after our grace period: streams have been ended by then (shutdown.py), so this
+# only cancels what did not end in time (a client that does not read its error event).
+_BACKSTOP = 5.0
+
+
+def uvicorn_config(app: object, host: str, port: int, server: ServerSettings | None = None) -> uvicorn.Config:
     """The uvicorn options of `serve` (benchmarks/_servers.py builds its gateway with this too)."""
+    server = server or ServerSettings()
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
-        http=http_protocol(),
+        http=http_protocol(server),
         log_level="warning",
         lifespan="on",
+        timeout_keep_alive=server.keep_alive_timeout,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=int(server.shutdown_grace + _BACKSTOP),
     )
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server that starts the app's shutdown deadline (shutdown.py) when it stops accepting."""
+
+    def __init__(self, config: uvicorn.Config, grace: float) -> None:
+        super().__init__(config)
+        self.grace = grace
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # The app as given (config.loaded_app is wrapped in uvicorn's proxy middlewares).
+        deadline = getattr(getattr(self.config.app, "state", None), "shutdown", None)
+        if deadline is not None:
+            deadline.begin(self.grace)
+        await super().shutdown(sockets)
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -108,7 +151,8 @@ async def serve(args: argparse.Namespace) -> None:
         keys = len(settings.auth.key_values())
         log.info("API keys: %s", f"{keys} configured" if keys else "none (no authentication)")
         app = create_app(GatewayRegistry(settings), http_settings(settings))
-        server = uvicorn.Server(uvicorn_config(app, settings.server.host, settings.server.port))
+        config = uvicorn_config(app, settings.server.host, settings.server.port, settings.server)
+        server = GatewayServer(config, settings.server.shutdown_grace)
         await _serve_and_announce(server)
     finally:
         if emulator is not None:

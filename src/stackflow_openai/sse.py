@@ -23,13 +23,15 @@ import anyio
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from stackflow_openai.errors import to_openai_error
+from stackflow_openai.errors import ServiceUnavailable, to_openai_error
+from stackflow_openai.shutdown import SCOPE_KEY, ShutdownDeadline
 
 __all__ = [
     "DONE_EVENT",
     "ClosingStreamingResponse",
     "EventStreamResponse",
     "aclose_quietly",
+    "encode_error_event",
     "encode_event",
     "event_stream",
     "text_event_encoder",
@@ -47,6 +49,12 @@ _EVENT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 def encode_event(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + _EVENT_JSON.encode(payload).encode() + b"\n\n"
+
+
+def encode_error_event(body: Mapping[str, Any]) -> bytes:
+    """An error event, ASCII-escaped: its message may echo client text, which must never make the encoder
+    fail halfway through a stream (a lone surrogate cannot be UTF-8)."""
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode("ascii") + b"\n\n"
 
 
 def text_event_encoder(chunk: Mapping[str, Any], placeholder: str) -> Callable[[str], bytes]:
@@ -88,7 +96,7 @@ async def event_stream(
     except Exception as exc:  # the status line is gone: report in-band, as OpenAI does
         status, body, _headers = to_openai_error(exc)
         log.warning("stream ended by an error (%d): %s", status, body["error"]["message"])
-        yield encode_event(body)
+        yield encode_error_event(body)
     finally:
         await aclose_quietly(rest)
     yield DONE_EVENT
@@ -140,6 +148,9 @@ class EventStreamResponse(Response):
 
         watcher = asyncio.ensure_future(_disconnected(receive))
         watcher.add_done_callback(on_disconnect)
+        deadline: ShutdownDeadline | None = scope.get(SCOPE_KEY)
+        if deadline is not None:
+            deadline.add_stream(task)  # cancelled when the shutdown grace period is over
         iterator = self.body_iterator
         try:
             await send(
@@ -150,15 +161,39 @@ class EventStreamResponse(Response):
             streaming = False
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not gone or task.uncancel() > 0:
+            ending = deadline is not None and deadline.expired and not gone
+            if not (gone or ending) or task.uncancel() > 0:
                 raise  # not (only) ours
-            log.debug("the client left an event stream")
+            if ending:
+                streaming = False
+                await aclose_quietly(iterator)  # the unit is paused (or exited) before the client hears
+                await _end_for_shutdown(send)
+            else:
+                log.debug("the client left an event stream")
         except OSError:  # how ASGI servers of spec 2.4 and later report a gone client
             log.debug("the client left an event stream")
         finally:
             streaming = False
             watcher.cancel()
+            if deadline is not None:
+                deadline.discard_stream(task)
             await aclose_quietly(iterator)
+
+
+async def _end_for_shutdown(send: Send) -> None:
+    """The in-band end of a stream cut by the shutdown deadline: an error event, then [DONE]."""
+    _status, body, _headers = to_openai_error(
+        ServiceUnavailable(
+            "The server is shutting down; the response was cut short.", code="server_shutting_down"
+        )
+    )
+    with anyio.move_on_after(2.0, shield=True):  # a client that does not read must not hold the shutdown
+        try:
+            event = encode_error_event(body) + DONE_EVENT
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -80,6 +80,7 @@ class Device:
             self.pool.ledger = self.owned
         self.models: list[ModelDescriptor] = []
         self.state: DeviceState = "starting"
+        self.discovered = False  # its model list was read at least once (lsmode)
         self.since = time.time()
         self.last_error = ""
         self.version = ""

@@ -124,6 +124,7 @@ class DeviceMonitor:
 
     def _down(self, device: Device, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        device.pool.device_down(reason)  # every wait on it fails now (a hung device never answers)
         if device.set_state("down", reason):
             log.warning("device %s (%s) is down: %s", device.name, device.address, reason)
             self.on_change()
@@ -137,6 +138,7 @@ class DeviceMonitor:
                 await device.client.version2()  # unit versions: how to drive tts (stackflow/versions.py)
                 models = await device.client.lsmode()
             await self._exit_orphans(device, self.settings.pool.orphan_cleanup)
+            device.pool.device_up()
             await device.pool.prune()  # units of the device's previous life
         except _FAILURES as exc:
             if device.state == "starting":
@@ -145,6 +147,7 @@ class DeviceMonitor:
             self._down(device, exc)
             return False
         device.models = models
+        device.discovered = True
         device.set_state("up")
         log.info("device %s (%s) is up: StackFlow %s, %d models", device.name, device.address,
                  device.version, len(models))  # fmt: skip

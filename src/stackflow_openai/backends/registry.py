@@ -35,6 +35,7 @@ class GatewayRegistry:
         self._catalogue = Catalogue()
         self.monitor = DeviceMonitor(self.devices, settings, self._rebuild)
         self._started = False
+        self._seen: set[str] = set()  # every model id and alias served since start (see `unavailable`)
 
     # ---- ModelRegistry protocol ----------------------------------------------------------------
     def list(self) -> list[ModelEntry]:
@@ -61,6 +62,28 @@ class GatewayRegistry:
         for proxy in self._builder.proxies.values():
             await proxy.aclose()
 
+    def unavailable(self, model_id: str) -> str | None:
+        """Why `model_id`, which has no entry now, may exist but cannot be served (a 503), or None (a 404).
+
+        A model has no entry when no device that could serve it was ever read: a device down since the
+        gateway started, or one that went down before its models were read. Then a configured model, an
+        alias, a model seen on a device earlier, or (while some device's models were never read) any
+        name, is answered "unreachable" rather than "does not exist"."""
+        down = [d for d in self.devices if not d.up]
+        if not down:
+            return None
+        where = "; ".join(_describe_down(d) for d in down)
+        settings = self.settings
+        if model_id in settings.models or model_id in settings.aliases or model_id in self._seen:
+            return f"The model '{model_id}' cannot be served now: its device is unreachable ({where})."
+        unread = [d for d in down if not d.discovered]
+        if unread:
+            return (
+                f"The model '{model_id}' is not known yet: the models of an unreachable device have not "
+                f"been read ({where})."
+            )
+        return None
+
     # ---- operations ------------------------------------------------------------------------------
     @property
     def aliases(self) -> dict[str, str]:
@@ -84,7 +107,14 @@ class GatewayRegistry:
         if not self._started:
             return
         self._catalogue = self._builder.build()
+        self._seen.update(self._catalogue.entries)
+        self._seen.update(self._catalogue.aliases)
         log.debug("models: %s", ", ".join(e.id for e in self.list()) or "(none reachable)")
+
+
+def _describe_down(device: Device) -> str:
+    reason = f": {device.last_error}" if device.last_error else ""
+    return f"{device.name} ({device.address}) is {device.state}{reason}"
 
 
 def _yes() -> bool:

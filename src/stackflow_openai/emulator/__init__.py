@@ -27,7 +27,7 @@ PRIVATE TEST EXTENSION - NOT PART OF STACKFLOW. A real device answers both actio
   loading, ready, busy or exiting), and an extra top-level key `totals`:
   `{"prefill_overflows","next_work_id","cmm_used","connections"}` (`Emulator.totals()`).
 - `{"request_id":"2","work_id":"sys","action":"x_emulator_faults","data":{...}}` sets fields of
-  `Faults` (drop_finish, hang_setup, fail_setup, fail_setup_code, close_mid_stream,
+  `Faults` (drop_finish, hang_setup, fail_setup, fail_setup_code, close_mid_stream, hang,
   close_after_deltas, token_delay, malformed_answer); the reply's `data` is every fault field after
   the update. Unknown fields or bad values: -2 and nothing changes. In-process: `emu.faults.drop_finish = 2`.
 

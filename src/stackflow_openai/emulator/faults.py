@@ -37,6 +37,9 @@ class Faults:
     malformed_answer: int = 0
     # Extra delay (s) after every generated llm/vlm token, on top of the engine's own timing.
     token_delay: float | None = None
+    # The device hangs (a wedged llm-sys): every frame it reads is ignored (pings included) and running
+    # generations stop producing output, until the flag is cleared. 0 or 1.
+    hang: int = 0
 
     def take(self, name: str) -> bool:
         """Consume one occurrence of a counted fault; True if it fires."""

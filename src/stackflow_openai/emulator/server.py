@@ -205,6 +205,8 @@ class Emulator:
                 self._client_tasks.discard(task)
 
     def _on_read(self, conn: ClientConnection, framer: DeviceFramer, chunk: bytes) -> None:
+        if self.faults.hang:
+            return  # a hung daemon reads nothing and answers nothing
         result = framer.feed(chunk)
         for frame in result.frames:
             try:

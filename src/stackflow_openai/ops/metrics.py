@@ -135,6 +135,10 @@ class _DeviceCollector(Collector):
             f"{_P}_device_temperature_celsius", "SoC temperature (hwinfo)", labels=["device"]
         )
         cpu = GaugeMetricFamily(f"{_P}_device_cpu_load_percent", "CPU load (hwinfo)", labels=["device"])
+        service = GaugeMetricFamily(f"{_P}_service_time_seconds", "recent time a request holds a unit (mean)",
+                                    labels=["device", "model"])  # fmt: skip
+        retry = GaugeMetricFamily(f"{_P}_retry_after_seconds", "Retry-After a request refused now would get",
+                                  labels=["device", "model"])  # fmt: skip
         for device in self._devices():
             name = device.name
             up.add_metric([name], 1.0 if device.up else 0.0)
@@ -142,6 +146,9 @@ class _DeviceCollector(Collector):
             for (unit, state), count in sorted(device.pool.unit_states().items()):
                 units.add_metric([name, unit, state], float(count))
             queue.add_metric([name], float(device.pool.stats()["waiting"]))
+            for model, (seconds, wait) in device.pool.estimates().items():
+                service.add_metric([name, model], seconds)
+                retry.add_metric([name, model], wait)
             if device.cmm is not None:
                 for kind, kib in (
                     ("total", device.cmm.total),
@@ -152,4 +159,4 @@ class _DeviceCollector(Collector):
             if device.hw is not None:
                 temp.add_metric([name], device.hw.temperature / 1000.0)
                 cpu.add_metric([name], float(device.hw.cpu_loadavg))
-        yield from (up, models, units, queue, memory, temp, cpu)
+        yield from (up, models, units, queue, memory, temp, cpu, service, retry)

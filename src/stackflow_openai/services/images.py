@@ -89,6 +89,20 @@ def _is_public(address: str) -> bool:
     return ip.is_global and not (blocked or ip.is_multicast or ip.is_unspecified)
 
 
+def _parse_url(ref: ImageRef, parse: Callable[[], httpx.URL]) -> httpx.URL:
+    """A URL from the client (or from a server's redirect) parsed, or a 400: httpx refuses some forms
+    (`http://[::1`, a bad IDNA label) with exceptions that are not `httpx.HTTPError`, and accepts ports
+    the socket layer would refuse later (`:70000`)."""
+    try:
+        url = parse()
+        url.host  # noqa: B018 (decoding an IDNA host is lazy: let a bad label fail here)
+    except (httpx.InvalidURL, ValueError) as exc:  # idna's and the punycode codec's errors are ValueErrors
+        raise _invalid(ref, f"The image URL is not valid: {exc}", "invalid_image_url") from exc
+    if url.port is not None and not 0 < url.port < 65536:
+        raise _invalid(ref, f"The image URL's port {url.port} is out of range.", "invalid_image_url")
+    return url
+
+
 class ImageLoader:
     def __init__(
         self, policy: ImagePolicy, client: httpx.AsyncClient | None = None, resolver: Resolver | None = None
@@ -162,13 +176,14 @@ class ImageLoader:
             raise _invalid(ref, f"The image could not be fetched: {exc}", "image_fetch_failed") from exc
 
     async def _fetch_hops(self, ref: ImageRef) -> bytes:
-        url = httpx.URL(ref.url)
+        url = _parse_url(ref, lambda: httpx.URL(ref.url))
         for _hop in range(self.policy.max_redirects + 1):
             request = await self._pinned_request(url, ref)
             response = await self._client.send(request, stream=True)
             try:
                 if response.is_redirect and "location" in response.headers:
-                    url = url.join(response.headers["location"])
+                    location = response.headers["location"]
+                    url = _parse_url(ref, lambda: url.join(location))  # noqa: B023 (called at once)
                     continue
                 return await self._read_image(response, ref)
             finally:
@@ -181,7 +196,7 @@ class ImageLoader:
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
             addresses = await self._resolve(url.host, port)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a host label the IDNA codec refuses
             raise _invalid(
                 ref, f"The image host '{url.host}' could not be resolved.", "image_fetch_failed"
             ) from exc

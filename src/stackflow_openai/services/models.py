@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from stackflow_openai.backends.base import BackendUnavailable, ModelEntry
-from stackflow_openai.errors import ModelNotFoundError
 from stackflow_openai.protocol import Model, ModelList
 from stackflow_openai.protocol.models import StackFlowModelInfo
 
-from .registry import ModelRegistry
+from .registry import ModelRegistry, model_missing
 
 __all__ = ["ModelService", "model_kind"]
 
@@ -62,7 +61,7 @@ class ModelService:
         entry = self._registry.get(model_id)
         reachable = self._registry.list()
         if entry is None:
-            raise ModelNotFoundError(model_id, (e.id for e in reachable))
+            raise model_missing(self._registry, model_id)
         if entry not in reachable:  # configured, but all its devices are down: as inference answers
             raise BackendUnavailable(
                 f"The model '{model_id}' is configured, but none of its devices is reachable now."

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from stackflow_openai.backends.base import ModelEntry
+from stackflow_openai.backends.base import BackendUnavailable, ModelEntry
 from stackflow_openai.errors import InvalidRequestError, ModelNotFoundError
 
-__all__ = ["ModelRegistry", "resolve_model"]
+__all__ = ["ModelRegistry", "model_missing", "resolve_model"]
 
 
 class ModelRegistry(Protocol):
@@ -24,6 +24,17 @@ class ModelRegistry(Protocol):
         ...
 
 
+def model_missing(registry: ModelRegistry, model_id: str) -> Exception:
+    """What to answer for a model the registry has no entry for: 404, unless the registry says the model
+    may well exist on a device that cannot be reached now (configured, seen before, or a device whose
+    models were never read): then 503, as a request for a reachable model whose device is down gets."""
+    unavailable = getattr(registry, "unavailable", None)  # GatewayRegistry; test registries lack it
+    reason = unavailable(model_id) if unavailable is not None else None
+    if reason:
+        return BackendUnavailable(reason)
+    return ModelNotFoundError(model_id, (e.id for e in registry.list()))
+
+
 def resolve_model(
     registry: ModelRegistry, model_id: str, *, kinds: tuple[str, ...], endpoint: str
 ) -> ModelEntry:
@@ -31,7 +42,7 @@ def resolve_model(
     exist, or 400 when the model exists but is of another kind (e.g. a TTS model on chat)."""
     entry = registry.get(model_id)
     if entry is None:
-        raise ModelNotFoundError(model_id, (e.id for e in registry.list()))
+        raise model_missing(registry, model_id)
     if entry.kind not in kinds:
         raise InvalidRequestError(
             f"The model '{model_id}' is a {entry.kind} model and cannot be used with {endpoint}.",

@@ -27,7 +27,7 @@ from stackflow_openai.services.generation import Detached
 from stackflow_openai.services.params import TRANSLATION_HEADER
 from stackflow_openai.services.registry import ModelRegistry, resolve_model
 from stackflow_openai.services.speech import ignored_or_refused
-from stackflow_openai.sse import aclose_quietly, encode_event
+from stackflow_openai.sse import aclose_quietly, encode_error_event, encode_event
 
 if TYPE_CHECKING:
     from stackflow_openai.audio import AudioWindow, WindowReader
@@ -393,6 +393,6 @@ async def _events(segments: AsyncIterator[Segment], first: Segment | None) -> As
     except (BackendError, APIError) as exc:
         # Headers are gone: the OpenAI SDKs raise on an event carrying an `error` object.
         _, body, _ = to_openai_error(exc)
-        yield encode_event(body)
+        yield encode_error_event(body)
     finally:
         await aclose_quietly(segments)

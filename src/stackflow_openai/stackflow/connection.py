@@ -245,6 +245,12 @@ class Connection:
 
     # ---- closing -------------------------------------------------------------------------------
 
+    def abort(self, reason: str) -> None:
+        """Fail everything waiting on this connection now with `ConnectionLost(reason)`, and close it
+        (the device was found hung: its silence must not hold callers for their own timeouts)."""
+        self._shutdown(ConnectionLost(reason))
+        self._reader_task.cancel()
+
     async def close(self) -> None:
         """Close the socket; everything still waiting gets `ConnectionLost`. Idempotent."""
         self._shutdown(ConnectionLost(f"connection to {self.peer} closed by the client"))

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .client import DeviceClient
+from .down import DeviceWentDown, DownState
 from .errors import ConnectionLost, DeviceError, DeviceTimeout, ModelLoadFailed, TaskFull
+from .estimate import ServiceTimes
 from .memory import check_memory, load_failure
 from .models import ModelDescriptor
 from .poolapi import (
@@ -103,6 +105,10 @@ class DevicePool:
         # instances, so they are exited (by work_id) before any new setup, never concurrently with one.
         self._lost: list[Unit] = []
         self._reap_lock = asyncio.Lock()
+        # Set by the device monitor while the device is down: waiting for it is pointless (see `device_down`).
+        self._down = DownState()
+        self._notifiers: set[asyncio.Task[None]] = set()
+        self.service_times = ServiceTimes()  # lease durations per model: Retry-After's basis
 
     # ---- introspection -------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -185,9 +191,11 @@ class DevicePool:
         """
         started = time.monotonic()
         slot = await self._acquire(model, setup, pool_size or self._limit(model.unit), started, prefer)
+        held = time.monotonic()
         try:
             assert slot.unit is not None
             yield slot.unit
+            self.service_times.record(model.mode, time.monotonic() - held)
         finally:
             # A cancelled caller (Starlette cancels a response whose client left through an anyio
             # scope that cancels every later await too) must still give the place back, hence the
@@ -217,11 +225,13 @@ class DevicePool:
         async with self._cond:
             if self._closed:
                 raise PoolUnavailable("the gateway is shutting down")
+            self._raise_if_down()
             slot, victim = self._pick(model, signature, pool_size, prefer)
             if slot is None and victim is None:
                 if self._waiting >= self.queue_limit:
                     raise PoolBusy(
-                        f"all {model.mode} units are busy and the queue is full", self._retry_after()
+                        f"all {model.mode} units are busy and the queue is full",
+                        self.retry_after(model, pool_size),
                     )
                 self._waiting += 1
                 try:
@@ -230,7 +240,7 @@ class DevicePool:
                         if remaining <= 0:
                             raise PoolBusy(
                                 f"no {model.mode} unit became free in {self.queue_timeout:g} s",
-                                self._retry_after(),
+                                self.retry_after(model, pool_size),
                             )
                         try:
                             await asyncio.wait_for(self._cond.wait(), remaining)
@@ -238,6 +248,7 @@ class DevicePool:
                             continue
                         if self._closed:
                             raise PoolUnavailable("the gateway is shutting down")
+                        self._raise_if_down()
                         slot, victim = self._pick(model, signature, pool_size, prefer)
                 finally:
                     self._waiting -= 1
@@ -254,7 +265,10 @@ class DevicePool:
             if victim is not None and victim.unit is not None:
                 log.info("evicting idle %s to set up %s", victim.unit.work_id, model.mode)
                 await self._exit_quietly(victim.unit)
-            slot.unit = await self._setup(model, setup)
+            try:
+                slot.unit = await self._down.race(self._setup(model, setup))
+            except DeviceWentDown as exc:
+                raise PoolUnavailable(f"the device went down during the setup ({exc})") from None
         except BaseException:
             await asyncio.shield(self._forget(slot))  # as in `lease`: even when cancelled
             raise
@@ -364,6 +378,9 @@ class DevicePool:
         return len(broken)
 
     async def _discard(self, unit: Unit) -> None:
+        if self._down.reason is not None:  # a hung device would hold this release for the exit's timeout
+            self._lost.append(unit)  # exited before the next setup, once the device is back
+            return
         if unit.connection.closed:
             self._lost.append(unit)
             await self._reap_lost()
@@ -402,8 +419,52 @@ class DevicePool:
     def _limit(self, unit_type: str) -> int:
         return self.unit_limits.get(unit_type, 1)
 
-    def _retry_after(self) -> float:
-        return max(1.0, min(self.queue_timeout, 10.0))
+    def retry_after(self, model: ModelDescriptor, pool_size: int | None = None) -> float:
+        """When a request for `model` refused now should come back: the requests waiting, and itself,
+        served by the model's instances in parallel, at the model's recent time per request."""
+        parallel = min(pool_size or self._limit(model.unit), self._limit(model.unit))
+        return self.service_times.wait(
+            model.mode, ahead=self._waiting, parallel=parallel, cap=self.queue_timeout
+        )
+
+    def estimates(self) -> dict[str, tuple[float, float]]:
+        """model → (recent seconds per request, Retry-After a refused request would get now), for
+        /metrics: every model this pool has served."""
+        units = {s.model: s.unit_type for s in self._slots}
+        return self.service_times.snapshot(
+            lambda mode: self._limit(units[mode]) if mode in units else 1,
+            ahead=self._waiting,
+            cap=self.queue_timeout,
+        )
+
+    # ---- device down ---------------------------------------------------------------------------
+    def device_down(self, reason: str) -> None:
+        """The monitor found the device down (or hung): fail every wait on it now, not after its timeout.
+
+        Requests queued for a unit and setups in progress get `PoolUnavailable`; generations on busy
+        units get `ConnectionLost` (their connections are aborted). Their units are exited by work_id
+        before the next setup once the device answers again (`_lost`)."""
+        self._down.mark(reason)
+        for s in self._slots:
+            if s.busy and s.unit is not None and not s.unit.connection.closed:
+                s.unit.connection.abort(f"the device is down ({reason})")
+        self._cond_notify_soon()
+
+    def device_up(self) -> None:
+        self._down.clear()
+
+    def _raise_if_down(self) -> None:
+        if self._down.reason is not None:
+            raise PoolUnavailable(f"the device is down ({self._down.reason})")
+
+    def _cond_notify_soon(self) -> None:
+        async def notify() -> None:
+            async with self._cond:
+                self._cond.notify_all()
+
+        task = asyncio.ensure_future(notify())  # wakes the queued waiters, who then see `_down`
+        self._notifiers.add(task)
+        task.add_done_callback(self._notifiers.discard)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def close(self) -> None:

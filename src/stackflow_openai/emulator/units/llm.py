@@ -211,6 +211,8 @@ class LlmInstance(Instance):
                 break
             if faults.token_delay:
                 await asyncio.sleep(faults.token_delay)
+            while faults.hang:  # noqa: ASYNC110 (a plain flag, settable over the wire): stall until cleared
+                await asyncio.sleep(0.05)
         # In the emulated model's tokens (device_tokens.py), which the local engine's pieces are not.
         generated = len(produced) if overflowed else session.count_output(produced)
         if not stopped and generated < max_new and held:
