@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,6 +59,7 @@ from stackflow_openai.routers.chat import create_chat_completion
 from stackflow_openai.routers.completions import create_completion
 from stackflow_openai.routers.health import router as health_router
 from stackflow_openai.routers.openapi import install_openapi
+from stackflow_openai.routers.realtime import router as realtime_router
 from stackflow_openai.services import (
     ChatService,
     CompletionService,
@@ -98,6 +99,9 @@ class HttpSettings:
     responses_max_bytes: int = 256 * 1024 * 1024
     responses_default_truncation: str = "disabled"  # for requests that set none (OpenAI's default)
     playground: bool = True  # the browser playground at GET / (playground/)
+
+    voice_pipelines: dict[str, dict[str, str]] = field(default_factory=dict)  # Realtime: name -> models
+    realtime_idle_timeout: float = 300.0  # seconds without a client event before a session is closed
 
     def __repr__(self) -> str:  # never show the keys
         return f"HttpSettings(api_keys={len(self.api_keys)} configured, cors_origins={self.cors_origins!r})"
@@ -295,7 +299,13 @@ def create_app(
     if attach is not None:
         attach(metrics)  # pool timings and device errors
     app.state.metrics = metrics
-    app.state.chat_service = ObservedService(ChatService(registry, tokenizers, images), registry, metrics)
+    auth = ApiKeyAuth(
+        settings.api_keys, protect_health=settings.protect_health, protect_metrics=settings.protect_metrics
+    )
+    app.state.auth = auth  # the operations middleware checks HTTP; the realtime route checks its socket
+    chat = ChatService(registry, tokenizers, images)
+    app.state.chat_service = ObservedService(chat, registry, metrics)
+    app.state.chat_core = chat  # plans for front ends that render events themselves (realtime)
     app.state.completion_service = ObservedService(CompletionService(registry, tokenizers), registry, metrics)
     app.state.model_service = ModelService(registry)
     store = SqliteResponseStore(  # opened on first use: a gateway that never stores creates no file
@@ -312,7 +322,7 @@ def create_app(
     app.add_exception_handler(BackendError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    _add_middlewares(app, settings, metrics, deadline)
+    _add_middlewares(app, settings, metrics, deadline, auth)
 
     app.include_router(chat_router)
     app.include_router(completions_router)
@@ -320,6 +330,7 @@ def create_app(
     app.include_router(audio_router)  # written by the audio helper (routers/audio.py)
     app.include_router(responses_router)
     app.include_router(health_router)
+    app.include_router(realtime_router)
     if settings.playground:
         mount_playground(app)
     install_openapi(app)  # request bodies and error responses in /openapi.json (routers/openapi.py)
@@ -327,17 +338,13 @@ def create_app(
 
 
 def _add_middlewares(
-    app: FastAPI, settings: HttpSettings, metrics: Metrics, deadline: ShutdownDeadline
+    app: FastAPI, settings: HttpSettings, metrics: Metrics, deadline: ShutdownDeadline, auth: ApiKeyAuth
 ) -> None:
     # add_middleware puts each new one outside the previous ones: innermost first.
     app.add_middleware(
         _Operations,
         metrics=metrics,
-        auth=ApiKeyAuth(
-            settings.api_keys,
-            protect_health=settings.protect_health,
-            protect_metrics=settings.protect_metrics,
-        ),
+        auth=auth,
         limits=BodyLimit(default=settings.max_body_bytes),
         hot_routes=_hot_routes(),
         deadline=deadline,

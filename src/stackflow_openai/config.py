@@ -43,9 +43,11 @@ __all__ = [
     "HealthSettings",
     "ModelSettings",
     "PoolSettings",
+    "RealtimeSettings",
     "ResponsesSettings",
     "ServerSettings",
     "Settings",
+    "VoicePipelineSettings",
     "load_settings",
     "parse_device",
 ]
@@ -263,6 +265,27 @@ class ModelSettings(_Strict):
         return self
 
 
+class VoicePipelineSettings(_Strict):
+    chat_model: str = Field(description="the chat model that answers")
+    transcription_model: str | None = Field(None, description="the model that transcribes the user's audio")
+    speech_model: str | None = Field(None, description="the model that speaks the answers")
+    voice: str | None = Field(None, description="the speech model's voice (default: its first)")
+    language: str | None = Field(None, description="the language the user speaks (whisper's code)")
+
+
+class RealtimeSettings(_Strict):
+    idle_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="seconds a Realtime session may stay without a client event before it is closed",
+    )
+    pipelines: dict[str, VoicePipelineSettings] = Field(
+        default_factory=dict,
+        description="voice pipelines, named as a model in /v1/realtime?model=NAME: chat, transcription and "
+        "speech models and the voice (a plain chat model uses the first transcription and speech models)",
+    )
+
+
 class Settings(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings, description="the HTTP API")
     auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys")
@@ -277,6 +300,8 @@ class Settings(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict, description="client-facing name → model id")
     strict_params: bool = Field(False, description="strict_params for every model")
     playground: bool = Field(True, description="serve the browser playground at GET /")
+
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings, description="the Realtime API")
     state_dir: str | None = Field(
         None,
         description="where the gateway remembers the device instances it set up (for orphan_cleanup: "

@@ -59,6 +59,16 @@ class ApiKeyAuth:
         body = error_body(message, "invalid_request_error", None, "invalid_api_key")
         return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
+    def allows_websocket(self, scope: Scope) -> bool:
+        """A WebSocket handshake carries its key as `Authorization: Bearer KEY`, or (browsers cannot set
+        headers on a WebSocket) as the subprotocol `openai-insecure-api-key.KEY`, as OpenAI accepts it."""
+        if not self._keys:
+            return True
+        token = _bearer(scope)
+        if token is None:
+            token = _subprotocol_key(scope)
+        return token is not None and self._valid(token)
+
     def _is_open(self, scope: Scope) -> bool:
         # CORS preflights carry no credentials; no route answers OPTIONS with data.
         if scope.get("method") == "OPTIONS":
@@ -83,4 +93,14 @@ def _bearer(scope: Scope) -> bytes | None:
             if scheme.lower() == b"bearer" and token:
                 return token
             return None
+    return None
+
+
+_KEY_PROTOCOL = "openai-insecure-api-key."
+
+
+def _subprotocol_key(scope: Scope) -> bytes | None:
+    for protocol in scope.get("subprotocols", ()):
+        if protocol.startswith(_KEY_PROTOCOL) and len(protocol) > len(_KEY_PROTOCOL):
+            return str(protocol)[len(_KEY_PROTOCOL) :].encode("utf-8")
     return None

@@ -70,6 +70,14 @@ class ChatService:
             return StreamResult(stream_choices(plan, _ChatChunks(plan, legacy), usage), headers, usage)
         return JsonResult(await _collect(plan, legacy), headers)
 
+    async def plan(self, body: Mapping[str, Any], *, endpoint: str = "/v1/realtime") -> GenerationPlan:
+        """A device chat request as a plan, for front ends that render its events themselves (Realtime)."""
+        request = parse_body(ChatCompletionRequest, body)
+        entry = resolve_model(self._registry, request.model, kinds=("chat",), endpoint=endpoint)
+        backend = await forward_or_backend(entry, "/chat/completions", body)
+        assert not isinstance(backend, ProxyResult)  # kinds=("chat",): never a proxy
+        return await self._plan(request, entry, backend)
+
     async def _plan(
         self,
         request: ChatCompletionRequest,

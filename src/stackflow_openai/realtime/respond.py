@@ -1,0 +1,106 @@
+"""The body of a Realtime response task: response.created ... response.done, whatever happens between.
+
+Kept apart from the session's event handling: this is the one place that turns the outcome of a run
+(completed, cut by max_output_tokens, cancelled by the client or a barge-in, failed on the device) into
+OpenAI's `response.done` with its status and usage, and records the assistant item in the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from stackflow_openai.backends.base import BackendError
+from stackflow_openai.errors import APIError, to_openai_error
+
+from .responder import ResponseRun
+
+if TYPE_CHECKING:
+    from .session import RealtimeSession
+
+__all__ = ["run_response"]
+
+_PCM = {"type": "audio/pcm", "rate": 24000}
+
+
+async def run_response(
+    session: RealtimeSession,
+    instructions: str,
+    modalities: list[str],
+    limit: int | None,
+    pending: asyncio.Task[None] | None,
+) -> None:
+    config = session.config
+    response: dict[str, Any] = {
+        "id": "resp_" + secrets.token_hex(10),
+        "object": "realtime.response",
+        "status": "in_progress",
+        "status_details": None,
+        "output": [],
+        "conversation_id": session.id.replace("sess_", "conv_"),
+        "output_modalities": list(modalities),
+        "max_output_tokens": "inf" if limit is None else limit,
+        "audio": {"output": {"format": dict(_PCM), "voice": config.voice}},
+        "usage": None,
+        "metadata": None,
+    }
+    await session.send({"type": "response.created", "response": dict(response)})
+    run: ResponseRun | None = None
+    status, prompt_tokens = "completed", 0
+    details: dict[str, Any] | None = None
+    try:
+        if pending is not None:
+            await asyncio.wait({pending})
+        body: dict[str, Any] = {"messages": session.conversation.messages(instructions)}
+        if limit is not None:
+            body["max_tokens"] = limit
+        plan = await session.services.plan(body)
+        prompt_tokens = plan.prompt_tokens
+        speak = None
+        if modalities == ["audio"]:
+            voice, speed = config.voice, config.speed
+
+            def speak(text: str) -> Any:
+                return session.services.speak(text, voice, speed)
+
+        run = ResponseRun(send=session.send, response=response, events=plan.events(stream=True), speak=speak)
+        session.conversation.add(run.item)
+        session.last_run = run
+        await run.run()
+        if run.finish_reason == "length":
+            status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
+    except asyncio.CancelledError:
+        status, details = "cancelled", {"type": "cancelled", "reason": session.cancel_reason}
+    except (APIError, BackendError) as exc:
+        _, error_body, _ = to_openai_error(exc)
+        error = error_body["error"]
+        status, details = (
+            "failed",
+            {"type": "failed", "error": {"type": error["type"], "code": error["code"]}},
+        )
+        await session.error(
+            error["message"],
+            code=error.get("code") or "error",
+            param=error.get("param"),
+            event_id=None,
+            kind=error["type"],
+        )
+    if run is not None:
+        if status != "completed":
+            run.item["status"] = "incomplete"
+        await run.send_done_events()
+        response["output"] = [run.item]
+    completion = run.completion_tokens if run is not None else 0
+    response.update(
+        status=status,
+        status_details=details,
+        usage={
+            "total_tokens": prompt_tokens + completion,
+            "input_tokens": prompt_tokens,
+            "output_tokens": completion,
+            "input_token_details": {"text_tokens": prompt_tokens, "audio_tokens": 0, "cached_tokens": 0},
+            "output_token_details": {"text_tokens": completion, "audio_tokens": 0},
+        },
+    )
+    await session.send({"type": "response.done", "response": response})

@@ -1,0 +1,253 @@
+"""One Realtime response: the conversation → the chat core → text, and sentence by sentence → speech.
+
+Pipelined for latency: the chat plan streams text; each complete sentence is queued for speech at once
+while the model goes on generating, and its pcm16 24 kHz audio is sent in 200 ms deltas as it comes. In
+audio mode the transcript delta of a sentence is sent when its audio starts, so the transcript never runs
+ahead of what the user can hear; after a barge-in the item keeps exactly the sentences whose audio was
+sent (`Spoken`), and `conversation.item.truncate` can cut it further to what was played.
+
+Cancellation (`response.cancel`, a barge-in, a closed socket) cancels the task running `run`: the chat
+core pauses its unit and the speech stream frees its unit, both in their own shielded clean-ups
+(services/generation.py), so nothing is left running on the device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from stackflow_openai.services.generation import ChoiceFinished, ChoiceText
+
+from .conversation import new_item_id
+
+__all__ = ["ResponseRun", "SentenceSplitter", "Speak", "Spoken"]
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Speak = Callable[[str], AsyncIterator[bytes]]  # a sentence → pcm16 24 kHz pieces
+AUDIO_DELTA_BYTES = 9600  # 200 ms of pcm16 at 24 kHz per response.output_audio.delta
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|(?<=[。！？；])|\n+")
+_MIN_SENTENCE = 12  # characters: "Yes." alone is not worth a TTS round trip when more is coming
+
+
+class SentenceSplitter:
+    """Text deltas in, complete sentences out (the rest is kept until more text or `flush`)."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def feed(self, text: str) -> list[str]:
+        self._pending += text
+        out: list[str] = []
+        start = 0
+        for match in _SENTENCE_END.finditer(self._pending):
+            piece = self._pending[start : match.end()]
+            if len(piece.strip()) >= _MIN_SENTENCE:
+                out.append(piece)
+                start = match.end()
+        self._pending = self._pending[start:]
+        return out
+
+    def flush(self) -> list[str]:
+        rest, self._pending = self._pending, ""
+        return [rest] if rest.strip() else []
+
+
+@dataclass
+class Spoken:
+    """What an audio response has delivered so far: sentences and the audio length of each."""
+
+    sentences: list[tuple[str, int]] = field(default_factory=list)  # (text, audio ms)
+
+    @property
+    def transcript(self) -> str:
+        return "".join(text for text, _ in self.sentences)
+
+    def until(self, audio_end_ms: int) -> str:
+        """The transcript of the sentences whose audio had started by `audio_end_ms`."""
+        out, at = [], 0
+        for text, ms in self.sentences:
+            if at >= audio_end_ms:
+                break
+            out.append(text)
+            at += ms
+        return "".join(out)
+
+
+class ResponseRun:
+    """Runs one response and writes its events; `item` is the assistant item, `status` the outcome."""
+
+    def __init__(
+        self,
+        *,
+        send: Send,
+        response: dict[str, Any],
+        events: AsyncIterator[Any],  # the chat plan's choice events
+        speak: Speak | None,  # None: text mode
+    ) -> None:
+        self._send = send
+        self.response = response
+        self._events = events
+        self._speak = speak
+        self.spoken = Spoken()
+        self.text = ""
+        self.item: dict[str, Any] = {
+            "id": new_item_id(),
+            "object": "realtime.item",
+            "type": "message",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
+        self.finish_reason: str | None = None
+        self.completion_tokens = 0
+
+    def _ids(self) -> dict[str, Any]:
+        return {"response_id": self.response["id"], "item_id": self.item["id"], "output_index": 0}
+
+    async def run(self) -> None:
+        """Until the model and the speech are done (cancel the task to stop it)."""
+        await self._send(
+            {
+                "type": "response.output_item.added",
+                "response_id": self.response["id"],
+                "output_index": 0,
+                "item": dict(self.item, content=[]),
+            }
+        )
+        await self._send(
+            {"type": "conversation.item.added", "previous_item_id": None, "item": dict(self.item)}
+        )
+        part: dict[str, Any] = (
+            {"type": "audio", "transcript": ""} if self._speak else {"type": "text", "text": ""}
+        )
+        await self._send(
+            {"type": "response.content_part.added", **self._ids(), "content_index": 0, "part": part}
+        )
+        if self._speak is None:
+            await self._run_text()
+        else:
+            await self._run_audio()
+        self.item["status"] = "completed"
+
+    async def _run_text(self) -> None:
+        async with aclosing(self._events) as events:  # type: ignore[type-var]
+            async for event in events:
+                if type(event) is ChoiceText:
+                    self.text += event.text
+                    await self._send(
+                        {
+                            "type": "response.output_text.delta",
+                            **self._ids(),
+                            "content_index": 0,
+                            "delta": event.text,
+                        }
+                    )
+                elif isinstance(event, ChoiceFinished):
+                    self._finished(event)
+
+    async def _run_audio(self) -> None:
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.create_task(self._speak_all(sentences))
+        try:
+            splitter = SentenceSplitter()
+            async with aclosing(self._events) as events:  # type: ignore[type-var]
+                async for event in events:
+                    if type(event) is ChoiceText:
+                        self.text += event.text
+                        for sentence in splitter.feed(event.text):
+                            sentences.put_nowait(sentence)
+                    elif isinstance(event, ChoiceFinished):
+                        self._finished(event)
+            for sentence in splitter.flush():
+                sentences.put_nowait(sentence)
+            sentences.put_nowait(None)
+            await speaker
+        finally:
+            if not speaker.done():
+                speaker.cancel()
+                await asyncio.gather(speaker, return_exceptions=True)
+
+    async def _speak_all(self, sentences: asyncio.Queue[str | None]) -> None:
+        assert self._speak is not None
+        while (sentence := await sentences.get()) is not None:
+            await self._send(
+                {
+                    "type": "response.output_audio_transcript.delta",
+                    **self._ids(),
+                    "content_index": 0,
+                    "delta": sentence,
+                }
+            )
+            self.spoken.sentences.append((sentence, 0))
+            audio_bytes = 0
+            pending = b""
+            async with aclosing(self._speak(sentence)) as pieces:  # type: ignore[type-var]
+                async for piece in pieces:
+                    pending += piece
+                    while len(pending) >= AUDIO_DELTA_BYTES:
+                        await self._audio_delta(pending[:AUDIO_DELTA_BYTES])
+                        audio_bytes += AUDIO_DELTA_BYTES
+                        pending = pending[AUDIO_DELTA_BYTES:]
+                        self.spoken.sentences[-1] = (sentence, audio_bytes // 48)
+            if pending:
+                await self._audio_delta(pending)
+                audio_bytes += len(pending)
+            self.spoken.sentences[-1] = (sentence, audio_bytes // 48)  # 48 bytes per ms at 24 kHz
+
+    async def _audio_delta(self, pcm: bytes) -> None:
+        await self._send(
+            {
+                "type": "response.output_audio.delta",
+                **self._ids(),
+                "content_index": 0,
+                "delta": base64.b64encode(pcm).decode("ascii"),
+            }
+        )
+
+    def _finished(self, event: ChoiceFinished) -> None:
+        self.finish_reason = event.finish_reason
+        self.completion_tokens += event.completion_tokens
+
+    def final_content(self) -> list[dict[str, Any]]:
+        if self._speak is None:
+            return [{"type": "output_text", "text": self.text}]
+        return [{"type": "output_audio", "transcript": self.spoken.transcript}]
+
+    async def send_done_events(self) -> None:
+        """The closing events of the output item (after a completed or an interrupted run)."""
+        ids, content = self._ids(), self.final_content()
+        if self._speak is None:
+            await self._send(
+                {"type": "response.output_text.done", **ids, "content_index": 0, "text": self.text}
+            )
+            part = {"type": "text", "text": self.text}
+        else:
+            transcript = content[0]["transcript"]
+            await self._send({"type": "response.output_audio.done", **ids, "content_index": 0})
+            await self._send(
+                {
+                    "type": "response.output_audio_transcript.done",
+                    **ids,
+                    "content_index": 0,
+                    "transcript": transcript,
+                }
+            )
+            part = {"type": "audio", "transcript": transcript}
+        await self._send({"type": "response.content_part.done", **ids, "content_index": 0, "part": part})
+        self.item["content"] = content
+        await self._send(
+            {
+                "type": "response.output_item.done",
+                "response_id": self.response["id"],
+                "output_index": 0,
+                "item": dict(self.item),
+            }
+        )
+        await self._send(
+            {"type": "conversation.item.done", "previous_item_id": None, "item": dict(self.item)}
+        )
