@@ -100,6 +100,12 @@ class SessionConfig:
             self.speed = float(speed)
 
     def to_json(self, session_id: str) -> dict[str, Any]:
+        audio_input: dict[str, Any] = {
+            "format": dict(_PCM),
+            "turn_detection": copy.deepcopy(self.turn_detection),
+        }
+        if self.transcription is not None:  # OpenAI's schema has no null here: off is absent
+            audio_input["transcription"] = copy.deepcopy(self.transcription)
         return {
             "type": "realtime",
             "object": "realtime.session",
@@ -111,12 +117,7 @@ class SessionConfig:
             "tool_choice": self.tool_choice,
             "max_output_tokens": "inf" if self.max_output_tokens is None else self.max_output_tokens,
             "audio": {
-                "input": {
-                    "format": dict(_PCM),
-                    "transcription": copy.deepcopy(self.transcription),
-                    "noise_reduction": None,
-                    "turn_detection": copy.deepcopy(self.turn_detection),
-                },
+                "input": audio_input,
                 "output": {"format": dict(_PCM), "voice": self.voice, "speed": self.speed},
             },
         }

@@ -36,15 +36,12 @@ async def run_response(
         "id": "resp_" + secrets.token_hex(10),
         "object": "realtime.response",
         "status": "in_progress",
-        "status_details": None,
         "output": [],
         "conversation_id": session.id.replace("sess_", "conv_"),
         "output_modalities": list(modalities),
         "max_output_tokens": "inf" if limit is None else limit,
         "audio": {"output": {"format": dict(_PCM), "voice": config.voice}},
-        "usage": None,
-        "metadata": None,
-    }
+    }  # status_details and usage come with response.done (OpenAI's schema has no null for them)
     await session.send({"type": "response.created", "response": dict(response)})
     run: ResponseRun | None = None
     status, prompt_tokens = "completed", 0
@@ -92,9 +89,10 @@ async def run_response(
         await run.send_done_events()
         response["output"] = [run.item]
     completion = run.completion_tokens if run is not None else 0
+    if details is not None:
+        response["status_details"] = details
     response.update(
         status=status,
-        status_details=details,
         usage={
             "total_tokens": prompt_tokens + completion,
             "input_tokens": prompt_tokens,

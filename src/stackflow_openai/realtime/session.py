@@ -190,7 +190,7 @@ class RealtimeSession:
             "type": "message",
             "role": "user",
             "status": "completed",
-            "content": [{"type": "input_audio", "transcript": None}],
+            "content": [{"type": "input_audio"}],
         }
         previous = self.conversation.add(item)
         await self.send(
