@@ -66,19 +66,19 @@ def check_event(event: dict[str, Any]) -> None:
     assert _SERVER_EVENT.is_valid(event), event["type"]
 
 
-async def recv(connection: Any, timeout: float = 20.0) -> dict[str, Any]:
-    raw = await asyncio.wait_for(connection.recv_bytes(), timeout)
+async def recv(connection: Any, wait: float = 20.0) -> dict[str, Any]:
+    raw = await asyncio.wait_for(connection.recv_bytes(), wait)
     event: dict[str, Any] = json.loads(raw)
     check_event(event)
     return event
 
 
 async def until(
-    connection: Any, kind: str, seen: list[dict[str, Any]], timeout: float = 30.0
+    connection: Any, kind: str, seen: list[dict[str, Any]], wait: float = 30.0
 ) -> dict[str, Any]:
     """Read events (appended to `seen`) until one of type `kind` arrives."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + wait
     while True:
         event = await recv(connection, max(0.1, deadline - loop.time()))
         seen.append(event)

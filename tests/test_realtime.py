@@ -4,7 +4,6 @@ Every server event is checked against OpenAI's RealtimeServerEvent schema (realt
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -12,9 +11,9 @@ from collections.abc import Iterator
 import openai
 import pytest
 import websockets
+
 from e2e_harness import Harness
 from realtime_support import CHAT, PIPELINE, assert_in_order, b64, recv, silence_24k, speech_24k, until
-
 from stackflow_openai.config import RealtimeSettings, Settings, VoicePipelineSettings
 from stackflow_openai.emulator import Timing
 
