@@ -62,7 +62,10 @@ class RealtimeSession:
     async def send(self, event: dict[str, Any]) -> None:
         if self._closed:
             return
-        await self._send_raw({"event_id": "event_" + secrets.token_hex(8), **event})
+        try:
+            await self._send_raw({"event_id": "event_" + secrets.token_hex(8), **event})
+        except Exception:  # the socket is gone (disconnect mid-send): the reader ends the session
+            self._closed = True
 
     async def error(
         self,
