@@ -3,9 +3,9 @@
 Why webrtcvad (the `webrtcvad-wheels` build of Google's WebRTC voice activity detector): measured on this
 project's 2-core test machine (benchmarks/realtime_latency.py), it costs 0.16 ms of CPU per second of audio
 (0.7 ms with this module's 24 -> 16 kHz resampling per frame), against 4.2-4.7 ms for Silero VAD (v6, ONNX,
-onnxruntime with one thread) plus ~2.3 MB of model and onnxruntime itself (tens of MB) in the gateway. On a device that shares
-two to eight Cortex-A cores with the model runtime, the 25x cheaper detector wins; Silero is better on noisy
-rooms, which matters less for a push-to-talk or near-field microphone (docs/realtime.md).
+onnxruntime with one thread) plus ~2.3 MB of model and onnxruntime itself (tens of MB) in the gateway.
+On a device that shares its Cortex-A cores with the model runtime, the 6-25x cheaper detector wins; Silero
+is better in noisy rooms, which matters less for a push-to-talk or near-field microphone (docs/realtime.md).
 
 OpenAI's `server_vad` settings map as follows:
 - `threshold` (0..1) picks WebRTC's aggressiveness (0..3): a higher threshold needs clearer speech;
