@@ -73,9 +73,7 @@ async def recv(connection: Any, wait: float = 20.0) -> dict[str, Any]:
     return event
 
 
-async def until(
-    connection: Any, kind: str, seen: list[dict[str, Any]], wait: float = 30.0
-) -> dict[str, Any]:
+async def until(connection: Any, kind: str, seen: list[dict[str, Any]], wait: float = 30.0) -> dict[str, Any]:
     """Read events (appended to `seen`) until one of type `kind` arrives."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait

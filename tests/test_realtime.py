@@ -4,8 +4,10 @@ Every server event is checked against OpenAI's RealtimeServerEvent schema (realt
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import time
 from collections.abc import Iterator
 
 import openai
@@ -210,7 +212,12 @@ async def test_a_session_closed_mid_response_leaks_nothing(harness: Harness) -> 
         await conn.response.create()
         await until(conn, "response.output_audio.delta", [])
     harness.assert_no_leak(timeout=10)
-    assert not any(i["state"] == "busy" for i in harness.live_instances())
+    # The answer was paused, not left generating (it would run for many seconds at 40 tokens/s): within
+    # 3 s every unit is idle (a speech unit may finish the sentence it was given).
+    deadline = time.monotonic() + 3
+    while any(i["state"] == "busy" for i in harness.live_instances()):
+        assert time.monotonic() < deadline, harness.live_instances()
+        await asyncio.sleep(0.05)
 
 
 async def test_api_keys_on_the_socket() -> None:
@@ -239,3 +246,34 @@ async def test_api_keys_on_the_socket() -> None:
                 pass
     finally:
         harness.stop()
+
+
+async def test_an_audio_item_created_by_the_client_is_transcribed_and_answered(harness: Harness) -> None:
+    async with _client(harness).realtime.connect(model="voice") as conn:
+        await recv(conn)
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "output_modalities": ["text"],
+                "audio": {"input": {"transcription": {"model": "whisper-1"}, "turn_detection": None}},
+            }
+        )
+        await until(conn, "session.updated", [])
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_audio", "audio": b64(speech_24k("Good morning to you"))}],
+            }
+        )
+        seen: list[dict] = []
+        heard = await until(conn, "conversation.item.input_audio_transcription.completed", seen)
+        done = await until(conn, "conversation.item.done", seen)
+        assert heard["transcript"] and done["item"]["content"][0]["transcript"] == heard["transcript"]
+        assert "audio" not in done["item"]["content"][0]
+        await conn.response.create()
+        answer = await until(conn, "response.done", seen)
+        # The scripted model repeats the words of its prompt: the transcript reached it.
+        text = answer["response"]["output"][0]["content"][0]["text"]
+        assert heard["transcript"].split()[0].strip(".,").lower() in text.lower()
+    harness.assert_no_leak()

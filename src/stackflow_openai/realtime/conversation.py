@@ -127,11 +127,3 @@ def _check_message(item: dict[str, Any]) -> None:
                 f"A {role} message takes parts of type {', '.join(allowed[role])}.",
                 f"item.content[{index}].type",
             )
-        if part["type"] == "input_audio" and part.get("audio") is not None and not part.get("transcript"):
-            # Audio items are transcribed when committed from the buffer; an item created with raw
-            # audio would need the same path. Ask for a transcript instead of guessing.
-            raise ItemProblem(
-                "An input_audio part created by the client needs its transcript; send audio through "
-                "input_audio_buffer.append instead.",
-                f"item.content[{index}]",
-            )

@@ -204,14 +204,14 @@ class RealtimeSession:
         )
         self._queue(self._transcribe(item, audio, respond=respond))
 
-    async def _transcribe(self, item: dict[str, Any], audio: bytes, *, respond: bool) -> None:
+    async def _transcribe(self, item: dict[str, Any], audio: bytes, *, respond: bool, index: int = 0) -> None:
         started = time.monotonic()
         try:
             transcript = await self.services.transcribe(
                 audio, (self.config.transcription or {}).get("language")
             )
         except (APIError, BackendError) as exc:
-            item["content"][0]["transcript"] = ""
+            item["content"][index]["transcript"] = ""
             if self.config.transcription is not None:
                 _, body, _ = to_openai_error(exc)
                 await self.send(
@@ -225,7 +225,7 @@ class RealtimeSession:
             else:
                 await self._api_error(exc, None)
             return
-        item["content"][0]["transcript"] = transcript
+        item["content"][index]["transcript"] = transcript
         log.debug(
             "realtime %s: transcribed %.1f s in %.2f s",
             self.id,
@@ -237,7 +237,7 @@ class RealtimeSession:
                 {
                     "type": "conversation.item.input_audio_transcription.completed",
                     "item_id": item["id"],
-                    "content_index": 0,
+                    "content_index": index,
                     "transcript": transcript,
                     "usage": {"type": "duration", "seconds": round(len(audio) / 48000, 3)},
                 }
@@ -255,11 +255,17 @@ class RealtimeSession:
 
     async def _item_create(self, event: dict[str, Any]) -> None:
         item = self.conversation.client_item(event.get("item"))
+        index, audio = _client_audio(item)
         previous = self.conversation.add(item, event.get("previous_item_id"))
         await self.send(
             {"type": "conversation.item.added", "previous_item_id": previous, "item": _copy(item)}
         )
-        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": _copy(item)})
+        if audio is None:
+            await self.send(
+                {"type": "conversation.item.done", "previous_item_id": previous, "item": _copy(item)}
+            )
+        else:  # the model cannot hear: the audio becomes its transcript first (item.done follows it)
+            self._queue(self._transcribe(item, audio, respond=False, index=index))
 
     async def _item_delete(self, event: dict[str, Any]) -> None:
         item_id = event.get("item_id")
@@ -370,6 +376,21 @@ class RealtimeSession:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+
+
+def _client_audio(item: dict[str, Any]) -> tuple[int, bytes | None]:
+    """The first input_audio part that brings audio without a transcript: its index and pcm16 (the base64
+    is dropped from the item, as OpenAI does not echo audio back in item events)."""
+    for index, part in enumerate(item.get("content") or ()):
+        if part.get("type") == "input_audio" and part.get("audio") is not None and not part.get("transcript"):
+            try:
+                pcm = base64.b64decode(part.pop("audio"), validate=True)
+            except (binascii.Error, ValueError, TypeError):
+                raise ClientEventError(
+                    "audio must be base64 pcm16 audio.", param=f"item.content[{index}].audio"
+                ) from None
+            return index, pcm
+    return 0, None
 
 
 def _copy(item: dict[str, Any]) -> dict[str, Any]:
