@@ -277,3 +277,38 @@ async def test_an_audio_item_created_by_the_client_is_transcribed_and_answered(h
         text = answer["response"]["output"][0]["content"][0]["text"]
         assert heard["transcript"].split()[0].strip(".,").lower() in text.lower()
     harness.assert_no_leak()
+
+
+async def test_a_silent_client_is_closed_after_the_idle_timeout() -> None:
+    settings = _settings()
+    settings.realtime.idle_timeout = 0.5
+    harness = Harness(settings).start()
+    try:
+        async with _client(harness).realtime.connect(model=CHAT) as conn:
+            await recv(conn)
+            error = await until(conn, "error", [], wait=5)
+            assert error["error"]["code"] == "session_idle_timeout"
+            with pytest.raises(websockets.ConnectionClosed):
+                await conn.recv_bytes()
+        harness.assert_no_leak()
+    finally:
+        harness.stop()
+
+
+async def test_session_update_refuses_an_unknown_voice_and_keeps_the_old_settings(harness: Harness) -> None:
+    async with _client(harness).realtime.connect(model="voice") as conn:
+        created = await recv(conn)
+        voice = created["session"]["audio"]["output"]["voice"]
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "instructions": "Be brief.",
+                "audio": {"output": {"voice": "no-such-voice"}},
+            }
+        )
+        error = await until(conn, "error", [])
+        assert error["error"]["code"] == "invalid_voice"
+        await conn.session.update(session={"type": "realtime", "max_output_tokens": 5})
+        updated = await until(conn, "session.updated", [])
+        assert updated["session"]["audio"]["output"]["voice"] == voice
+        assert updated["session"]["instructions"] == ""  # the refused update changed nothing

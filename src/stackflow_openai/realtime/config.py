@@ -48,8 +48,9 @@ class SessionConfig:
     tool_choice: Any = "auto"
     max_output_tokens: int | None = None  # None: "inf", the model's own limit
 
-    def update(self, session: Any) -> None:
-        """Apply a `session.update`'s `session` object; raises ConfigProblem naming the field."""
+    def updated(self, session: Any) -> SessionConfig:
+        """A copy with a `session.update`'s `session` object applied; raises ConfigProblem naming the field
+        (all or nothing: a refused update changes nothing)."""
         if not isinstance(session, dict):
             raise ConfigProblem("session must be an object", "session")
         session_type = session.get("type", "realtime")
@@ -57,7 +58,7 @@ class SessionConfig:
             raise ConfigProblem(
                 f"Only 'realtime' sessions are served here, not {session_type!r}.", "session.type"
             )
-        new = copy.deepcopy(self)  # all or nothing: a bad field changes nothing
+        new = copy.deepcopy(self)
         if "instructions" in session:
             new.instructions = _text(session["instructions"], "session.instructions")
         if "output_modalities" in session:
@@ -72,7 +73,7 @@ class SessionConfig:
             new.max_output_tokens = max_output_tokens(
                 session["max_output_tokens"], "session.max_output_tokens"
             )
-        self.__dict__.update(new.__dict__)
+        return new
 
     def _update_audio(self, audio: Any) -> None:
         if not isinstance(audio, dict):

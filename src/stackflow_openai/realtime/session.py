@@ -120,10 +120,11 @@ class RealtimeSession:
         )
 
     async def _session_update(self, event: dict[str, Any]) -> None:
-        before = self.config.turn_detection
-        self.config.update(event.get("session"))
-        self.services.check(self.config.voice if "audio" in self.config.output_modalities else None)
-        if self.config.turn_detection != before:
+        new = self.config.updated(event.get("session"))
+        self.services.check(new.voice if "audio" in new.output_modalities else None)
+        changed_vad = new.turn_detection != self.config.turn_detection
+        self.config = new
+        if changed_vad:
             self._detector = self._new_detector()
         await self.send({"type": "session.updated", "session": self.config.to_json(self.id)})
 
