@@ -312,3 +312,29 @@ async def test_session_update_refuses_an_unknown_voice_and_keeps_the_old_setting
         updated = await until(conn, "session.updated", [])
         assert updated["session"]["audio"]["output"]["voice"] == voice
         assert updated["session"]["instructions"] == ""  # the refused update changed nothing
+
+
+async def test_a_response_the_device_cannot_take_fails_cleanly(harness: Harness) -> None:
+    async with _client(harness).realtime.connect(model=CHAT) as conn:
+        await recv(conn)
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "word " * 2000}],
+            }
+        )  # far beyond the p256 prefill window
+        await conn.response.create(response={"output_modalities": ["text"]})
+        seen: list[dict] = []
+        done = await until(conn, "response.done", seen)
+        error = next(e for e in seen if e["type"] == "error")
+        assert error["error"]["code"] == "context_length_exceeded"
+        assert done["response"]["status"] == "failed"
+        assert done["response"]["status_details"]["error"]["code"] == "context_length_exceeded"
+        # The session goes on.
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello"}]}
+        )
+        await conn.response.create(response={"output_modalities": ["text"]})
+        assert (await until(conn, "response.done", []))["response"]["status"] == "completed"
+    harness.assert_no_leak()

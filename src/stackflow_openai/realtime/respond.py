@@ -11,8 +11,7 @@ import asyncio
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from stackflow_openai.backends.base import BackendError
-from stackflow_openai.errors import APIError, to_openai_error
+from stackflow_openai.errors import to_openai_error
 
 from .responder import ResponseRun
 
@@ -69,7 +68,7 @@ async def run_response(
             status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
     except asyncio.CancelledError:
         status, details = "cancelled", {"type": "cancelled", "reason": session.cancel_reason}
-    except (APIError, BackendError) as exc:
+    except Exception as exc:  # an API/backend error, or a bug (to_openai_error logs it): failed
         _, error_body, _ = to_openai_error(exc)
         error = error_body["error"]
         status, details = (

@@ -19,8 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from stackflow_openai.backends.base import BackendError
-from stackflow_openai.errors import APIError, to_openai_error
+from stackflow_openai.errors import to_openai_error
 
 from .config import ConfigProblem, SessionConfig, max_output_tokens
 from .conversation import Conversation, ItemProblem, new_item_id
@@ -105,7 +104,7 @@ class RealtimeSession:
         except (ClientEventError, ConfigProblem, ItemProblem) as exc:
             code = getattr(exc, "code", "invalid_value")
             await self.error(str(exc), code=code, param=exc.param, event_id=event_id)
-        except (APIError, BackendError) as exc:
+        except Exception as exc:  # APIError / BackendError, or a bug (logged there): the session goes on
             await self._api_error(exc, event_id)
 
     async def _api_error(self, exc: Exception, event_id: str | None) -> None:
@@ -211,7 +210,7 @@ class RealtimeSession:
             transcript = await self.services.transcribe(
                 audio, (self.config.transcription or {}).get("language")
             )
-        except (APIError, BackendError) as exc:
+        except Exception as exc:  # APIError / BackendError, or a bug (logged there): no transcript
             item["content"][index]["transcript"] = ""
             if self.config.transcription is not None:
                 _, body, _ = to_openai_error(exc)
