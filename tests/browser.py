@@ -64,12 +64,12 @@ class Browsing:
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
+def chromium(extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
     require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield browser
         finally:

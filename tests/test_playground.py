@@ -123,7 +123,7 @@ def test_speech_plays_in_the_audio_element(browser, harness, fmt):
         models_loaded(page)
         page.get_by_role("tab", name="Speech").click()
         page.get_by_label("Text to speak").fill("Hello there. This is the playground speaking.")
-        assert page.get_by_label("Voice").input_value() == "alloy"
+        assert page.get_by_role("combobox", name="Voice", exact=True).input_value() == "alloy"
         page.get_by_label("Format").select_option(fmt)
         page.get_by_role("button", name="Speak").click()
         page.locator('[data-role="speech-stats"]').filter(has_text=f"KiB of {fmt}").wait_for(timeout=WAIT_MS)

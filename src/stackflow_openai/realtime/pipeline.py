@@ -1,8 +1,9 @@
 """What a Realtime session runs on: the chat, transcription and speech services of the gateway.
 
 A session names a chat model (`?model=`), or a voice pipeline from the config (`realtime.pipelines`) that
-names the chat, transcription and speech models and the voice. For a plain chat model the first
-transcription and speech models the gateway serves are used, with the speech model's first voice.
+names the chat, transcription and speech models and the voice. For a plain chat model the models
+that `whisper-1` and `tts-1` stand for are used (else the first of each kind), with the speech model's first
+voice.
 
 Units are leased per stage and given back at once (one transcription per user turn, one chat generation and
 one speech stream per sentence per response), so a session holds no device unit while the user is silent
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from stackflow_openai.backends.base import ModelEntry
 from stackflow_openai.errors import InvalidRequestError, ModelNotFoundError
 from stackflow_openai.services.common import GenerationPlan
 from stackflow_openai.services.registry import ModelRegistry, resolve_model
@@ -55,11 +57,18 @@ def resolve_pipeline(
             language=configured.get("language"),
         )
     entry = resolve_model(registry, model, kinds=("chat",), endpoint="/v1/realtime")
-    entries = registry.list()
-    asr = next((e for e in entries if e.kind == "transcription"), None)
-    tts = next((e for e in entries if e.kind == "speech" and e.speech is not None), None)
+    asr = _default(registry, "whisper-1", "transcription")
+    tts = _default(registry, "tts-1", "speech")
     voice = tts.speech.voices[0] if tts is not None and tts.speech is not None and tts.speech.voices else None
     return VoicePipeline(entry.id, asr.id if asr else None, tts.id if tts else None, voice)
+
+
+def _default(registry: ModelRegistry, alias: str, kind: str) -> ModelEntry | None:
+    """The model a hard-coded OpenAI name stands for (whisper-1, tts-1), else the first of its kind."""
+    entry = registry.get(alias)
+    if entry is not None and entry.kind == kind:
+        return entry
+    return next((e for e in registry.list() if e.kind == kind), None)
 
 
 def _wav(pcm24: bytes) -> bytes:

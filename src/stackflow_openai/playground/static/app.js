@@ -5,9 +5,10 @@ import { ApiError, apiKey, getJson, setApiKey } from "./api.js";
 import * as chat from "./chat.js";
 import * as speech from "./speech.js";
 import * as transcription from "./transcription.js";
+import * as voice from "./voice.js";
 import * as status from "./status.js";
 
-const SECTIONS = { chat, speech, transcription };
+const SECTIONS = { chat, speech, transcription, voice };
 
 const errorBox = document.querySelector('[data-role="error"]');
 
