@@ -76,7 +76,7 @@ class ChatService:
         entry = resolve_model(self._registry, request.model, kinds=("chat",), endpoint=endpoint)
         backend = await forward_or_backend(entry, "/chat/completions", body)
         assert not isinstance(backend, ProxyResult)  # kinds=("chat",): never a proxy
-        return await self._plan(request, entry, backend, {})
+        return await self._plan(request, body, entry, backend, {})
 
     async def _plan(
         self,
