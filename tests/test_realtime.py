@@ -338,3 +338,67 @@ async def test_a_response_the_device_cannot_take_fails_cleanly(harness: Harness)
         await conn.response.create(response={"output_modalities": ["text"]})
         assert (await until(conn, "response.done", []))["response"]["status"] == "completed"
     harness.assert_no_leak()
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The current weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+async def test_function_tools_round_trip(harness: Harness) -> None:
+    async with _client(harness).realtime.connect(model="voice") as conn:
+        await recv(conn)
+        await conn.session.update(session={"type": "realtime", "tools": [WEATHER], "tool_choice": "required"})
+        await until(conn, "session.updated", [])
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What is the weather in Paris?"}],
+            }
+        )
+        await conn.response.create()
+        seen: list[dict] = []
+        done = await until(conn, "response.done", seen)
+        kinds = [e["type"] for e in seen]
+        assert_in_order(
+            kinds,
+            [
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.done",
+            ],
+        )
+        call = next(e for e in seen if e["type"] == "response.function_call_arguments.done")
+        assert call["name"] == "get_weather" and isinstance(json.loads(call["arguments"])["city"], str)
+        assert done["response"]["status"] == "completed"
+        output = done["response"]["output"]
+        assert [item["type"] for item in output] == ["function_call"]  # no empty spoken message
+        assert not any(e["type"] == "response.output_audio.delta" for e in seen)
+        # The client runs the function and hands the result back; the next answer is spoken.
+        await conn.conversation.item.create(
+            item={
+                "type": "function_call_output",
+                "call_id": call["call_id"],
+                "output": json.dumps({"sky": "sunny", "celsius": 21}),
+            }
+        )
+        await until(conn, "conversation.item.done", [])
+        await conn.session.update(session={"type": "realtime", "tool_choice": "none"})
+        await until(conn, "session.updated", [])
+        await conn.response.create()
+        seen = []
+        answer = await until(conn, "response.done", seen)
+        assert answer["response"]["output"][0]["type"] == "message"
+        assert answer["response"]["output"][0]["content"][0]["transcript"]
+        assert any(e["type"] == "response.output_audio.delta" for e in seen)
+    harness.assert_no_leak()

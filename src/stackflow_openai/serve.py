@@ -72,7 +72,6 @@ def http_settings(settings: Settings):  # type: ignore[no-untyped-def]
         responses_max_bytes=settings.responses.max_bytes,
         responses_default_truncation=settings.responses.default_truncation,
         playground=settings.playground,
-
         voice_pipelines={
             name: pipeline.model_dump(exclude_none=True)
             for name, pipeline in settings.realtime.pipelines.items()

@@ -91,14 +91,16 @@ class Conversation:
                 if text or item["role"] == "user":
                     out.append({"role": item["role"], "content": text})
             elif kind == "function_call":
-                call = {"name": item["name"], "arguments": item["arguments"]}
-                out.append(
-                    {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [{"id": item["call_id"], "type": "function", "function": call}],
-                    }
-                )
+                call = {
+                    "id": item["call_id"],
+                    "type": "function",
+                    "function": {"name": item["name"], "arguments": item["arguments"]},
+                }
+                last = out[-1] if out else None
+                if last is not None and last["role"] == "assistant" and last.get("tool_calls"):
+                    last["tool_calls"].append(call)  # parallel calls of one answer: one assistant turn
+                else:
+                    out.append({"role": "assistant", "content": None, "tool_calls": [call]})
             elif kind == "function_call_output":
                 out.append({"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]})
         return out

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from stackflow_openai.errors import to_openai_error
 
+from .config import chat_tools
 from .responder import ResponseRun
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ async def run_response(
         if pending is not None:
             await asyncio.wait({pending})
         body: dict[str, Any] = {"messages": session.conversation.messages(instructions)}
+        body.update(chat_tools(config.tools, config.tool_choice))
         if limit is not None:
             body["max_tokens"] = limit
         plan = await session.services.plan(body)
@@ -60,8 +62,13 @@ async def run_response(
             def speak(text: str) -> Any:
                 return session.services.speak(text, voice, speed)
 
-        run = ResponseRun(send=session.send, response=response, events=plan.events(stream=True), speak=speak)
-        session.conversation.add(run.item)
+        run = ResponseRun(
+            send=session.send,
+            response=response,
+            events=plan.events(stream=True),
+            speak=speak,
+            add_item=session.conversation.add,
+        )
         session.last_run = run
         await run.run()
         if run.finish_reason == "length":
@@ -83,10 +90,10 @@ async def run_response(
             kind=error["type"],
         )
     if run is not None:
-        if status != "completed":
-            run.item["status"] = "incomplete"
+        if status != "completed" and run.message is not None:
+            run.message["status"] = "incomplete"
         await run.send_done_events()
-        response["output"] = [run.item]
+        response["output"] = run.items
     completion = run.completion_tokens if run is not None else 0
     if details is not None:
         response["status_details"] = details

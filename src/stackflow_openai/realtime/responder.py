@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackflow_openai.services.generation import ChoiceFinished, ChoiceText
+from stackflow_openai.services.generation import ChoiceFinished, ChoiceText, ChoiceToolCall, ToolCall
 
 from .conversation import new_item_id
 
@@ -79,7 +80,9 @@ class Spoken:
 
 
 class ResponseRun:
-    """Runs one response and writes its events; `item` is the assistant item, `status` the outcome."""
+    """Runs one response and writes its events. Its output items (`items`): the assistant message, made
+    when its first text comes (none for an answer that is only tool calls), and one `function_call` item
+    per tool call, each sent whole as the chat core hands it over (calls are held until complete there)."""
 
     def __init__(
         self,
@@ -88,14 +91,51 @@ class ResponseRun:
         response: dict[str, Any],
         events: AsyncIterator[Any],  # the chat plan's choice events
         speak: Speak | None,  # None: text mode
+        add_item: Callable[[dict[str, Any]], str | None],  # into the conversation; returns the previous id
     ) -> None:
         self._send = send
         self.response = response
         self._events = events
         self._speak = speak
+        self._add_item = add_item
         self.spoken = Spoken()
         self.text = ""
-        self.item: dict[str, Any] = {
+        self.items: list[dict[str, Any]] = []
+        self.message: dict[str, Any] | None = None
+        self._message_index = 0
+        self.finish_reason: str | None = None
+        self.completion_tokens = 0
+
+    def _ids(self) -> dict[str, Any]:
+        assert self.message is not None
+        return {
+            "response_id": self.response["id"],
+            "item_id": self.message["id"],
+            "output_index": self._message_index,
+        }
+
+    async def _announce(self, item: dict[str, Any]) -> int:
+        """Add an output item: response.output_item.added and conversation.item.added; its index."""
+        index = len(self.items)
+        self.items.append(item)
+        previous = self._add_item(item)
+        await self._send(
+            {
+                "type": "response.output_item.added",
+                "response_id": self.response["id"],
+                "output_index": index,
+                "item": copy.deepcopy(item),
+            }
+        )
+        await self._send(
+            {"type": "conversation.item.added", "previous_item_id": previous, "item": copy.deepcopy(item)}
+        )
+        return index
+
+    async def _open_message(self) -> None:
+        if self.message is not None:
+            return
+        self.message = {
             "id": new_item_id(),
             "object": "realtime.item",
             "type": "message",
@@ -103,41 +143,76 @@ class ResponseRun:
             "role": "assistant",
             "content": [],
         }
-        self.finish_reason: str | None = None
-        self.completion_tokens = 0
-
-    def _ids(self) -> dict[str, Any]:
-        return {"response_id": self.response["id"], "item_id": self.item["id"], "output_index": 0}
-
-    async def run(self) -> None:
-        """Until the model and the speech are done (cancel the task to stop it)."""
-        await self._send(
-            {
-                "type": "response.output_item.added",
-                "response_id": self.response["id"],
-                "output_index": 0,
-                "item": dict(self.item, content=[]),
-            }
-        )
-        await self._send(
-            {"type": "conversation.item.added", "previous_item_id": None, "item": dict(self.item)}
-        )
-        part: dict[str, Any] = (
-            {"type": "audio", "transcript": ""} if self._speak else {"type": "text", "text": ""}
-        )
+        self._message_index = await self._announce(self.message)
+        part = {"type": "audio", "transcript": ""} if self._speak else {"type": "text", "text": ""}
         await self._send(
             {"type": "response.content_part.added", **self._ids(), "content_index": 0, "part": part}
         )
+
+    async def run(self) -> None:
+        """Until the model and the speech are done (cancel the task to stop it)."""
         if self._speak is None:
             await self._run_text()
         else:
             await self._run_audio()
-        self.item["status"] = "completed"
+        if not self.items:
+            await self._open_message()  # an empty answer is still an (empty) assistant message
+        if self.message is not None:
+            self.message["status"] = "completed"
+
+    async def _common(self, event: Any) -> None:
+        """What both modes do with an event other than answer text."""
+        if isinstance(event, ChoiceToolCall):
+            await self._tool_call(event.call)
+        elif isinstance(event, ChoiceFinished):
+            self.finish_reason = event.finish_reason
+            self.completion_tokens += event.completion_tokens
+        # ChoiceReasoning: a reasoning model's thoughts are neither shown nor spoken here.
+
+    async def _tool_call(self, call: ToolCall) -> None:
+        item = {
+            "id": new_item_id(),
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": "",
+        }
+        index = await self._announce(item)
+        ids = {
+            "response_id": self.response["id"],
+            "item_id": item["id"],
+            "output_index": index,
+            "call_id": call.id,
+        }
+        await self._send({"type": "response.function_call_arguments.delta", **ids, "delta": call.arguments})
+        await self._send(
+            {
+                "type": "response.function_call_arguments.done",
+                **ids,
+                "name": call.name,
+                "arguments": call.arguments,
+            }
+        )
+        item.update(arguments=call.arguments, status="completed")
+        await self._send(
+            {
+                "type": "response.output_item.done",
+                "response_id": self.response["id"],
+                "output_index": index,
+                "item": copy.deepcopy(item),
+            }
+        )
+        await self._send(
+            {"type": "conversation.item.done", "previous_item_id": None, "item": copy.deepcopy(item)}
+        )
 
     async def _run_text(self) -> None:
         async with aclosing(self._events) as events:  # type: ignore[type-var]
             async for event in events:
                 if type(event) is ChoiceText:
+                    await self._open_message()
                     self.text += event.text
                     await self._send(
                         {
@@ -147,8 +222,8 @@ class ResponseRun:
                             "delta": event.text,
                         }
                     )
-                elif isinstance(event, ChoiceFinished):
-                    self._finished(event)
+                else:
+                    await self._common(event)
 
     async def _run_audio(self) -> None:
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
@@ -161,8 +236,8 @@ class ResponseRun:
                         self.text += event.text
                         for sentence in splitter.feed(event.text):
                             sentences.put_nowait(sentence)
-                    elif isinstance(event, ChoiceFinished):
-                        self._finished(event)
+                    else:
+                        await self._common(event)
             for sentence in splitter.flush():
                 sentences.put_nowait(sentence)
             sentences.put_nowait(None)
@@ -175,6 +250,7 @@ class ResponseRun:
     async def _speak_all(self, sentences: asyncio.Queue[str | None]) -> None:
         assert self._speak is not None
         while (sentence := await sentences.get()) is not None:
+            await self._open_message()
             await self._send(
                 {
                     "type": "response.output_audio_transcript.delta",
@@ -209,17 +285,15 @@ class ResponseRun:
             }
         )
 
-    def _finished(self, event: ChoiceFinished) -> None:
-        self.finish_reason = event.finish_reason
-        self.completion_tokens += event.completion_tokens
-
     def final_content(self) -> list[dict[str, Any]]:
         if self._speak is None:
             return [{"type": "output_text", "text": self.text}]
         return [{"type": "output_audio", "transcript": self.spoken.transcript}]
 
     async def send_done_events(self) -> None:
-        """The closing events of the output item (after a completed or an interrupted run)."""
+        """The closing events of the message item, if there is one (after a completed or cut run)."""
+        if self.message is None:
+            return
         ids, content = self._ids(), self.final_content()
         if self._speak is None:
             await self._send(
@@ -239,15 +313,15 @@ class ResponseRun:
             )
             part = {"type": "audio", "transcript": transcript}
         await self._send({"type": "response.content_part.done", **ids, "content_index": 0, "part": part})
-        self.item["content"] = content
+        self.message["content"] = content
         await self._send(
             {
                 "type": "response.output_item.done",
                 "response_id": self.response["id"],
-                "output_index": 0,
-                "item": dict(self.item),
+                "output_index": self._message_index,
+                "item": copy.deepcopy(self.message),
             }
         )
         await self._send(
-            {"type": "conversation.item.done", "previous_item_id": None, "item": dict(self.item)}
+            {"type": "conversation.item.done", "previous_item_id": None, "item": copy.deepcopy(self.message)}
         )

@@ -286,7 +286,7 @@ class RealtimeSession:
         if (
             item is None
             or run is None
-            or run.item is not item
+            or run.message is not item
             or item["content"][0].get("type") != "output_audio"
         ):
             raise ItemProblem(f"Item '{item_id}' is not an audio answer of this session.", "item_id")
