@@ -2,8 +2,9 @@
 
     python benchmarks/realtime_latency.py [--turns 5]
 
-The emulator runs with device-like timing (`Timing.realistic()`: 0.5 s to the first token, 10 tokens/s,
-10 ms of synthesis per character, 0.3 s per transcription; models are loaded by a warm-up turn first). Audio
+The emulator runs with device-like timing (`Timing.realistic()`: 0.3 s plus 3.5 ms per prompt token to the
+first token, 10 tokens/s, 10 ms of synthesis per character, 0.3 s per transcription; models are loaded by a
+warm-up turn first). Audio
 is streamed in real time (100 ms chunks every 100 ms), as a microphone would, so "end of speech" is the
 moment the last chunk with speech was sent. Also measured: the CPU cost per second of audio of the two VAD
 candidates (webrtcvad, which the gateway uses, and Silero VAD through onnxruntime when installed).
