@@ -79,6 +79,29 @@ class ToolFormat(Protocol):
         ...
 
 
+class TaggedToolFormat:
+    """What the formats that wrap a call in <tool_call> tags share (Qwen's, SmolLM2's, the generic one):
+    how an earlier call, a tool's result and the re-ask are written. Subclasses write `tools_prompt`."""
+
+    placement: Literal["system", "user"] = "system"
+    markers: tuple[str, ...] = ("<tool_call>",)
+    call_open, call_close = "<tool_call>\n", "\n</tool_call>"  # around one call's JSON object
+
+    def call_text(self, name: str, arguments: Any) -> str:
+        call = f'{{"name": {dump_json(name)}, "arguments": {dump_json(arguments)}}}'
+        return f"{self.call_open}{call}{self.call_close}"
+
+    def result_text(self, content: str) -> str:
+        return f"<tool_response>\n{content}\n</tool_response>"
+
+    def correction(self, problem: str) -> str:
+        # Short: the format is already in the prompt, and a re-ask must still fit the prefill window.
+        return (
+            f"Your previous answer was not a usable function call: {problem}. "
+            "Answer again with only the call."
+        )
+
+
 def _call_from(item: Any) -> RawCall | None:
     if not isinstance(item, dict):
         return None

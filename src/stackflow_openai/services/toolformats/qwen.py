@@ -27,19 +27,15 @@ template does. Qwen3's template uses the same text.
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from .base import ToolDef, dump_json
+from .base import TaggedToolFormat, ToolDef, dump_json
 
 __all__ = ["QWEN"]
 
 _CALL_FORMAT = '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
 
 
-class QwenToolFormat:
+class QwenToolFormat(TaggedToolFormat):
     name = "qwen"
-    placement: Literal["system", "user"] = "system"
-    markers: tuple[str, ...] = ("<tool_call>",)
 
     def tools_prompt(self, tools: list[ToolDef], rule: str) -> str:
         lines = "\n".join(dump_json(tool.original) for tool in tools)
@@ -51,21 +47,6 @@ class QwenToolFormat:
             f"<tool_call></tool_call> XML tags:\n{_CALL_FORMAT}"
         )
         return f"{text}\n{rule}" if rule else text
-
-    def call_text(self, name: str, arguments: Any) -> str:
-        return (
-            f'<tool_call>\n{{"name": {dump_json(name)}, "arguments": {dump_json(arguments)}}}\n</tool_call>'
-        )
-
-    def result_text(self, content: str) -> str:
-        return f"<tool_response>\n{content}\n</tool_response>"
-
-    def correction(self, problem: str) -> str:
-        # Short: the format is already in the prompt, and a re-ask must still fit the prefill window.
-        return (
-            f"Your previous answer was not a usable function call: {problem}. "
-            "Answer again with only the call."
-        )
 
 
 QWEN = QwenToolFormat()

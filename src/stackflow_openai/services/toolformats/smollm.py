@@ -7,9 +7,7 @@ The client's system prompt is kept before it (that template drops it; a gateway 
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from .base import ToolDef, dump_json
+from .base import TaggedToolFormat, ToolDef, dump_json
 
 __all__ = ["SMOLLM2"]
 
@@ -19,10 +17,9 @@ _CALL_FORMAT = (
 )
 
 
-class SmolLM2ToolFormat:
+class SmolLM2ToolFormat(TaggedToolFormat):
     name = "smollm2"
-    placement: Literal["system", "user"] = "system"
-    markers: tuple[str, ...] = ("<tool_call>",)
+    call_open, call_close = "<tool_call>[\n", "\n]</tool_call>"  # a JSON list of calls
 
     def tools_prompt(self, tools: list[ToolDef], rule: str) -> str:
         listed = dump_json([tool.original for tool in tools])
@@ -38,21 +35,6 @@ class SmolLM2ToolFormat:
             f"{_CALL_FORMAT}"
         )
         return f"{text}\n{rule}" if rule else text
-
-    def call_text(self, name: str, arguments: Any) -> str:
-        return (
-            f'<tool_call>[\n{{"name": {dump_json(name)}, "arguments": {dump_json(arguments)}}}\n]</tool_call>'
-        )
-
-    def result_text(self, content: str) -> str:
-        return f"<tool_response>\n{content}\n</tool_response>"
-
-    def correction(self, problem: str) -> str:
-        # Short: the format is already in the prompt, and a re-ask must still fit the prefill window.
-        return (
-            f"Your previous answer was not a usable function call: {problem}. "
-            "Answer again with only the call."
-        )
 
 
 SMOLLM2 = SmolLM2ToolFormat()
