@@ -8,11 +8,13 @@ it as is. The chat service then fits the messages to the device's window exactly
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import secrets
 from typing import Any
 
-__all__ = ["Conversation", "ItemProblem", "new_item_id"]
+__all__ = ["Conversation", "ItemProblem", "client_audio", "new_item_id"]
 
 
 def new_item_id() -> str:
@@ -129,3 +131,18 @@ def _check_message(item: dict[str, Any]) -> None:
                 f"A {role} message takes parts of type {', '.join(allowed[role])}.",
                 f"item.content[{index}].type",
             )
+
+
+def client_audio(item: dict[str, Any]) -> tuple[int, bytes | None]:
+    """The first input_audio part that brings audio without a transcript: its index and pcm16 (the base64
+    is dropped from the item, as OpenAI does not echo audio back in item events)."""
+    for index, part in enumerate(item.get("content") or ()):
+        if part.get("type") == "input_audio" and part.get("audio") is not None and not part.get("transcript"):
+            try:
+                pcm = base64.b64decode(part.pop("audio"), validate=True)
+            except (binascii.Error, ValueError, TypeError):
+                raise ItemProblem(
+                    "audio must be base64 pcm16 audio.", f"item.content[{index}].audio"
+                ) from None
+            return index, pcm
+    return 0, None

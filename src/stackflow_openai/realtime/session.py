@@ -22,7 +22,7 @@ from typing import Any
 from stackflow_openai.errors import to_openai_error
 
 from .config import ConfigProblem, SessionConfig, max_output_tokens
-from .conversation import Conversation, ItemProblem, new_item_id
+from .conversation import Conversation, ItemProblem, client_audio, new_item_id
 from .pipeline import VoiceServices
 from .responder import ResponseRun
 from .vad import SpeechStarted, TurnDetector
@@ -255,7 +255,7 @@ class RealtimeSession:
 
     async def _item_create(self, event: dict[str, Any]) -> None:
         item = self.conversation.client_item(event.get("item"))
-        index, audio = _client_audio(item)
+        index, audio = client_audio(item)
         previous = self.conversation.add(item, event.get("previous_item_id"))
         await self.send(
             {"type": "conversation.item.added", "previous_item_id": previous, "item": _copy(item)}
@@ -376,21 +376,6 @@ class RealtimeSession:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-
-
-def _client_audio(item: dict[str, Any]) -> tuple[int, bytes | None]:
-    """The first input_audio part that brings audio without a transcript: its index and pcm16 (the base64
-    is dropped from the item, as OpenAI does not echo audio back in item events)."""
-    for index, part in enumerate(item.get("content") or ()):
-        if part.get("type") == "input_audio" and part.get("audio") is not None and not part.get("transcript"):
-            try:
-                pcm = base64.b64decode(part.pop("audio"), validate=True)
-            except (binascii.Error, ValueError, TypeError):
-                raise ClientEventError(
-                    "audio must be base64 pcm16 audio.", param=f"item.content[{index}].audio"
-                ) from None
-            return index, pcm
-    return 0, None
 
 
 def _copy(item: dict[str, Any]) -> dict[str, Any]:
