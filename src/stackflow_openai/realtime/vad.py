@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 __all__ = ["INPUT_RATE", "SpeechStarted", "SpeechStopped", "TurnDetector", "to_device_rate"]
 
 INPUT_RATE = 24_000  # the Realtime API's pcm16 rate
@@ -41,6 +39,8 @@ class SpeechStopped:
 
 def to_device_rate(pcm24: bytes) -> bytes:
     """pcm16 mono 24 kHz → 16 kHz (linear interpolation: what a VAD or an ASR front end needs)."""
+    import numpy as np  # on first use: a gateway without realtime sessions never loads it (~15 MiB)
+
     samples = np.frombuffer(pcm24[: len(pcm24) // 2 * 2], dtype="<i2")
     if samples.size == 0:
         return b""
