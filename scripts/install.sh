@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything in one command: a virtual environment in .venv with the gateway and its dev tools, the
 # emulator's local CPU engines (real answers from `serve --emulator`, no device needed) and, as root,
-# Debian's chromium for the browser tests. Then activate it:  . .venv/bin/activate
+# Debian's chromium and firefox-esr for the browser tests. Then activate it:  . .venv/bin/activate
 #
 #   VENV=/path/to/venv bash scripts/install.sh    # another place for the environment
 set -euo pipefail
