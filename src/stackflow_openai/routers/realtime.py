@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 from fastapi import APIRouter, WebSocket
 from starlette.responses import JSONResponse
@@ -44,6 +45,9 @@ async def realtime(websocket: WebSocket) -> None:
     protocol = "realtime" if "realtime" in websocket.scope.get("subprotocols", ()) else None
     await websocket.accept(subprotocol=protocol)
     session = RealtimeSession(websocket.send_json, services, config)
+    # WebSockets bypass the HTTP access log (ops/reqlog.py): a session gets its own two lines.
+    log.info("realtime session %s opened: %s", session.id, pipeline)
+    started = time.monotonic()
     try:
         await session.start()
         await _read(websocket, session, settings.realtime_idle_timeout)
@@ -51,7 +55,7 @@ async def realtime(websocket: WebSocket) -> None:
         pass
     finally:
         await session.close()  # units paused and returned before the handler ends
-    log.debug("realtime session %s ended", session.id)
+    log.info("realtime session %s closed after %.1f s", session.id, time.monotonic() - started)
 
 
 async def _read(websocket: WebSocket, session: RealtimeSession, idle_timeout: float) -> None:
