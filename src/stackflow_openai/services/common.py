@@ -23,7 +23,7 @@ from stackflow_openai.errors import (
 from stackflow_openai.protocol import Usage
 from stackflow_openai.tokens import TokenCounter
 
-from .generation import (
+from .events import (
     ChoiceEvent,
     ChoiceFinished,
     ChoiceFinishReason,
@@ -33,8 +33,8 @@ from .generation import (
     ChoiceToolCall,
     FilterFactory,
     Job,
-    generate_choices,
 )
+from .generation import generate_choices
 from .params import IGNORED_HEADER, header_list, ignored_params, reject_if_strict
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "check_n",
     "collect_choices",
     "forward_or_backend",
+    "ignored_headers",
     "new_id",
     "parse_body",
     "report_ignored",
@@ -112,6 +113,11 @@ def report_ignored(request: BaseModel, body: Mapping[str, Any], entry: ModelEntr
     ignored = ignored_params(request.model_extra or {}, body)
     if body.get("stream_options") is not None and not body.get("stream"):
         ignored = sorted([*ignored, "stream_options"])
+    return ignored_headers(ignored, entry)
+
+
+def ignored_headers(ignored: list[str], entry: ModelEntry) -> dict[str, str]:
+    """The header naming the ignored parameters; 400 instead when the model is strict."""
     reject_if_strict(ignored, strict=entry.strict_params)
     return {IGNORED_HEADER: header_list(ignored)} if ignored else {}
 

@@ -44,11 +44,15 @@ __all__ = [
     "HistoryFormat",
     "ImageRef",
     "Turn",
+    "build_conversation",
+    "call_text",
     "check_image_count",
     "fit_prompt",
     "images_to_send",
     "parse_messages",
     "render_user_text",
+    "result_text",
+    "tool_arguments",
 ]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # what Qwen's own chat template falls back to
@@ -115,7 +119,7 @@ def _part_text(message: ChatMessage, index: int, images: list[ImageRef]) -> str:
     return "\n".join(texts)
 
 
-def _arguments(raw: Any) -> Any:
+def tool_arguments(raw: Any) -> Any:
     """A call's arguments as a value: OpenAI sends them as JSON text, templates write them as JSON."""
     if isinstance(raw, str):
         try:
@@ -125,16 +129,39 @@ def _arguments(raw: Any) -> Any:
     return raw
 
 
+def call_text(name: str, arguments: Any, tool_format: HistoryFormat | None) -> str:
+    """An earlier tool call as the history shows it: as the model family writes its own calls, or (a
+    request without tools) as a plain note. Shared by chat messages and Responses items."""
+    if tool_format is not None:
+        return tool_format.call_text(name, tool_arguments(arguments))
+    return f"[called {name}({'' if arguments is None else arguments})]"
+
+
+def result_text(output: str, tool_format: HistoryFormat | None) -> str:
+    """A tool's result as the history shows it (the family's result wrapping, if there are tools)."""
+    return tool_format.result_text(output) if tool_format is not None else output
+
+
+def build_conversation(
+    system: Sequence[str], turns: list[Turn], *, empty: InvalidRequestError
+) -> Conversation:
+    """The system/developer texts joined, and the turns. With no turns, instructions alone (OpenAI answers
+    those) become the user turn the unit needs; with neither, `empty` is raised."""
+    joined = "\n\n".join(s for s in system if s.strip())
+    if not turns:
+        if not joined:
+            raise empty
+        return Conversation(None, [Turn("user", joined)])
+    return Conversation(joined or None, turns)
+
+
 def _tool_calls_text(message: ChatMessage, tool_format: HistoryFormat | None) -> str:
     calls = [c["function"] for c in message.tool_calls or [] if isinstance(c.get("function"), dict)]
     legacy = (message.model_extra or {}).get("function_call")
     if isinstance(legacy, dict):
         calls.append(legacy)
-    if tool_format is not None:
-        return "\n".join(
-            tool_format.call_text(c.get("name", "?"), _arguments(c.get("arguments"))) for c in calls
-        )
-    return " ".join(f"[called {c.get('name', '?')}({c.get('arguments', '')})]" for c in calls)
+    separator = "\n" if tool_format is not None else " "
+    return separator.join(call_text(c.get("name", "?"), c.get("arguments"), tool_format) for c in calls)
 
 
 def parse_messages(messages: Sequence[ChatMessage], tool_format: HistoryFormat | None = None) -> Conversation:
@@ -152,16 +179,11 @@ def parse_messages(messages: Sequence[ChatMessage], tool_format: HistoryFormat |
         ):
             calls = _tool_calls_text(message, tool_format)
             text = f"{text}\n{calls}" if text else calls
-        elif message.role in ("tool", "function") and tool_format is not None:
-            text = tool_format.result_text(text)
+        elif message.role in ("tool", "function"):
+            text = result_text(text, tool_format)
         turns.append(Turn(message.role, text, tuple(images)))
-    joined = "\n\n".join(s for s in system if s.strip())
-    if not turns:
-        if not joined:
-            raise InvalidRequestError("messages must contain a user message.", param="messages")
-        # Instructions alone (OpenAI answers those): the unit needs a user turn, so they become it.
-        return Conversation(None, [Turn("user", joined, ())])
-    return Conversation(joined or None, turns)
+    empty = InvalidRequestError("messages must contain a user message.", param="messages")
+    return build_conversation(system, turns, empty=empty)
 
 
 def render_user_text(turns: Sequence[Turn]) -> str:

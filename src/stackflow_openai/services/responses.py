@@ -33,10 +33,18 @@ from stackflow_openai.protocol.responses import ResponseCreateRequest, ResponseI
 from stackflow_openai.store import ResponseStore, StoredResponse, StoreError
 from stackflow_openai.tokens import Tokenizers
 
-from .common import JsonResult, ProxyResult, ServiceResult, StreamResult, forward_or_backend, parse_body
+from .common import (
+    JsonResult,
+    ProxyResult,
+    ServiceResult,
+    StreamResult,
+    forward_or_backend,
+    ignored_headers,
+    parse_body,
+)
 from .images import ImageLoader
 from .output import OutputSpec
-from .params import IGNORED_HEADER, header_list, ignored_params, reject_if_strict
+from .params import ignored_params
 from .plan import PlanBuilder, PlanRequest
 from .prompt import Conversation
 from .registry import ModelRegistry, resolve_model
@@ -105,9 +113,7 @@ class ResponsesService:
         backend = await forward_or_backend(entry, "/responses", body)
         if isinstance(backend, ProxyResult):
             return backend  # the upstream stores it (or not): GET /v1/responses/{id} here will not find it
-        ignored = _ignored(request, body)
-        reject_if_strict(ignored, strict=entry.strict_params)
-        headers = {IGNORED_HEADER: header_list(ignored)} if ignored else {}
+        headers = ignored_headers(_ignored(request, body), entry)
         parsed = normalize_input(request.input)
         spec = output_spec(body, backend.info.name or entry.id, entry.extra)
         conversation = await self._conversation(request, parsed, owner, spec)

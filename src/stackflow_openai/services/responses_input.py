@@ -21,8 +21,7 @@ from typing import Any
 
 from stackflow_openai.errors import InvalidRequestError
 
-from .prompt import Conversation, HistoryFormat, ImageRef, Turn
-from .responses_tools import tool_arguments
+from .prompt import Conversation, HistoryFormat, ImageRef, Turn, build_conversation, call_text, result_text
 
 __all__ = ["ParsedInput", "item_id", "normalize_input", "to_conversation"]
 
@@ -169,13 +168,9 @@ def normalize_input(value: str | list[dict[str, Any]] | None) -> ParsedInput:
 def _turn(item: Mapping[str, Any], image_param: str, tool_format: HistoryFormat | None) -> Turn | None:
     kind = item.get("type")
     if kind == "function_call":
-        name, arguments = item["name"], item["arguments"]
-        if tool_format is not None:  # written as the model family writes its own calls
-            return Turn("assistant", tool_format.call_text(name, tool_arguments(arguments)))
-        return Turn("assistant", f"[called {name}({arguments})]")
+        return Turn("assistant", call_text(item["name"], item["arguments"], tool_format))
     if kind == "function_call_output":
-        output = str(item.get("output", ""))
-        return Turn("tool", tool_format.result_text(output) if tool_format is not None else output)
+        return Turn("tool", result_text(str(item.get("output", "")), tool_format))
     if kind != "message":
         return None  # reasoning, and output items of kinds this gateway never produces
     texts = [part.get("text") or part.get("refusal") or "" for part in item["content"]]
@@ -211,12 +206,5 @@ def to_conversation(
             turns[-1] = Turn("assistant", f"{turns[-1].text}\n{turn.text}".lstrip("\n"), turns[-1].images)
         else:
             turns.append(turn)
-    joined = "\n\n".join(s for s in system if s.strip())
-    if not turns:
-        if not joined:
-            raise InvalidRequestError(
-                "The request has no input: send 'input' (text or items).", param="input"
-            )
-        # Instructions alone (OpenAI answers those): the unit needs a user turn, so they become it.
-        return Conversation(None, [Turn("user", joined)])
-    return Conversation(joined or None, turns)
+    empty = InvalidRequestError("The request has no input: send 'input' (text or items).", param="input")
+    return build_conversation(system, turns, empty=empty)

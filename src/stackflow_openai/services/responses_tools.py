@@ -11,7 +11,6 @@ file search, computer use, ...) do not exist on a device: a 400 names them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +18,7 @@ from stackflow_openai.errors import APIError, UnsupportedParameter
 
 from .output import OutputSpec, build_output_spec
 
-__all__ = ["echo_tools", "output_spec", "responses_error", "tool_arguments"]
+__all__ = ["echo_tools", "output_spec", "responses_error"]
 
 # chat's parameter name → the Responses API's (longest first: the first matching prefix wins)
 _PARAMS = (
@@ -105,13 +104,3 @@ def echo_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
             }
         )
     return echoed
-
-
-def tool_arguments(raw: Any) -> Any:
-    """A call's arguments as a value (OpenAI sends JSON text; the tool formats write JSON)."""
-    if isinstance(raw, str):
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw
-    return raw
