@@ -37,7 +37,7 @@ from .common import (
     stop_list,
     stream_choices,
 )
-from .generation import ChoiceFinished, ChoiceFinishReason, ChoiceToolCall
+from .events import ChoiceFinished, ChoiceFinishReason, ChoiceToolCall
 from .images import ImageLoader
 from .output import build_output_spec
 from .plan import PlanBuilder, PlanRequest

@@ -44,7 +44,7 @@ from .common import (
     stream_choices,
     token_budget,
 )
-from .generation import ChoiceFinishReason, Job
+from .events import ChoiceFinishReason, Job
 from .prompt import DEFAULT_SYSTEM_PROMPT, Turn, fit_prompt
 from .registry import ModelRegistry, resolve_model
 

@@ -42,6 +42,8 @@ from .events import (
 )
 from .limiter import FinishReason, OutputLimiter
 
+# The event types are defined in events.py; they stay importable from here for the callers outside
+# services/ that name them with the loop (realtime/responder.py, tests). Services import events.py.
 __all__ = [
     "CLEANUP_TIMEOUT",
     "Answer",

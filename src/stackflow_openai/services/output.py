@@ -1,6 +1,6 @@
 """The answer filter every front end shares: a choice's raw device text → what the client sees.
 
-Stages, per choice (an `AnswerFilter`, services/generation.py): the reasoning split
+Stages, per choice (an `AnswerFilter`, services/events.py): the reasoning split
 (services/reasoning.py) first, so thinking never counts against the answer format; then the answer
 mode: tool calls (services/tools.py), JSON (services/structured.py), or plain text. A mode that finds
 the answer unusable returns a problem; the filter then asks the device again (a `Job` run on the same
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from stackflow_openai.errors import APIError
 
-from .generation import (
+from .events import (
     Answer,
     ChoiceEvent,
     ChoiceFinishReason,

@@ -21,7 +21,7 @@ from stackflow_openai.tokens import PREFILL_MARGIN, Tokenizers
 
 from .common import GenerationPlan, new_id, require_text, run_counting, token_budget
 from .ctx import conversation_turn
-from .generation import Job
+from .events import Job
 from .images import ImageLoader
 from .output import FormattedPrompt, OutputSpec
 from .params import DROPPED_HEADER

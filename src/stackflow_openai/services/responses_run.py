@@ -28,7 +28,7 @@ import anyio
 from stackflow_openai.errors import APIError, to_openai_error
 
 from .common import GenerationPlan, collect_choices
-from .generation import ChoiceFinished, ChoiceReasoning, ChoiceText, ChoiceToolCall, ToolCall
+from .events import ChoiceFinished, ChoiceReasoning, ChoiceText, ChoiceToolCall, ToolCall
 from .responses_input import item_id
 from .responses_output import (
     ResponseEvents,

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from stackflow_openai.errors import InvalidRequestError
 
-from .generation import ToolCall
+from .events import ToolCall
 from .jsonfix import JsonNotFound, extract_json
 from .schemas import SchemaInvalid, compile_schema, schema_problem
 from .toolformats import ToolDef, ToolFormat, parse_tool_calls
