@@ -56,7 +56,6 @@ class PlanRequest:
     param: str = "messages"  # the request field named by context-length errors
     text_param: str = "messages"  # the field holding the last message (named when it is empty)
     truncate: bool = True  # drop the oldest turns to fit; False: 400 when any would have to go
-    id_prefix: str = "chatcmpl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +114,7 @@ class PlanBuilder:
         turn = conversation_turn(self._tokenizers, info, prompt.system, formatted, fitted, budget)
         room = info.max_token_len - fitted.prompt_tokens if turn is None else None  # the device's cap
         plan = GenerationPlan(
-            id=new_id(request.id_prefix),
+            id=new_id("chatcmpl"),  # what chat answers with; other front ends name their own object
             created=int(time.time()),
             model=entry.id,
             backend=backend,

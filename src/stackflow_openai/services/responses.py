@@ -126,7 +126,6 @@ class ResponsesService:
             param="input",
             text_param=parsed.text_param,
             truncate=request.truncation == "auto",
-            id_prefix="resp",
         )
         planned = await self._planner.build(entry, backend, plan_request)
         plan = planned.plan

@@ -93,9 +93,8 @@ def _message(item: Mapping[str, Any], where: str) -> dict[str, Any]:
             code="invalid_type",
         )
     parts = [_input_part(part, f"{where}.content[{j}]", role) for j, part in enumerate(content)]
-    prefix = "msg"
     return {
-        "id": item.get("id") or item_id(prefix),
+        "id": item.get("id") or item_id("msg"),
         "type": "message",
         "role": role,
         "status": "completed",
