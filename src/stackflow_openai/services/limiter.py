@@ -29,7 +29,7 @@ from typing import Literal
 
 from stackflow_openai.tokens import TokenCounter, truncate_to_tokens
 
-__all__ = ["DEVICE_CAP_SLACK", "FinishReason", "OutputLimiter", "Step"]
+__all__ = ["DEVICE_CAP_SLACK", "FinishReason", "OutputLimiter", "Step", "partial_tail"]
 
 FinishReason = Literal["stop", "length"]
 
@@ -175,10 +175,13 @@ class OutputLimiter:
 
     def _partial_stop_tail(self) -> int:
         """Length of the longest suffix of the text that is a proper prefix of a stop sequence."""
-        best = 0
-        for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(self._text)), best, -1):
-                if self._text.endswith(stop[:size]):
-                    best = size
-                    break
-        return best
+        return max((partial_tail(self._text, stop) for stop in self._stops), default=0)
+
+
+def partial_tail(text: str, marker: str) -> int:
+    """Length of the longest end of `text` that is a proper beginning of `marker`: text to hold back,
+    since the next delta may complete the marker (stop sequences here, think tags, tool-call tags)."""
+    for size in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:size]):
+            return size
+    return 0

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from .limiter import partial_tail
+
 __all__ = ["ReasoningMode", "ThinkSplitter", "default_reasoning"]
 
 ReasoningMode = Literal["think", "implicit", "off"]
@@ -34,14 +36,6 @@ def default_reasoning(model_id: str) -> ReasoningMode:
     if name.startswith("qwen3"):
         return "think"
     return "off"
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of `text` that is a proper beginning of `tag` (could still become it)."""
-    for size in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-size:]):
-            return size
-    return 0
 
 
 class ThinkSplitter:
@@ -72,7 +66,7 @@ class ThinkSplitter:
             elif self._state == "think":
                 end = self._held.find(CLOSE)
                 if end < 0:
-                    keep = _partial_suffix(self._held, CLOSE)
+                    keep = partial_tail(self._held, CLOSE)
                     cut = len(self._held) - keep
                     reasoning += self._take_reasoning(cut)
                     return reasoning, answer

@@ -26,6 +26,7 @@ from stackflow_openai.errors import InvalidRequestError
 
 from .events import ToolCall
 from .jsonfix import JsonNotFound, extract_json
+from .limiter import partial_tail
 from .schemas import SchemaInvalid, compile_schema, schema_problem
 from .toolformats import ToolDef, ToolFormat, parse_tool_calls
 from .toolformats.base import dump_json
@@ -184,7 +185,7 @@ class ToolsMode:
             if found >= 0:
                 end, self._holding = min(end, found), True
             else:
-                end = min(end, len(answer) - _partial_tail(answer, marker))
+                end = min(end, len(answer) - partial_tail(answer, marker))
         out = answer[self._released : end]
         self._released = max(self._released, end)
         return out
@@ -237,10 +238,3 @@ class ToolsMode:
         if problem:
             return f"the arguments of {name} do not match its parameters: {problem}"
         return ToolCall(new_call_id(), name, dump_json(arguments))
-
-
-def _partial_tail(text: str, marker: str) -> int:
-    for size in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-size:]):
-            return size
-    return 0
