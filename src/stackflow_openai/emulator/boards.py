@@ -1,7 +1,8 @@
 """The boards the emulator plays, and the two generations of StackFlow units it can run.
 
-A board is its model catalogue (`catalogue/<board>/`, every descriptor of its StackFlow branch byte for
-byte), its CMM memory, whether llm-sys runs on an AXCL host, and the unit versions `sys.version2` lists.
+A board is its model catalogue (`catalogue/<board>/`, read by catalogue.py: every descriptor of its
+StackFlow branch byte for byte), its CMM memory, whether llm-sys runs on an AXCL host, and the unit
+versions `sys.version2` lists.
 
 - `ax630c`: Module LLM / LLM630 Compute Kit. Descriptors of StackFlow `dev` @865ca0e without an AX650
   suffix. CMM total from the device's `cmminfo` of protocol §3 (3145728 KiB).
@@ -22,11 +23,8 @@ are `main`'s for tts (1.6) but `dev`'s for melotts (the extra end message) and a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 __all__ = ["BOARDS", "GENERATIONS", "Board", "Generation", "board_profile"]
-
-CATALOGUE_ROOT = Path(__file__).resolve().parent / "catalogue"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +74,6 @@ class Board:
     axcl: bool  # llm-sys on an AXCL host: garbage cmminfo, and axcl_cmminfo exists
     default_units: str
 
-    @property
-    def catalogue_dir(self) -> Path:
-        return CATALOGUE_ROOT / self.name
-
 
 BOARDS = {
     "ax630c": Board("ax630c", "Module LLM / LLM630 (AX630C)", 3145728, axcl=False, default_units="dev"),
@@ -94,5 +88,5 @@ def board_profile(board: str, units: str | None = None) -> tuple[Board, Generati
         raise ValueError(f"unknown board {board!r}; known: {', '.join(BOARDS)}")
     name = units or BOARDS[board].default_units
     if name not in GENERATIONS:
-        raise ValueError(f"unknown unit generation {name!r}; known: main, dev")
+        raise ValueError(f"unknown unit generation {name!r}; known: {', '.join(GENERATIONS)}")
     return BOARDS[board], GENERATIONS[name]

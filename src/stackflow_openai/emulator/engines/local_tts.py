@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from stackflow_openai.emulator.engines.local import LocalEngineError
+from stackflow_openai.emulator.engines.base import LocalEngineError
 
 __all__ = ["OUTPUT_RATE", "LocalTtsSession", "PiperTtsModel", "resample_s16_mono"]
 

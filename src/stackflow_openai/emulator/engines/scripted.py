@@ -7,8 +7,9 @@ Nothing here is a model. Outputs are pure functions of the inputs, so tests can 
   also repeats what it remembers ("... Before that you said: my name is Ann.") so that a test sees at
   once when one conversation's text reaches another. A prompt that carries tools or asks for JSON gets
   a call in its family's format or schema-valid JSON instead (scripted_tools.py). `prompt_tokens` counts
-  the templated prompt with the Qwen tokenizer for Qwen/InternVL models (what the device counts with),
-  else estimates (~3.5 ASCII characters per token, CJK characters about one each, plus the template).
+  the templated prompt with the Qwen tokenizer for the Qwen-family models (Qwen, InternVL, DeepSeek-R1
+  distill: what the device counts with, device_tokens.py), else estimates (~3.5 ASCII characters per
+  token, CJK characters about one each, plus the template).
 - TTS: a non-silent 16 kHz s16le waveform, one short tone per character (pitch from the character),
   silence for spaces and punctuation; longer text gives longer audio, `speed` shortens it.
 - ASR: one word per ~0.4 s of non-silent audio, picked from a fixed vocabulary by a checksum of
@@ -30,7 +31,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from stackflow_openai.emulator.engines.base import History, LlmSettings
-from stackflow_openai.emulator.engines.device_tokens import device_chat_template, qwen_encoder
+from stackflow_openai.emulator.engines.device_tokens import (
+    counts_in_qwen_tokens,
+    device_chat_template,
+    qwen_encoder,
+)
 from stackflow_openai.emulator.engines.scripted_tools import scripted_json_answer, scripted_tool_answer
 from stackflow_openai.stackflow.models import ModelDescriptor
 
@@ -317,7 +322,7 @@ class ScriptedEngine:
         if self.timing.setup_delay > 0:
             await asyncio.sleep(self.timing.setup_delay)
         encoder = None
-        if self._tokenizer == "auto" and model.mode.lower().startswith(("qwen", "internvl")):
+        if self._tokenizer == "auto" and counts_in_qwen_tokens(model):
             encoder = await asyncio.to_thread(qwen_encoder)
         return ScriptedLlmSession(model, settings, self.timing, encoder)
 

@@ -14,7 +14,7 @@ name the unit "llm" or "kws" (copied code, 835-893). Up to two instances (MAX_TA
 from __future__ import annotations
 
 import base64
-from typing import Any, ClassVar
+from typing import Any
 
 from stackflow_openai.emulator.units.base import SetupError, UnitService
 from stackflow_openai.emulator.units.tts import SpeechInstance
@@ -82,7 +82,6 @@ class CosyUnit(UnitService):
     link_tags = ("llm", "vlm", "kws")
     parse_error_work_id = "kws"
     load_error_work_id = "llm"
-    _FULL_WORK_ID: ClassVar[str] = "llm"
 
     def _error_work_id(self, code: int) -> str:
-        return self._FULL_WORK_ID if code == -21 else super()._error_work_id(code)
+        return "llm" if code == -21 else super()._error_work_id(code)  # -21 (full) also says "llm"
