@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 
 from stackflow_openai.stackflow.models import ModelDescriptor
 
-__all__ = ["TURN_MARKERS", "KvContext"]
+__all__ = ["MESSAGE_MARKERS", "RESET_REPLY", "TURN_MARKERS", "KvContext"]
 
 # <|im_start|> user \n ... <|im_end|> \n <|im_start|> assistant \n: the markers around one user turn.
 TURN_MARKERS = 8
+# <|im_start|> role \n ... <|im_end|> \n: the markers around one earlier message re-prefilled whole.
+MESSAGE_MARKERS = 5
 RESET_REPLY = "Context has been reset."
 
 

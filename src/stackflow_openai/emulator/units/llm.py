@@ -32,7 +32,7 @@ from stackflow_openai.emulator.engines.scripted import scripted_pieces
 from stackflow_openai.emulator.engines.scripted_tools import malformed_answer
 from stackflow_openai.emulator.rawjson import unescape
 from stackflow_openai.emulator.units.base import Instance, UnitService
-from stackflow_openai.emulator.units.kvcontext import RESET_REPLY, KvContext
+from stackflow_openai.emulator.units.kvcontext import MESSAGE_MARKERS, RESET_REPLY, KvContext
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = ["LlmInstance", "LlmUnit", "VlmInstance", "VlmUnit"]
@@ -192,10 +192,24 @@ class LlmInstance(Instance):
         if faults.malformed_answer and (bad := malformed_answer(self.config["prompt"], text)) is not None:
             faults.take("malformed_answer")  # instead of the engine's answer (a garbage one included)
             pieces = _scripted(bad, max_new)
+        produced, held, stopped = await self._relay(pieces, close_after)
+        # In the emulated model's tokens (device_tokens.py), which the local engine's pieces are not.
+        generated = len(produced) if overflowed else session.count_output(produced)
+        if not stopped and generated < max_new and held:
+            self._delta("".join(held))  # EOS flushes the held group; length/pause do not
+        if context is not None:  # GetKVCache: the turn and every generated token stay, paused or not
+            context.record(text, "".join(produced), turn_tokens, generated)
+        self._finish("".join(produced), drop_finish)
+
+    async def _relay(
+        self, pieces: AsyncIterator[str], close_after: int | None
+    ) -> tuple[list[str], list[str], bool]:
+        """Pushes the pieces in groups as the decode loop does, until they end or a pause stops them.
+        Returns every piece, the group still held back, and whether a pause stopped it."""
+        faults = self.unit.state.faults
         produced: list[str] = []
         held: list[str] = []
         deltas = 0
-        stopped = False
         async for piece in pieces:
             produced.append(piece)
             held.append(piece)
@@ -207,19 +221,12 @@ class LlmInstance(Instance):
                     self.push_conn.close()
                     close_after = None
             if self._stop_requested:
-                stopped = True
-                break
+                return produced, held, True
             if faults.token_delay:
                 await asyncio.sleep(faults.token_delay)
             while faults.hang:  # noqa: ASYNC110 (a plain flag, settable over the wire): stall until cleared
                 await asyncio.sleep(0.05)
-        # In the emulated model's tokens (device_tokens.py), which the local engine's pieces are not.
-        generated = len(produced) if overflowed else session.count_output(produced)
-        if not stopped and generated < max_new and held:
-            self._delta("".join(held))  # EOS flushes the held group; length/pause do not
-        if context is not None:  # GetKVCache: the turn and every generated token stay, paused or not
-            context.record(text, "".join(produced), turn_tokens, generated)
-        self._finish("".join(produced), drop_finish)
+        return produced, held, False
 
     def turn_tokens(self, session: LlmSession, context: KvContext, text: str, images: list[bytes]) -> int:
         return context.turn_tokens(session.prompt_tokens(text), session.prompt_tokens(""))
@@ -291,7 +298,7 @@ class VlmInstance(LlmInstance):
         # With images LLM_CTX prefills the tokenizer helper's whole template (`Encode_ctx`: token_ids, not
         # the diff): the system block and every earlier turn again, then this turn with its images.
         empty = session.prompt_tokens("")
-        earlier = sum(session.prompt_tokens(said) - empty + 5 for _, said in context.history)
+        earlier = sum(session.prompt_tokens(said) - empty + MESSAGE_MARKERS for _, said in context.history)
         return self.prompt_tokens(session, text, images) + earlier
 
     async def on_user_data(self, object: str, data: str) -> None:
