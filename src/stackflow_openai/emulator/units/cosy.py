@@ -13,7 +13,6 @@ name the unit "llm" or "kws" (copied code, 835-893). Up to two instances (MAX_TA
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from stackflow_openai.emulator.units.base import SetupError, UnitService
@@ -63,14 +62,7 @@ class CosyInstance(SpeechInstance):
         step = max(2, int(self.audio_rate * CHUNK_SECONDS) * 2)
         chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)] or [b""]
         for number, chunk in enumerate(chunks):
-            finish = number == len(chunks) - 1
-            encoded = base64.b64encode(chunk).decode("ascii")
-            if self.enstream:
-                self.emit(
-                    {"delta": encoded, "finish": finish, "index": self.next_stream_index(finish=finish)}
-                )
-            elif finish:
-                self.emit(encoded)
+            self.send_audio(chunk, finish=number == len(chunks) - 1)
 
 
 class CosyUnit(UnitService):

@@ -93,6 +93,15 @@ class SpeechInstance(Instance):
         # Engines promise 16 kHz, but trusting their declared rate costs nothing.
         return resample_s16le(pcm, int(getattr(self.session, "sample_rate", ENGINE_RATE)), self.audio_rate)
 
+    def send_audio(self, pcm: bytes, *, finish: bool) -> None:
+        """One audio message: in the stream format every one goes out, flagged `finish` or not; otherwise
+        only the finish message is sent (so non-stream output holds only the last chunk's audio)."""
+        encoded = base64.b64encode(pcm).decode("ascii")
+        if self.enstream:
+            self.emit({"delta": encoded, "finish": finish, "index": self.next_stream_index(finish=finish)})
+        elif finish:
+            self.emit(encoded)
+
     def split(self, pending: str, text: str) -> tuple[list[str], str]:
         """Complete segments (each ending on a breakpoint) and what is left over."""
         segments: list[str] = []
@@ -129,13 +138,8 @@ class MeloInstance(SpeechInstance):
 
     async def _speak(self, text: str, *, finish: bool) -> None:
         pcm = await self.synthesize(text) if text else b""
-        if pcm is None:
-            return
-        encoded = base64.b64encode(pcm).decode("ascii") if pcm else ""
-        if self.enstream:
-            self.emit({"delta": encoded, "finish": finish, "index": self.next_stream_index(finish=finish)})
-        elif finish:
-            self.emit(encoded)
+        if pcm is not None:
+            self.send_audio(pcm, finish=finish)
 
 
 class SummerInstance(SpeechInstance):
@@ -168,21 +172,16 @@ class SummerInstance(SpeechInstance):
             rest, self.unit.pending = self.unit.pending, ""
             await self._speak(rest + ".", finish=True)
         if finish and self.final_only:
-            self._send(b"", finish=True)  # `TTS("", true)`: the end message of 1.7
+            self.send_audio(b"", finish=True)  # `TTS("", true)`: the end message of 1.7
 
     async def _speak(self, text: str, *, finish: bool) -> None:
         pcm = await self.synthesize(text)
-        if pcm is not None:
-            self._send(pcm, finish=finish or not self.final_only)  # 1.6 flags every segment finished
-
-    def _send(self, pcm: bytes, *, finish: bool) -> None:
-        encoded = base64.b64encode(pcm).decode("ascii") if pcm else ""
-        if self.enstream:
-            if finish and not self.final_only:
-                encoded = ""  # 1.6: finish deltas are emptied, so no audio arrives
-            self.emit({"delta": encoded, "finish": finish, "index": self.next_stream_index(finish=finish)})
-        elif finish:
-            self.emit(encoded)
+        if pcm is None:
+            return
+        if not self.final_only:  # 1.6 flags every segment finished, and empties a stream's finish deltas
+            finish = True
+            pcm = b"" if self.enstream else pcm
+        self.send_audio(pcm, finish=finish)
 
 
 def resample_s16le(pcm: bytes, source_rate: int, target_rate: int) -> bytes:
