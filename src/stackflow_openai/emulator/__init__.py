@@ -15,9 +15,9 @@ tool, not a model.
 `board` ("ax630c" default, "ax650", "axcl") picks the catalogue, CMM memory and AXCL behaviours, and
 `units` ("dev" default, "main"; axcl's own branch by default there) the unit generation (`boards.py`).
 Other keyword arguments: `catalogue_dirs` (extra `mode_*.json` folders), `cmm_total_kib` (the board's
-by default),
-`installed_units` (others answer -9), `engines={"name": engine}` (picked by a descriptor field
-`emulator_engine`), `include_builtin_catalogue`, `neon_framing` (the ARM framer quirk, on by default).
+by default), `installed_units` (others answer -9), `engines={"name": engine}` (picked by a descriptor
+field `emulator_engine`), `include_builtin_catalogue`, `neon_framing` (the ARM framer quirk, on by
+default).
 
 PRIVATE TEST EXTENSION - NOT PART OF STACKFLOW. A real device answers both actions with -3.
 
@@ -33,8 +33,9 @@ PRIVATE TEST EXTENSION - NOT PART OF STACKFLOW. A real device answers both actio
 
 Known simplifications: no microphone, speaker, camera, kws, vad, yolo or depth-anything units (their models
 are listed by lsmode as on the device; a setup of them answers -9; link/unlink only bookkeep),
-no RAW/BON binary framing, no ctx-style LLM conversation memory, and a connection whose reader
-stalls does not stall the unit (the device may block up to 3 s per message).
+no RAW/BON binary framing, ctx models' KV cache counted without the tokenizer helper's drift
+(units/kvcontext.py), and a connection whose reader stalls does not stall the unit (the device may
+block up to 3 s per message).
 """
 
 from stackflow_openai.emulator.catalogue import load_catalogue

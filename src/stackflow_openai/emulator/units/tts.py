@@ -149,11 +149,10 @@ class SummerInstance(SpeechInstance):
     def configure(self, config: dict[str, Any], params: dict[str, Any], model: ModelDescriptor) -> None:
         super().configure(config, params, model)
         self.final_only = self.unit.state.generation.tts_final_only
-        if not model.mode.startswith("single-speaker"):
-            if not self.final_only:
-                raise SetupError(-5)  # tts 1.6 knows SummerTTS only: no ttsModelName, load fails
-        else:
+        if model.mode.startswith("single-speaker"):
             self.audio_rate = ENGINE_RATE  # SummerTTS has no audio_rate: its own 16 kHz
+        elif not self.final_only:
+            raise SetupError(-5)  # tts 1.6 knows SummerTTS only: no ttsModelName, load fails
 
     @staticmethod
     def finished(flag: str) -> bool:
