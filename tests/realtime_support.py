@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import numpy as np
 
+from stackflow_openai.audio import PcmConverter
 from stackflow_openai.emulator.engines.scripted import render_speech
 
 _SCHEMAS = json.loads(
@@ -30,9 +30,8 @@ PIPELINE = {
 
 def speech_24k(text: str) -> bytes:
     """The scripted engine's 'speech' for `text` (tones per character), as pcm16 at 24 kHz."""
-    pcm16k = np.frombuffer(render_speech(text), dtype="<i2")
-    positions = np.arange(len(pcm16k) * 3 // 2) * (2 / 3)
-    return np.interp(positions, np.arange(len(pcm16k)), pcm16k).astype("<i2").tobytes()
+    converter = PcmConverter(16_000, 24_000)
+    return converter.feed(render_speech(text)) + converter.finish()
 
 
 def silence_24k(seconds: float) -> bytes:

@@ -47,13 +47,7 @@ async def test_a_text_turn(harness: Harness) -> None:
             session={"type": "realtime", "output_modalities": ["text"], "instructions": "Answer briefly."}
         )
         assert (await recv(conn))["type"] == "session.updated"
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Name three colours"}],
-            }
-        )
+        await _say(conn, "Name three colours")
         seen: list[dict] = []
         await until(conn, "conversation.item.done", seen)
         await conn.response.create()
@@ -81,6 +75,12 @@ async def test_a_text_turn(harness: Harness) -> None:
     assert done["response"]["output"][0]["content"][0] == {"type": "output_text", "text": deltas}
     assert done["response"]["usage"]["input_tokens"] > 0 < done["response"]["usage"]["output_tokens"]
     harness.assert_no_leak()
+
+
+async def _say(conn: object, text: str) -> None:
+    """A user text message, as conversation.item.create."""
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    await conn.conversation.item.create(item=item)  # type: ignore[attr-defined]
 
 
 async def _send_audio(conn: object, pcm: bytes, chunk: int = 9600) -> None:
@@ -138,15 +138,7 @@ async def test_an_audio_turn_with_server_vad(harness: Harness) -> None:
 async def test_barge_in_cancels_the_answer_and_keeps_what_was_spoken(harness: Harness) -> None:
     async with _client(harness).realtime.connect(model="voice") as conn:
         await recv(conn)
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [
-                    {"type": "input_text", "text": " ".join(["Tell me a long story about a lighthouse."] * 4)}
-                ],
-            }
-        )
+        await _say(conn, " ".join(["Tell me a long story about a lighthouse."] * 4))
         await conn.response.create()
         seen: list[dict] = []
         await until(conn, "response.output_audio.delta", seen)
@@ -202,13 +194,7 @@ async def test_a_malformed_event_gets_an_error_and_the_session_goes_on(harness: 
 async def test_a_session_closed_mid_response_leaks_nothing(harness: Harness) -> None:
     async with _client(harness).realtime.connect(model="voice") as conn:
         await recv(conn)
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": " ".join(["Talk about the sea."] * 8)}],
-            }
-        )
+        await _say(conn, " ".join(["Talk about the sea."] * 8))
         await conn.response.create()
         await until(conn, "response.output_audio.delta", [])
     harness.assert_no_leak(timeout=10)
@@ -317,13 +303,7 @@ async def test_session_update_refuses_an_unknown_voice_and_keeps_the_old_setting
 async def test_a_response_the_device_cannot_take_fails_cleanly(harness: Harness) -> None:
     async with _client(harness).realtime.connect(model=CHAT) as conn:
         await recv(conn)
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "word " * 2000}],
-            }
-        )  # far beyond the p256 prefill window
+        await _say(conn, "word " * 2000)  # far beyond the p256 prefill window
         await conn.response.create(response={"output_modalities": ["text"]})
         seen: list[dict] = []
         done = await until(conn, "response.done", seen)
@@ -332,9 +312,7 @@ async def test_a_response_the_device_cannot_take_fails_cleanly(harness: Harness)
         assert done["response"]["status"] == "failed"
         assert done["response"]["status_details"]["error"]["code"] == "context_length_exceeded"
         # The session goes on.
-        await conn.conversation.item.create(
-            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello"}]}
-        )
+        await _say(conn, "Hello")
         await conn.response.create(response={"output_modalities": ["text"]})
         assert (await until(conn, "response.done", []))["response"]["status"] == "completed"
     harness.assert_no_leak()
@@ -357,13 +335,7 @@ async def test_function_tools_round_trip(harness: Harness) -> None:
         await recv(conn)
         await conn.session.update(session={"type": "realtime", "tools": [WEATHER], "tool_choice": "required"})
         await until(conn, "session.updated", [])
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "What is the weather in Paris?"}],
-            }
-        )
+        await _say(conn, "What is the weather in Paris?")
         await conn.response.create()
         seen: list[dict] = []
         done = await until(conn, "response.done", seen)

@@ -132,6 +132,20 @@ class ResponseRun:
         )
         return index
 
+    async def _item_done(self, index: int, item: dict[str, Any]) -> None:
+        """An output item is complete: response.output_item.done and conversation.item.done."""
+        await self._send(
+            {
+                "type": "response.output_item.done",
+                "response_id": self.response["id"],
+                "output_index": index,
+                "item": copy.deepcopy(item),
+            }
+        )
+        await self._send(
+            {"type": "conversation.item.done", "previous_item_id": None, "item": copy.deepcopy(item)}
+        )
+
     async def _open_message(self) -> None:
         if self.message is not None:
             return
@@ -196,17 +210,7 @@ class ResponseRun:
             }
         )
         item.update(arguments=call.arguments, status="completed")
-        await self._send(
-            {
-                "type": "response.output_item.done",
-                "response_id": self.response["id"],
-                "output_index": index,
-                "item": copy.deepcopy(item),
-            }
-        )
-        await self._send(
-            {"type": "conversation.item.done", "previous_item_id": None, "item": copy.deepcopy(item)}
-        )
+        await self._item_done(index, item)
 
     async def _run_text(self) -> None:
         async with aclosing(self._events) as events:  # type: ignore[type-var]
@@ -314,14 +318,4 @@ class ResponseRun:
             part = {"type": "audio", "transcript": transcript}
         await self._send({"type": "response.content_part.done", **ids, "content_index": 0, "part": part})
         self.message["content"] = content
-        await self._send(
-            {
-                "type": "response.output_item.done",
-                "response_id": self.response["id"],
-                "output_index": self._message_index,
-                "item": copy.deepcopy(self.message),
-            }
-        )
-        await self._send(
-            {"type": "conversation.item.done", "previous_item_id": None, "item": copy.deepcopy(self.message)}
-        )
+        await self._item_done(self._message_index, self.message)

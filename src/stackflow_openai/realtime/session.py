@@ -170,12 +170,12 @@ class RealtimeSession:
             {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms, "item_id": item_id}
         )
         respond = bool((self.config.turn_detection or {}).get("create_response", True))
-        await self._commit(item_id, respond=respond, event_id=None)
+        await self._commit(item_id, respond=respond)
 
     async def _commit_event(self, event: dict[str, Any]) -> None:
-        await self._commit(new_item_id(), respond=False, event_id=event.get("event_id"))
+        await self._commit(new_item_id(), respond=False)
 
-    async def _commit(self, item_id: str, *, respond: bool, event_id: str | None) -> None:
+    async def _commit(self, item_id: str, *, respond: bool) -> None:
         audio, self._buffer = bytes(self._buffer), bytearray()
         self._speech_item_id = None
         if self._detector is not None:
@@ -200,7 +200,7 @@ class RealtimeSession:
             {"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id}
         )
         await self.send(
-            {"type": "conversation.item.added", "previous_item_id": previous, "item": _copy(item)}
+            {"type": "conversation.item.added", "previous_item_id": previous, "item": copy.deepcopy(item)}
         )
         self._queue(self._transcribe(item, audio, respond=respond))
 
@@ -242,9 +242,11 @@ class RealtimeSession:
                     "usage": {"type": "duration", "seconds": round(len(audio) / 48000, 3)},
                 }
             )
-        await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": _copy(item)})
+        await self.send(
+            {"type": "conversation.item.done", "previous_item_id": None, "item": copy.deepcopy(item)}
+        )
         if respond and transcript:
-            await self._start_response({}, event_id=None)
+            await self._start_response({})
 
     async def _clear(self, _event: dict[str, Any]) -> None:
         self._buffer = bytearray()
@@ -258,11 +260,11 @@ class RealtimeSession:
         index, audio = client_audio(item)
         previous = self.conversation.add(item, event.get("previous_item_id"))
         await self.send(
-            {"type": "conversation.item.added", "previous_item_id": previous, "item": _copy(item)}
+            {"type": "conversation.item.added", "previous_item_id": previous, "item": copy.deepcopy(item)}
         )
         if audio is None:
             await self.send(
-                {"type": "conversation.item.done", "previous_item_id": previous, "item": _copy(item)}
+                {"type": "conversation.item.done", "previous_item_id": previous, "item": copy.deepcopy(item)}
             )
         else:  # the model cannot hear: the audio becomes its transcript first (item.done follows it)
             self._queue(self._transcribe(item, audio, respond=False, index=index))
@@ -276,7 +278,7 @@ class RealtimeSession:
         item = self.conversation.get(str(event.get("item_id")))
         if item is None:
             raise ItemProblem(f"Item '{event.get('item_id')}' does not exist.", "item_id")
-        await self.send({"type": "conversation.item.retrieved", "item": _copy(item)})
+        await self.send({"type": "conversation.item.retrieved", "item": copy.deepcopy(item)})
 
     async def _item_truncate(self, event: dict[str, Any]) -> None:
         """The client played `audio_end_ms` of an assistant item: keep the transcript of what was heard."""
@@ -306,9 +308,9 @@ class RealtimeSession:
         params = event.get("response") or {}
         if not isinstance(params, dict):
             raise ClientEventError("response must be an object", param="response")
-        await self._start_response(params, event_id=event.get("event_id"))
+        await self._start_response(params)
 
-    async def _start_response(self, params: dict[str, Any], *, event_id: str | None) -> None:
+    async def _start_response(self, params: dict[str, Any]) -> None:
         if self._response is not None and not self._response.done():
             raise ClientEventError(
                 "Conversation already has an active response in progress.",
@@ -376,10 +378,6 @@ class RealtimeSession:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-
-
-def _copy(item: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(item)
 
 
 _HANDLERS: dict[str, Callable[[RealtimeSession, dict[str, Any]], Awaitable[None]]] = {
