@@ -2,9 +2,9 @@
 
 Why webrtcvad (the `webrtcvad-wheels` build of Google's WebRTC voice activity detector): measured on this
 project's 2-core test machine (benchmarks/realtime_latency.py), it costs 0.16 ms of CPU per second of audio
-(0.26-0.32 ms with the 24 -> 16 kHz resampling of 100 ms appends), against 4.2-4.7 ms for Silero VAD (v6,
+(0.26-0.51 ms with the 24 -> 16 kHz resampling of 100 ms appends), against 4.2-4.7 ms for Silero VAD (v6,
 ONNX, onnxruntime with one thread), whose import alone adds 36 MiB of RSS, plus its 2.3 MB model.
-On a device that shares its Cortex-A cores with the model runtime, the 6-25x cheaper detector wins; Silero
+On a device that shares its Cortex-A cores with the model runtime, the 8-29x cheaper detector wins; Silero
 is better in noisy rooms, which matters less for a push-to-talk or near-field microphone (docs/realtime.md).
 
 OpenAI's `server_vad` settings map as follows:
