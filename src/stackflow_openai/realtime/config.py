@@ -181,20 +181,3 @@ def _tools(value: Any) -> list[dict[str, Any]]:
         if not isinstance(tool, dict) or tool.get("type") != "function" or not tool.get("name"):
             raise ConfigProblem("Only function tools with a name are supported.", f"session.tools[{index}]")
     return [dict(tool) for tool in value]
-
-
-def chat_tools(tools: list[dict[str, Any]], tool_choice: Any) -> dict[str, Any]:
-    """The session's Realtime tools as chat-completion fields (the chat core renders and parses them)."""
-    if not tools:
-        return {}
-    functions = [
-        {
-            "type": "function",
-            "function": {k: tool[k] for k in ("name", "description", "parameters") if k in tool},
-        }
-        for tool in tools
-    ]
-    choice = tool_choice
-    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
-        choice = {"type": "function", "function": {"name": tool_choice.get("name")}}
-    return {"tools": functions, "tool_choice": choice}

@@ -12,8 +12,8 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from stackflow_openai.errors import to_openai_error
+from stackflow_openai.services.responses_tools import chat_terms
 
-from .config import chat_tools
 from .responder import ResponseRun
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ async def run_response(
         if pending is not None:
             await asyncio.wait({pending})
         body: dict[str, Any] = {"messages": session.conversation.messages(instructions)}
-        body.update(chat_tools(config.tools, config.tool_choice))
+        if config.tools:  # the Realtime API's function tools have the Responses API's flat shape
+            body.update(chat_terms({"tools": config.tools, "tool_choice": config.tool_choice}))
         if limit is not None:
             body["max_tokens"] = limit
         plan = await session.services.plan(body)

@@ -22,7 +22,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackflow_openai.services.generation import ChoiceFinished, ChoiceText, ChoiceToolCall, ToolCall
+from stackflow_openai.services.events import ChoiceFinished, ChoiceText, ChoiceToolCall, ToolCall
 
 from .conversation import new_item_id
 

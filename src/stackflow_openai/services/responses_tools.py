@@ -18,7 +18,7 @@ from stackflow_openai.errors import APIError, UnsupportedParameter
 
 from .output import OutputSpec, build_output_spec
 
-__all__ = ["echo_tools", "output_spec", "responses_error"]
+__all__ = ["chat_terms", "echo_tools", "output_spec", "responses_error"]
 
 # chat's parameter name → the Responses API's (longest first: the first matching prefix wins)
 _PARAMS = (
@@ -41,7 +41,9 @@ def _chat_tool(tool: Mapping[str, Any], index: int) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _chat_terms(body: Mapping[str, Any]) -> dict[str, Any]:
+def chat_terms(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat function tools, `tool_choice` and `text.format` (the Responses API's shapes, which the Realtime
+    API shares for tools) in chat completions' terms."""
     terms: dict[str, Any] = {}
     tools = body.get("tools")
     if isinstance(tools, list):
@@ -85,7 +87,7 @@ def responses_error(exc: APIError) -> APIError:
 
 def output_spec(body: Mapping[str, Any], model_name: str, options: Mapping[str, Any]) -> OutputSpec:
     try:
-        return build_output_spec(_chat_terms(body), model_name, options)
+        return build_output_spec(chat_terms(body), model_name, options)
     except APIError as exc:
         raise responses_error(exc) from None
 
