@@ -16,6 +16,8 @@ import wave
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
+
 from stackflow_openai.emulator import Emulator
 
 TIMEOUT = 3.0
@@ -213,6 +215,27 @@ async def client_for(emu: Emulator) -> AsyncIterator[RawClient]:
         yield client
     finally:
         await client.close()
+
+
+# The fixtures most emulator test modules share; a module takes them with
+# `from emulator_helpers import emu_fixture, client_fixture` (and may define its own `emu` instead).
+@pytest.fixture(name="emu")
+async def emu_fixture() -> AsyncIterator[Emulator]:
+    """A default emulator on a free loopback port."""
+    async with started_emulator() as running:
+        yield running
+
+
+@pytest.fixture(name="client")
+async def client_fixture(emu: Emulator) -> AsyncIterator[RawClient]:
+    """A raw socket connection to the module's `emu`."""
+    async with client_for(emu) as raw:
+        yield raw
+
+
+def text_of(messages: list[dict[str, Any]]) -> str:
+    """The text an llm/vlm stream delivered, its deltas joined."""
+    return "".join(m["data"]["delta"] for m in messages)
 
 
 def b64(data: bytes) -> str:

@@ -16,6 +16,7 @@ import pytest
 from emulator_helpers import (
     RawClient,
     b64,
+    client_fixture,  # noqa: F401 (a pytest fixture, used by name)
     client_for,
     silence_pcm,
     started_emulator,
@@ -34,12 +35,6 @@ RATE = 16000
 async def emu() -> AsyncIterator[Emulator]:
     async with started_emulator(units="main") as running:
         yield running
-
-
-@pytest.fixture
-async def client(emu: Emulator) -> AsyncIterator[RawClient]:
-    async with client_for(emu) as raw:
-        yield raw
 
 
 # melotts speaks at its descriptor's `spacker_speed` unless the setup says otherwise (1.2 for en-us).

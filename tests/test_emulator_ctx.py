@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
-import pytest
-
-from emulator_helpers import RawClient, b64, client_for, started_emulator
+from emulator_helpers import (
+    RawClient,
+    b64,
+    client_fixture,  # noqa: F401 (a pytest fixture, used by name)
+    emu_fixture,  # noqa: F401 (a pytest fixture, used by name)
+    text_of,
+)
 from stackflow_openai.emulator import Emulator
 from stackflow_openai.emulator.engines.scripted import scripted_answer
 from stackflow_openai.emulator.units.kvcontext import KvContext
@@ -15,22 +16,6 @@ from stackflow_openai.emulator.units.llm import LlmInstance
 
 CTX_LLM = "qwen2.5-HA-0.5B-ctx-ax630c"
 CTX_VLM = "internvl3-1B-448-ax630c"
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    async with started_emulator() as running:
-        yield running
-
-
-@pytest.fixture
-async def client(emu: Emulator) -> AsyncIterator[RawClient]:
-    async with client_for(emu) as raw:
-        yield raw
-
-
-def text_of(messages: list[dict[str, Any]]) -> str:
-    return "".join(m["data"]["delta"] for m in messages)
 
 
 def context_of(emu: Emulator, work_id: str) -> KvContext:

@@ -5,26 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
-from emulator_helpers import RawClient, client_for, request, started_emulator
+from emulator_helpers import (
+    RawClient,
+    client_fixture,  # noqa: F401 (a pytest fixture, used by name)
+    client_for,
+    emu_fixture,  # noqa: F401 (a pytest fixture, used by name)
+    request,
+    started_emulator,
+)
 from stackflow_openai.emulator import Emulator
 from stackflow_openai.emulator.catalogue import BUILTIN_CATALOGUE_DIR
 from stackflow_openai.stackflow.models import ModelDescriptor
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    async with started_emulator() as running:
-        yield running
-
-
-@pytest.fixture
-async def client(emu: Emulator) -> AsyncIterator[RawClient]:
-    async with client_for(emu) as raw:
-        yield raw
 
 
 def error(reply: dict) -> tuple[int, str]:

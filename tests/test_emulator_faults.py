@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
-from emulator_helpers import LLM_SETUP, RawClient, client_for, started_emulator
+from emulator_helpers import (
+    LLM_SETUP,
+    RawClient,
+    client_fixture,  # noqa: F401 (a pytest fixture, used by name)
+    client_for,
+    emu_fixture,  # noqa: F401 (a pytest fixture, used by name)
+)
 from stackflow_openai.emulator import Emulator, Faults
 from stackflow_openai.emulator.engines.scripted import scripted_answer
 
 QUESTION = "one two three four five six seven eight nine ten eleven twelve"
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    async with started_emulator() as running:
-        yield running
-
-
-@pytest.fixture
-async def client(emu: Emulator) -> AsyncIterator[RawClient]:
-    async with client_for(emu) as raw:
-        yield raw
 
 
 async def set_faults(client: RawClient, **changes: object) -> dict:

@@ -4,33 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
-import pytest
-
-from emulator_helpers import LLM_SETUP, RawClient, b64, client_for, jpeg_bytes, started_emulator
+from emulator_helpers import (
+    LLM_SETUP,
+    RawClient,
+    b64,
+    client_fixture,  # noqa: F401 (a pytest fixture, used by name)
+    client_for,
+    emu_fixture,  # noqa: F401 (a pytest fixture, used by name)
+    jpeg_bytes,
+    started_emulator,
+    text_of,
+)
 from stackflow_openai.emulator import Emulator, ScriptedEngine
 from stackflow_openai.emulator.engines.base import LlmSettings
 from stackflow_openai.emulator.engines.scripted import ScriptedLlmSession, scripted_answer, scripted_pieces
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 QUESTION = "Tell me about the river and the old stone bridge near the market"
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    async with started_emulator() as running:
-        yield running
-
-
-@pytest.fixture
-async def client(emu: Emulator) -> AsyncIterator[RawClient]:
-    async with client_for(emu) as raw:
-        yield raw
-
-
-def text_of(messages: list[dict[str, Any]]) -> str:
-    return "".join(m["data"]["delta"] for m in messages)
 
 
 async def test_stream_deltas_group_tokens_and_end_with_terminator(client: RawClient) -> None:

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from emulator_helpers import LLM_SETUP, SETUPS, RawClient, client_for, started_emulator
+from emulator_helpers import (
+    LLM_SETUP,
+    SETUPS,
+    RawClient,
+    client_fixture,  # noqa: F401 (a pytest fixture, used by name)
+    client_for,
+    emu_fixture,  # noqa: F401 (a pytest fixture, used by name)
+    started_emulator,
+)
 from stackflow_openai.emulator import Emulator, ScriptedEngine, Timing
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    async with started_emulator() as running:
-        yield running
-
-
-@pytest.fixture
-async def client(emu: Emulator) -> AsyncIterator[RawClient]:
-    async with client_for(emu) as raw:
-        yield raw
 
 
 async def setup_reply(client: RawClient, unit: str, data: Any) -> dict[str, Any]:
