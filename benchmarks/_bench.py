@@ -7,6 +7,7 @@ gateway and not an HTTP library in the benchmark process. Not a benchmark itself
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime
 import json
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "machine_info",
     "percentiles",
     "rss_mib",
+    "run_requests_benchmark",
     "server",
     "summary",
 ]
@@ -42,6 +44,18 @@ LLM = "qwen2.5-0.5B-p256-ax630c"
 HERE = Path(__file__).resolve().parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _IO_TIMEOUT = 60.0  # every wait of the load client is bounded
+
+
+def run_requests_benchmark(
+    doc: str, run: Callable[[int, int], Coroutine[Any, Any, None]], *, requests: int, warmup: int
+) -> None:
+    """The command line of a benchmark that takes `--requests` measured and `--warmup` unmeasured
+    requests per path: parse it and run `run(requests, warmup)`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=requests, help="measured requests per path")
+    parser.add_argument("--warmup", type=int, default=warmup)
+    args = parser.parse_args()
+    asyncio.run(run(args.requests, args.warmup))
 
 
 # ---- machine and process readings --------------------------------------------------------------

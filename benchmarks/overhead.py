@@ -19,13 +19,21 @@ gateway's CPU time per request (from /proc), which is what limits requests per s
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
 
-from _bench import LLM, RawHttp, chat_body, cpu_seconds, machine_info, percentiles, server, summary
+from _bench import (
+    LLM,
+    RawHttp,
+    chat_body,
+    cpu_seconds,
+    machine_info,
+    percentiles,
+    run_requests_benchmark,
+    server,
+    summary,
+)
 
 from stackflow_openai.services.prompt import DEFAULT_SYSTEM_PROMPT
 from stackflow_openai.stackflow.client import DeviceClient
@@ -132,11 +140,7 @@ async def run(pairs: int, warmup: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1000, help="measured requests per path")
-    parser.add_argument("--warmup", type=int, default=100)
-    args = parser.parse_args()
-    asyncio.run(run(args.requests, args.warmup))
+    run_requests_benchmark(__doc__, run, requests=1000, warmup=100)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,22 @@ Printed as ratios to chat completions from this one run.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 
-from _bench import LLM, RawHttp, chat_body, cpu_seconds, machine_info, percentiles, server, summary
+from _bench import (
+    LLM,
+    RawHttp,
+    chat_body,
+    cpu_seconds,
+    machine_info,
+    percentiles,
+    run_requests_benchmark,
+    server,
+    summary,
+)
 
 PROMPT = "alpha beta gamma delta"
 EXPECTED = "You said 4 words: alpha beta gamma delta."
@@ -124,11 +132,7 @@ async def run(pairs: int, warmup: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=500, help="measured requests per path")
-    parser.add_argument("--warmup", type=int, default=50)
-    args = parser.parse_args()
-    asyncio.run(run(args.requests, args.warmup))
+    run_requests_benchmark(__doc__, run, requests=500, warmup=50)
 
 
 if __name__ == "__main__":
