@@ -5,15 +5,38 @@ The official OpenAI SDK (sync or async) is then pointed at `harness.base_url` fr
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import openai
 
 from gateway_runner import BackgroundLoop, Gateway, start_gateway
 from stackflow_openai.backends.registry import GatewayRegistry
 from stackflow_openai.config import DeviceSettings, Settings
 from stackflow_openai.emulator import Emulator, ScriptedEngine, Timing
+
+
+def write_llm_descriptor(catalogue: Path, mode: str, kv_cache_len: int, prefill_len: int) -> None:
+    """Add to an emulator catalogue directory a Qwen-tokenised llm model with the given window: the
+    device's max_token_len is its kv_cache_len, so a small one makes the device's own cap easy to reach."""
+    descriptor = {
+        "mode": mode,
+        "type": "llm",
+        "compile_flage": (
+            f"pulsar2 llm_build --kv_cache_len {kv_cache_len} --prefill_len {prefill_len} --chip AX620E"
+        ),
+        "capabilities": ["text_generation", "chat"],
+        "input_type": ["llm.utf-8", "llm.utf-8.stream"],
+        "output_type": ["llm.utf-8", "llm.utf-8.stream"],
+        "mode_param": {"tokenizer_type": 2, "cmm_size": 1000},
+    }
+    (catalogue / f"mode_{mode}.json").write_text(json.dumps(descriptor))
 
 
 class Harness(BackgroundLoop):
@@ -55,6 +78,19 @@ class Harness(BackgroundLoop):
     async def start_emulator(self) -> None:
         self.emulator = Emulator(engine=self.engine, hwinfo_delay=0.05, **self.emulator_kwargs)
         await self.emulator.start(host="127.0.0.1", port=0)
+
+    def sdk(self, timeout: float = 30.0) -> openai.OpenAI:
+        """The official (sync) OpenAI SDK pointed at the gateway; no retries, so a failure shows."""
+        return openai.OpenAI(base_url=self.base_url, api_key="unused", max_retries=0, timeout=timeout)
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Harness]:
+        """For a fixture, around its `yield`: afterwards the device must hold no leaked unit; always stops."""
+        try:
+            yield self
+            self.assert_no_leak()
+        finally:
+            self.stop()
 
     def live_instances(self) -> list[dict[str, Any]]:
         return self.call(self.emulator.live_instances)

@@ -26,15 +26,8 @@ ASR_RATE = 16000
 def harness():
     h = Harness().start()
     h.call(lambda: setattr(h.registry.get("whisper-tiny").transcription, "result_timeout", 1.0))
-    yield h
-    try:
-        h.assert_no_leak()
-    finally:
-        h.stop()
-
-
-def client(h: Harness) -> openai.OpenAI:
-    return openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=60)
+    with h.serving():
+        yield h
 
 
 def speech_like(seconds: float, *, pauses_every: float = 3.0) -> np.ndarray:
@@ -49,7 +42,9 @@ def speech_like(seconds: float, *, pauses_every: float = 3.0) -> np.ndarray:
 @pytest.mark.parametrize("fmt", ["mp3", "wav", "flac"])
 def test_speech_from_the_device_units(harness, model, fmt):
     text = "Hello there. This is the gateway speaking, one sentence at a time!"
-    audio = client(harness).audio.speech.create(model=model, voice="alloy", input=text, response_format=fmt)
+    audio = harness.sdk(timeout=60).audio.speech.create(
+        model=model, voice="alloy", input=text, response_format=fmt
+    )
     samples, rate = decode_file(audio.content)
     assert rate == 24000
     assert len(samples) / rate > 1.0  # the scripted engine gives ~0.05 s per character
@@ -83,7 +78,7 @@ def test_speech_streams_before_the_last_sentence_is_synthesized():
 def test_tts_1_alias_and_voices(harness):
     assert harness.call(lambda: harness.registry.get("whisper-1").id).startswith("whisper-")
     assert harness.call(lambda: harness.registry.get("tts-1").id) == "melotts-en-us"
-    c = client(harness)
+    c = harness.sdk(timeout=60)
     audio = c.audio.speech.create(model="tts-1", voice="nova", input="Hi.", response_format="pcm")
     assert len(audio.content) > 1000
     voices = httpx.get(
@@ -101,13 +96,15 @@ def test_tts_1_alias_and_voices(harness):
 def test_transcription_on_whisper(harness, fmt):
     data = encode_file(fmt, speech_like(4.0), ASR_RATE, stereo=True)
     name = {"ogg": "a.ogg", "m4a": "a.m4a"}.get(fmt, f"a.{fmt}")
-    text = client(harness).audio.transcriptions.create(model="whisper-1", file=(name, io.BytesIO(data)))
+    text = harness.sdk(timeout=60).audio.transcriptions.create(
+        model="whisper-1", file=(name, io.BytesIO(data))
+    )
     assert text.text.strip() and not text.text.endswith(".")  # the device's trailing '.' is removed
 
 
 def test_transcription_formats_and_long_audio_windows(harness):
     data = encode_file("wav", speech_like(75.0), ASR_RATE, stereo=False)
-    c = client(harness)
+    c = harness.sdk(timeout=60)
     verbose = c.audio.transcriptions.create(
         model="whisper-tiny", file=("long.wav", io.BytesIO(data)), response_format="verbose_json"
     )
@@ -125,7 +122,7 @@ def test_transcription_formats_and_long_audio_windows(harness):
 def test_silence_in_a_non_english_language_is_an_empty_text_after_a_bounded_wait(harness):
     data = encode_file("wav", np.zeros(ASR_RATE * 2), ASR_RATE, stereo=False)
     started = time.monotonic()
-    text = client(harness).audio.transcriptions.create(
+    text = harness.sdk(timeout=60).audio.transcriptions.create(
         model="whisper-tiny", file=("s.wav", io.BytesIO(data)), language="de"
     )
     assert text.text == "" and time.monotonic() - started < 10
@@ -133,7 +130,7 @@ def test_silence_in_a_non_english_language_is_an_empty_text_after_a_bounded_wait
 
 def test_transcription_on_the_sherpa_asr_unit(harness):
     data = encode_file("wav", speech_like(3.0), ASR_RATE, stereo=False)
-    text = client(harness).audio.transcriptions.create(
+    text = harness.sdk(timeout=60).audio.transcriptions.create(
         model="sherpa-ncnn-streaming-zipformer-20M-2023-02-17", file=("a.wav", io.BytesIO(data))
     )
     assert text.text.strip()
@@ -141,7 +138,7 @@ def test_transcription_on_the_sherpa_asr_unit(harness):
 
 def test_translation_without_configuration_uses_a_chat_model_on_the_same_device(harness):
     data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
-    response = client(harness).audio.translations.with_raw_response.create(
+    response = harness.sdk(timeout=60).audio.translations.with_raw_response.create(
         model="whisper-1", file=("a.wav", io.BytesIO(data))
     )
     # The first text-only chat model of the device (what gpt-4o-mini stands for), named in a header.
@@ -156,9 +153,11 @@ def test_translation_refused_when_the_automatic_choice_is_off():
     try:
         data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
         with pytest.raises(openai.BadRequestError) as refused:
-            client(h).audio.translations.create(model="whisper-tiny", file=("a.wav", io.BytesIO(data)))
+            h.sdk(timeout=60).audio.translations.create(
+                model="whisper-tiny", file=("a.wav", io.BytesIO(data))
+            )
         assert refused.value.code == "translation_not_supported"
-        transcribed = client(h).audio.transcriptions.with_raw_response.create(
+        transcribed = h.sdk(timeout=60).audio.transcriptions.with_raw_response.create(
             model="whisper-tiny", file=("a.wav", io.BytesIO(data))
         )
         assert "x-translation-model" not in transcribed.headers
@@ -179,7 +178,7 @@ def test_translation_through_a_configured_chat_model():
     h = Harness(settings=settings).start()
     try:
         data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
-        response = client(h).audio.translations.with_raw_response.create(
+        response = h.sdk(timeout=60).audio.translations.with_raw_response.create(
             model="whisper-translate", file=("a.wav", io.BytesIO(data))
         )
         # The scripted LLM answers "You said N words: ..." about the transcript it was given.
@@ -243,7 +242,7 @@ def test_silence_on_the_sherpa_asr_unit_is_an_empty_text_and_the_instance_is_not
     h = Harness(emulator_kwargs={"units": "main"}).start()  # asr 1.8: no message at all for silence
     try:
         quick_asr(h)
-        c = client(h)
+        c = h.sdk(timeout=60)
         silent = encode_file("wav", np.zeros(ASR_RATE * 2), ASR_RATE, stereo=False)
         # The unit sends no message at all for an empty result: that silence is the answer.
         assert c.audio.transcriptions.create(model=ASR_MODEL, file=("s.wav", io.BytesIO(silent))).text == ""
@@ -273,7 +272,7 @@ def test_asr_without_an_endpoint_returns_its_partial_and_nothing_carries_over(tm
     try:
         model = descriptor["mode"]
         quick_asr(h, model)
-        c = client(h)
+        c = h.sdk(timeout=60)
 
         def transcribe(seconds: float, pause: float) -> str:
             data = encode_file("wav", speech_like(seconds, pauses_every=pause), ASR_RATE, stereo=False)
@@ -354,7 +353,7 @@ def test_sense_voice_with_itn_keeps_its_own_punctuation(tmp_path):
     (tmp_path / "mode_sense-voice-small-10s-ax650.json").write_text(json.dumps(descriptor))
     h = Harness(engine=PunctuatingEngine(), emulator_kwargs={"catalogue_dirs": [tmp_path]}).start()
     try:
-        c = client(h)
+        c = h.sdk(timeout=60)
         speech = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
         text = c.audio.transcriptions.create(model=descriptor["mode"], file=("a.wav", io.BytesIO(speech)))
         # With ITN the unit appends no "." of its own: the one there is the model's and stays.
@@ -422,7 +421,7 @@ def test_a_configured_language_whisper_lacks_leaves_the_model_unserved():
     )
     h = Harness(settings=settings).start()
     try:
-        ids = [m.id for m in client(h).models.list().data]
+        ids = [m.id for m in h.sdk(timeout=60).models.list().data]
         assert "ears-yue" not in ids and "whisper-tiny" in ids
     finally:
         h.stop()

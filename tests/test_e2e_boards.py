@@ -42,7 +42,7 @@ def expected_seconds(text: str, speed: float = 1.0) -> float:
 
 
 def speech_seconds(h: Harness, model: str, text: str = TEXT, voice: str = "alloy") -> float:
-    client = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=60)
+    client = h.sdk(timeout=60)
     audio = client.audio.speech.create(model=model, voice=voice, input=text, response_format="pcm")
     return len(audio.content) / 2 / OUT_RATE
 
@@ -96,7 +96,7 @@ def test_summer_tts_full_audio_on_both_generations(units: str, stream: bool) -> 
         voice = backend._voices["alloy"]
         setup, _, _ = h.call(lambda: backend.plan(voice, TEXT))  # driven by the version version2 gave
         assert setup["response_format"] == ("tts.pcm.stream.base64" if units == "dev" else "tts.pcm.base64")
-        client = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=60)
+        client = h.sdk(timeout=60)
         for _ in range(2):  # the second request finds nothing left over on the instance
             if stream:
                 with client.audio.speech.with_streaming_response.create(
@@ -183,7 +183,7 @@ def test_axcl_memory_comes_from_axcl_cmminfo() -> None:
 def test_a_model_that_does_not_fit_is_a_clear_503_and_idle_units_make_room() -> None:
     h = Harness(emulator_kwargs={"board": "ax650"}).start()
     try:
-        client = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=60)
+        client = h.sdk(timeout=60)
         messages = [{"role": "user", "content": "hello"}]
         with pytest.raises(openai.InternalServerError) as caught:  # 503
             client.chat.completions.create(model="qwen2.5-7B-Int4-ax650", messages=messages)  # type: ignore[arg-type]
@@ -230,7 +230,7 @@ def test_sense_voice_1_10_answers_every_voiced_segment() -> None:
         first, second = tone_pcm(0.9), tone_pcm(0.9, 550)
         pcm = first + silence_pcm(1.0) + second
         upload = wav_of(pcm)
-        client = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=60)
+        client = h.sdk(timeout=60)
         text = client.audio.transcriptions.create(
             model="sense-voice-small-10s-ax650", file=("a.wav", io.BytesIO(upload))
         ).text
@@ -248,7 +248,7 @@ def test_silence_on_asr_1_10_is_an_empty_final_and_the_instance_stays() -> None:
     """asr 1.10 (dev) sends its final at the endpoint even when empty: the stream was reset, keep it."""
     h = Harness().start()  # dev units
     try:
-        c = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=60)
+        c = h.sdk(timeout=60)
         silent = wav_of(silence_pcm(2.0))
         started = time.monotonic()
         assert c.audio.transcriptions.create(model=ASR_MODEL, file=("s.wav", io.BytesIO(silent))).text == ""

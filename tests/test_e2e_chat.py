@@ -48,19 +48,12 @@ class RecordingEngine(ScriptedEngine):
 @pytest.fixture
 def harness():
     h = Harness(engine=RecordingEngine()).start()
-    yield h
-    try:
-        h.assert_no_leak()
-    finally:
-        h.stop()
-
-
-def client(h: Harness) -> openai.OpenAI:
-    return openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=30)
+    with h.serving():
+        yield h
 
 
 def test_chat_non_stream_and_stream_with_usage(harness):
-    c = client(harness)
+    c = harness.sdk()
     reply = c.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "alpha beta"}])
     choice = reply.choices[0]
     assert choice.message.content == "You said 2 words: alpha beta."
@@ -99,7 +92,7 @@ def test_async_sdk_stream(harness):
 
 
 def test_completions_with_a_list_of_prompts(harness):
-    c = client(harness)
+    c = harness.sdk()
     reply = c.completions.create(model=LLM, prompt=["red", "green blue"], max_tokens=50)
     assert [ch.text for ch in reply.choices] == ["You said 1 word: red.", "You said 2 words: green blue."]
     assert [ch.index for ch in reply.choices] == [0, 1]
@@ -110,7 +103,7 @@ def test_completions_with_a_list_of_prompts(harness):
 
 
 def test_max_tokens_1_then_the_same_unit_serves_again(harness):
-    c = client(harness)
+    c = harness.sdk()
     reply = c.chat.completions.create(
         model=LLM, messages=[{"role": "user", "content": "a b c d"}], max_tokens=1
     )
@@ -125,7 +118,7 @@ def test_max_tokens_1_then_the_same_unit_serves_again(harness):
 
 
 def test_stop_across_deltas(harness):
-    c = client(harness)
+    c = harness.sdk()
     # The scripted engine sends one word per piece, so "beta gam" spans two deltas.
     reply = c.chat.completions.create(
         model=LLM, messages=[{"role": "user", "content": "alpha beta gamma"}], stop=["beta gam"]
@@ -148,7 +141,7 @@ def test_stop_across_deltas(harness):
 def test_braces_backslashes_emoji_and_japanese_reach_the_device_intact(harness):
     text = 'Code: {"a": [1, {"b": "\\\\n"}]} \\ end } { 😀👍🏽 日本語のテキスト'
     system = "You are {name}\\. Reply in 日本語 😀."
-    reply = client(harness).chat.completions.create(
+    reply = harness.sdk().chat.completions.create(
         model=LLM, messages=[{"role": "system", "content": system}, {"role": "user", "content": text}]
     )
     assert reply.choices[0].finish_reason == "stop"
@@ -161,7 +154,7 @@ def test_long_conversation_is_truncated_to_the_p256_window(harness):
         messages.append({"role": "user", "content": f"Question number {i} about the weather in town {i}?"})
         messages.append({"role": "assistant", "content": f"Answer number {i}: it is sunny in town {i}."})
     messages.append({"role": "user", "content": "And the last question?"})
-    reply = client(harness).chat.completions.create(model=LLM, messages=messages)
+    reply = harness.sdk().chat.completions.create(model=LLM, messages=messages)
     assert reply.choices[0].finish_reason == "stop"
     sent = harness.engine.prompts[-1][1]
     assert sent.endswith("And the last question?")
@@ -172,7 +165,7 @@ def test_long_conversation_is_truncated_to_the_p256_window(harness):
 
 def test_an_over_long_single_message_is_400(harness):
     with pytest.raises(openai.BadRequestError) as err:
-        client(harness).chat.completions.create(
+        harness.sdk().chat.completions.create(
             model=LLM, messages=[{"role": "user", "content": "word " * 400}]
         )
     assert err.value.code == "context_length_exceeded"
@@ -181,7 +174,7 @@ def test_an_over_long_single_message_is_400(harness):
 
 def test_unknown_model_and_malformed_json(harness):
     with pytest.raises(openai.NotFoundError) as err:
-        client(harness).chat.completions.create(model="gpt-99", messages=[{"role": "user", "content": "x"}])
+        harness.sdk().chat.completions.create(model="gpt-99", messages=[{"role": "user", "content": "x"}])
     assert err.value.code == "model_not_found" and LLM in err.value.message
     r = httpx.post(
         f"{harness.base_url}/chat/completions",
@@ -232,7 +225,7 @@ def test_images_by_data_url_and_by_allowed_url_and_a_refused_private_address():
         settings = Settings(images=ImageSettings(allowed_hosts=[host]))
         h = Harness(settings=settings, engine=RecordingEngine()).start()
         try:
-            c = client(h)
+            c = h.sdk()
             data_url = "data:image/jpeg;base64," + base64.b64encode(_jpeg("red")).decode()
             content = [
                 {"type": "text", "text": "what is this"},
@@ -261,7 +254,7 @@ def test_20_concurrent_requests_on_pool_size_2():
     )
     h = Harness(settings=settings, timing=Timing(tokens_per_second=200)).start()
     try:
-        c = client(h)
+        c = h.sdk()
 
         def one(i: int) -> tuple[str, object]:
             try:
@@ -291,7 +284,7 @@ def test_client_disconnect_mid_stream_then_the_same_unit_serves_the_next_request
             assert next(lines).startswith("data: ")  # the stream started, then the client goes away
         units = h.pool_work_ids()
         assert len(units) == 1
-        reply = client(h).chat.completions.create(model=LLM, messages=[{"role": "user", "content": "x y"}])
+        reply = h.sdk().chat.completions.create(model=LLM, messages=[{"role": "user", "content": "x y"}])
         assert reply.choices[0].message.content == "You said 2 words: x y."
         assert h.pool_work_ids() == units
         h.assert_no_leak()
@@ -322,7 +315,7 @@ def test_orphans_are_exited_at_start_and_every_instance_at_shutdown():
     h.call(h._start)
     try:
         assert h.live_instances() == []
-        client(h).chat.completions.create(model=LLM, messages=[{"role": "user", "content": "hi"}])
+        h.sdk().chat.completions.create(model=LLM, messages=[{"role": "user", "content": "hi"}])
         assert len(h.live_instances()) == 1
         h.stop_gateway()
         assert h.live_instances() == []  # the gateway exited what it set up
@@ -338,7 +331,7 @@ def test_openai_proxy_forwards_to_an_upstream_server():
         )
         h = Harness(settings=settings).start()
         try:
-            c = client(h)
+            c = h.sdk()
             assert "remote" in [m.id for m in c.models.list().data]
             reply = c.chat.completions.create(
                 model="remote", messages=[{"role": "user", "content": "up stream"}]
@@ -365,7 +358,7 @@ def test_openai_proxy_forwards_to_an_upstream_server():
 
 
 def test_models_list_and_get(harness):
-    c = client(harness)
+    c = harness.sdk()
     ids = [m.id for m in c.models.list().data]
     assert LLM in ids and VLM in ids and "whisper-tiny" in ids
     model = c.models.retrieve(LLM)
@@ -378,7 +371,7 @@ def test_models_list_and_get(harness):
 def test_image_tokens_count_against_the_vlm_prefill_window(harness):
     data_url = "data:image/jpeg;base64," + base64.b64encode(_jpeg("green")).decode()
     text = " ".join(f"word{i}" for i in range(60))  # fits 256 alone, not with a 169-token image
-    c = client(harness)
+    c = harness.sdk()
     reply = c.chat.completions.create(model=VLM, messages=[{"role": "user", "content": text}])
     assert reply.choices[0].finish_reason == "stop"
     content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": data_url}}]
@@ -391,7 +384,7 @@ def test_vlm_text_arrives_verbatim_although_the_vlm_does_not_unescape(harness):
     # The VLM unit takes the raw JSON string without unescaping (protocol §5.3): sent as plain text,
     # "\n" and braces would reach the model as escape sequences. The backend sends base64 instead.
     text = 'Line one\nLine "two" {with braces} \\ and 日本語 😀'
-    reply = client(harness).chat.completions.create(model=VLM, messages=[{"role": "user", "content": text}])
+    reply = harness.sdk().chat.completions.create(model=VLM, messages=[{"role": "user", "content": text}])
     assert reply.choices[0].finish_reason == "stop"
     assert harness.engine.prompts[-1][1] == text
 
@@ -403,7 +396,7 @@ def test_pool_evicts_the_idle_unit_for_a_new_setup_but_never_a_busy_one():
     )
     h = Harness(settings=settings, timing=Timing(tokens_per_second=20)).start()
     try:
-        c = client(h)
+        c = h.sdk()
 
         def ask(system: str, words: int = 2) -> object:
             return c.chat.completions.create(
@@ -436,7 +429,7 @@ def test_not_enough_device_memory_is_a_clear_503():
     h = Harness(emulator_kwargs={"cmm_total_kib": 100_000}).start()
     try:
         with pytest.raises(openai.APIStatusError) as err:
-            client(h).chat.completions.create(model=LLM, messages=[{"role": "user", "content": "hi"}])
+            h.sdk().chat.completions.create(model=LLM, messages=[{"role": "user", "content": "hi"}])
         assert err.value.status_code == 503
         assert "memory" in err.value.message
         assert h.live_instances() == []
@@ -452,10 +445,10 @@ def test_a_configured_prefill_len_replaces_the_descriptors_window():
     h = Harness(settings=settings).start()
     try:
         prompt = "word " * 80
-        reply = client(h).chat.completions.create(model=LLM, messages=[{"role": "user", "content": prompt}])
+        reply = h.sdk().chat.completions.create(model=LLM, messages=[{"role": "user", "content": prompt}])
         assert reply.choices[0].message.content
         with pytest.raises(openai.BadRequestError) as err:
-            client(h).chat.completions.create(model="narrow", messages=[{"role": "user", "content": prompt}])
+            h.sdk().chat.completions.create(model="narrow", messages=[{"role": "user", "content": prompt}])
         assert err.value.code == "context_length_exceeded"
         h.assert_no_leak()
     finally:
@@ -473,7 +466,7 @@ def test_left_out_messages_are_counted_in_a_header(harness):
         messages.append({"role": "user", "content": f"Question number {i} about the weather in town {i}?"})
         messages.append({"role": "assistant", "content": f"Answer number {i}: it is sunny in town {i}."})
     messages.append({"role": "user", "content": "And the last question?"})
-    chat = client(harness).chat.completions
+    chat = harness.sdk().chat.completions
     response = chat.with_raw_response.create(model=LLM, messages=messages)
     dropped = int(response.headers["x-dropped-messages"])
     sent = harness.engine.prompts[-1][1]

@@ -53,25 +53,15 @@ def start(pool_size: int) -> tuple[Harness, RecordingEngine]:
 @pytest.fixture
 def one() -> Any:
     h, engine = start(pool_size=1)
-    yield h, engine
-    try:
-        h.assert_no_leak()
-    finally:
-        h.stop()
+    with h.serving():
+        yield h, engine
 
 
 @pytest.fixture
 def two() -> Any:
     h, engine = start(pool_size=2)
-    yield h, engine
-    try:
-        h.assert_no_leak()
-    finally:
-        h.stop()
-
-
-def sdk(h: Harness) -> openai.OpenAI:
-    return openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=30)
+    with h.serving():
+        yield h, engine
 
 
 class Chat:
@@ -97,7 +87,7 @@ def silent_resets(h: Harness) -> int:
 
 def test_a_continued_conversation_sends_only_the_new_message(one: Any) -> None:
     h, engine = one
-    ann = Chat(sdk(h))
+    ann = Chat(h.sdk())
     first = ann.say("my name is Ann")
     second = ann.say("what is my name")
     # The unit got the bare new message and answered from its KV cache.
@@ -110,7 +100,7 @@ def test_a_continued_conversation_sends_only_the_new_message(one: Any) -> None:
 
 def test_interleaved_conversations_on_one_instance_never_see_each_other(one: Any) -> None:
     h, engine = one
-    ann, bob = Chat(sdk(h)), Chat(sdk(h))
+    ann, bob = Chat(h.sdk()), Chat(h.sdk())
     answers_ann, answers_bob = [], []
     for a, b in [
         ("my name is Ann", "my name is Bob"),
@@ -130,7 +120,7 @@ def test_interleaved_conversations_on_one_instance_never_see_each_other(one: Any
 
 def test_interleaved_conversations_on_two_instances_keep_their_own(two: Any) -> None:
     h, engine = two
-    ann, bob = Chat(sdk(h)), Chat(sdk(h))
+    ann, bob = Chat(h.sdk()), Chat(h.sdk())
     barrier = threading.Barrier(2)
     results: dict[str, list[str]] = {"ann": [], "bob": []}
 
@@ -158,7 +148,7 @@ def test_interleaved_conversations_on_two_instances_keep_their_own(two: Any) -> 
 
 def test_a_diverged_conversation_is_reset_and_replayed(one: Any) -> None:
     h, engine = one
-    ann = Chat(sdk(h))
+    ann = Chat(h.sdk())
     ann.say("my name is Ann")
     ann.messages[-1]["content"] = (
         "An edited answer"  # the client changed history: the cache no longer matches
@@ -170,7 +160,7 @@ def test_a_diverged_conversation_is_reset_and_replayed(one: Any) -> None:
 
 def test_an_answer_cut_by_max_tokens_is_not_continued(one: Any) -> None:
     h, engine = one
-    ann = Chat(sdk(h))
+    ann = Chat(h.sdk())
     ann.extra = {"max_tokens": 2}
     ann.say("my name is Ann and I like long answers")
     ann.extra = {}
@@ -182,7 +172,7 @@ def test_an_answer_cut_by_max_tokens_is_not_continued(one: Any) -> None:
 
 def test_a_conversation_that_outgrows_the_cache_is_replayed_not_silently_lost(one: Any) -> None:
     h, engine = one
-    chat = Chat(sdk(h), max_tokens=60)
+    chat = Chat(h.sdk(), max_tokens=60)
     long_line = " ".join(["the river and the stone bridge near the market"] * 12)  # ~110 tokens
     chat.say("my name is Ann")
     for _ in range(10):
@@ -194,7 +184,7 @@ def test_a_conversation_that_outgrows_the_cache_is_replayed_not_silently_lost(on
 
 def test_a_user_message_reset_is_answered_not_taken_as_the_command(one: Any) -> None:
     h, _ = one
-    ann = Chat(sdk(h))
+    ann = Chat(h.sdk())
     ann.say("my name is Ann")
     answer = ann.say("reset")
     assert answer.startswith("You said 1 word: reset") and "Ann" in answer
@@ -202,7 +192,7 @@ def test_a_user_message_reset_is_answered_not_taken_as_the_command(one: Any) -> 
 
 def test_n_choices_never_see_each_other(one: Any) -> None:
     h, engine = one
-    client = sdk(h)
+    client = h.sdk()
     messages: list[dict[str, str]] = [{"role": "user", "content": "my name is Ann"}]
     first = client.chat.completions.create(model="chat", messages=messages)  # type: ignore[arg-type]
     messages += [
@@ -228,7 +218,7 @@ def test_a_ctx_vlm_answers_an_image_then_continues_the_conversation() -> None:
     settings = Settings(models={"vision": ModelSettings(device_model="internvl3-1B-448-ax630c", pool_size=1)})
     h = Harness(settings=settings, engine=engine).start()
     try:
-        client = sdk(h)
+        client = h.sdk()
         image = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes()).decode()
         messages: list[dict[str, Any]] = [
             {
@@ -257,10 +247,10 @@ def test_a_ctx_vlm_answers_an_image_then_continues_the_conversation() -> None:
 def test_two_model_names_for_one_device_model_share_what_the_unit_holds(one: Any) -> None:
     # "chat" (configured) and the device's own name lease the same unit: each must see what the other left.
     h, _ = one
-    ann = Chat(sdk(h))
+    ann = Chat(h.sdk())
     ann.say("my name is Ann")
     messages = [{"role": "user", "content": "my name is Bob"}]
-    reply = sdk(h).chat.completions.create(model=CTX, messages=messages)  # type: ignore[arg-type]
+    reply = h.sdk().chat.completions.create(model=CTX, messages=messages)  # type: ignore[arg-type]
     assert "Ann" not in (reply.choices[0].message.content or "")
     assert "Bob" not in ann.say("who am I")
     assert len(h.live_instances()) == 1  # one unit served both names
@@ -270,7 +260,7 @@ def test_a_responses_conversation_continues_on_the_ctx_unit(one: Any) -> None:
     """/v1/responses with previous_response_id: the stored history is the unit's history, so only the new
     input is sent (the Responses API shares the plan builder, services/plan.py)."""
     h, engine = one
-    client = sdk(h)
+    client = h.sdk()
     first = client.responses.create(model="chat", input="my name is Ann", truncation="auto")
     second = client.responses.create(
         model="chat", input="what is my name", previous_response_id=first.id, truncation="auto"

@@ -30,11 +30,8 @@ VLM = "internvl2.5-1B-364-ax630c"
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
     h = Harness(Settings(data_dir=str(tmp_path))).start()
-    yield h
-    try:
-        h.assert_no_leak()
-    finally:
-        h.stop()
+    with h.serving():
+        yield h
 
 
 def sdk(h: Harness, key: str = "unused") -> openai.OpenAI:

@@ -9,12 +9,9 @@ tiny windows (kv_cache_len 40, 41, 42: one of them leaves that held group of two
 
 from __future__ import annotations
 
-import json
-
-import openai
 import pytest
 
-from e2e_harness import Harness
+from e2e_harness import Harness, write_llm_descriptor
 from stackflow_openai.emulator import ScriptedEngine
 
 WINDOWS = {f"qwen2.5-0.5B-window-{kv}": kv for kv in (40, 41, 42)}
@@ -35,38 +32,19 @@ class EndlessWordsEngine(ScriptedEngine):
         return session
 
 
-def descriptor(mode: str, kv: int) -> dict:
-    return {
-        "mode": mode,
-        "type": "llm",
-        "compile_flage": f"pulsar2 llm_build --kv_cache_len {kv} --prefill_len 64 --chip AX620E",
-        "capabilities": ["text_generation", "chat"],
-        "input_type": ["llm.utf-8", "llm.utf-8.stream"],
-        "output_type": ["llm.utf-8", "llm.utf-8.stream"],
-        "mode_param": {"tokenizer_type": 2, "cmm_size": 1000},
-    }
-
-
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     catalogue = tmp_path_factory.mktemp("catalogue")
     for mode, kv in WINDOWS.items():
-        (catalogue / f"mode_{mode}.json").write_text(json.dumps(descriptor(mode, kv)))
+        write_llm_descriptor(catalogue, mode, kv, prefill_len=64)
     h = Harness(engine=EndlessWordsEngine(), emulator_kwargs={"catalogue_dirs": [catalogue]}).start()
-    yield h
-    try:
-        h.assert_no_leak()
-    finally:
-        h.stop()
-
-
-def client(h: Harness) -> openai.OpenAI:
-    return openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=30)
+    with h.serving():
+        yield h
 
 
 @pytest.mark.parametrize("model", WINDOWS)
 def test_an_answer_ended_by_the_devices_cap_is_length(harness, model):
-    reply = client(harness).chat.completions.create(
+    reply = harness.sdk().chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Go on"}]
     )
     usage = reply.usage
@@ -77,7 +55,7 @@ def test_an_answer_ended_by_the_devices_cap_is_length(harness, model):
 
 @pytest.mark.parametrize("model", WINDOWS)
 def test_a_streamed_answer_ended_by_the_devices_cap_is_length(harness, model):
-    stream = client(harness).chat.completions.create(
+    stream = harness.sdk().chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Go on"}], stream=True
     )
     reasons = [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason]
@@ -86,21 +64,21 @@ def test_a_streamed_answer_ended_by_the_devices_cap_is_length(harness, model):
 
 @pytest.mark.parametrize("model", WINDOWS)
 def test_a_completion_ended_by_the_devices_cap_is_length(harness, model):
-    reply = client(harness).completions.create(model=model, prompt="Go on", max_tokens=100)
+    reply = harness.sdk().completions.create(model=model, prompt="Go on", max_tokens=100)
     assert reply.choices[0].finish_reason == "length"
 
 
 def test_max_tokens_below_the_cap_is_length_and_a_short_answer_is_stop():
     h = Harness().start()  # the plain scripted engine: its answers end by themselves
     try:
-        reply = client(h).chat.completions.create(
+        reply = h.sdk().chat.completions.create(
             model="qwen2.5-0.5B-p256-ax630c", messages=[{"role": "user", "content": "hi"}]
         )
         assert (reply.choices[0].finish_reason, reply.choices[0].message.content) == (
             "stop",
             "You said 1 word: hi.",
         )
-        reply = client(h).chat.completions.create(
+        reply = h.sdk().chat.completions.create(
             model="qwen2.5-0.5B-p256-ax630c", messages=[{"role": "user", "content": "hi there"}], max_tokens=2
         )
         assert reply.choices[0].finish_reason == "length"

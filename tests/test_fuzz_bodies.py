@@ -217,11 +217,8 @@ def gateway() -> Iterator[Harness]:
     # Fuzzed system prompts make a new setup signature almost every time: the pool must keep evicting
     # idle units, for the instance limits and for device memory (the emulator's default 3 GiB of CMM).
     h = Harness().start()
-    try:
+    with h.serving():
         yield h
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 @pytest.fixture(scope="module")

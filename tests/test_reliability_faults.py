@@ -47,11 +47,8 @@ def start(timing: Timing | None = None, **settings: Any) -> Harness:
 @pytest.fixture
 def harness() -> Iterator[Harness]:
     h = start()
-    try:
+    with h.serving():
         yield h
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def chat(text: str = "alpha beta", **extra: Any) -> dict[str, Any]:

@@ -52,19 +52,12 @@ def harness():
     settings = Settings(models=models)
     h = Harness(settings, engine=RecordingEngine(Timing()), emulator_kwargs={"catalogue_dirs": [CATALOGUE]})
     h.start()
-    yield h
-    try:
-        h.assert_no_leak()
-    finally:
-        h.stop()
-
-
-def client(h: Harness) -> openai.OpenAI:
-    return openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=30)
+    with h.serving():
+        yield h
 
 
 def raw(h: Harness, **body: object) -> dict:
-    response = client(h).chat.completions.with_raw_response.create(**body)  # type: ignore[call-overload]
+    response = h.sdk().chat.completions.with_raw_response.create(**body)  # type: ignore[call-overload]
     return json.loads(response.text)
 
 
@@ -83,7 +76,7 @@ def test_a_tool_call_non_stream_in_openais_shape(harness):
 
 def test_a_tool_call_streamed_never_shows_call_syntax(harness):
     chunks = list(
-        client(harness).chat.completions.create(model=LLM, messages=ASK, tools=[WEATHER], stream=True)
+        harness.sdk().chat.completions.create(model=LLM, messages=ASK, tools=[WEATHER], stream=True)
     )
     for chunk in chunks:
         validate("CreateChatCompletionStreamResponse", chunk.model_dump(exclude_unset=True))
@@ -97,7 +90,7 @@ def test_a_tool_call_streamed_never_shows_call_syntax(harness):
 
 
 def test_the_sdk_stream_helper_accumulates_the_call(harness):
-    with client(harness).chat.completions.stream(model=LLM, messages=ASK, tools=[WEATHER]) as stream:
+    with harness.sdk().chat.completions.stream(model=LLM, messages=ASK, tools=[WEATHER]) as stream:
         done = [e for e in stream if e.type == "tool_calls.function.arguments.done"]
         final = stream.get_final_completion()
     assert done[0].name == "get_weather" and json.loads(done[0].arguments)["city"] == "Paris"
@@ -105,14 +98,14 @@ def test_the_sdk_stream_helper_accumulates_the_call(harness):
 
 
 def test_tool_results_come_back_in_the_familys_format_and_get_an_answer(harness):
-    first = client(harness).chat.completions.create(model=LLM, messages=ASK, tools=[WEATHER])
+    first = harness.sdk().chat.completions.create(model=LLM, messages=ASK, tools=[WEATHER])
     call = first.choices[0].message.tool_calls[0]
     history = [
         *ASK,
         first.choices[0].message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": "18 C, sunny"},
     ]
-    second = client(harness).chat.completions.create(model=LLM, messages=history, tools=[WEATHER])
+    second = harness.sdk().chat.completions.create(model=LLM, messages=history, tools=[WEATHER])
     assert second.choices[0].finish_reason == "stop" and second.choices[0].message.tool_calls is None
     assert second.choices[0].message.content == "The tool answered: 18 C, sunny"
     user = harness.engine.prompts[-1][1]
@@ -128,7 +121,7 @@ def test_tool_results_come_back_in_the_familys_format_and_get_an_answer(harness)
     [("llama3", "Given the following functions"), ("smollm2", "<tools>["), ("generic", "You can call these")],
 )
 def test_every_family_format_round_trips(harness, fmt, marker):
-    reply = client(harness).chat.completions.create(model=f"fmt-{fmt}", messages=ASK, tools=[WEATHER, TIME])
+    reply = harness.sdk().chat.completions.create(model=f"fmt-{fmt}", messages=ASK, tools=[WEATHER, TIME])
     call = reply.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] == "Paris"
     system, user = harness.engine.prompts[-1]
@@ -137,7 +130,7 @@ def test_every_family_format_round_trips(harness, fmt, marker):
 
 
 def test_tool_choice_none_named_and_required(harness):
-    c = client(harness)
+    c = harness.sdk()
     plain = c.chat.completions.create(model=LLM, messages=ASK, tools=[WEATHER], tool_choice="none")
     assert (
         plain.choices[0].message.content.startswith("You said")
@@ -167,33 +160,33 @@ def test_legacy_functions_answer_with_function_call(harness):
 def test_a_malformed_call_is_asked_again_once_then_refused(harness):
     faults = harness.emulator.state.faults
     faults.malformed_answer = 1
-    reply = client(harness).chat.completions.create(model=LLM, messages=ASK, tools=[WEATHER])
+    reply = harness.sdk().chat.completions.create(model=LLM, messages=ASK, tools=[WEATHER])
     assert reply.choices[0].message.tool_calls[0].function.name == "get_weather"
     assert "not a usable function call" in harness.engine.prompts[-1][1]  # the re-ask named the problem
     assert reply.usage.completion_tokens > 20  # both answers are counted
 
     faults.malformed_answer = 2
     with pytest.raises(openai.InternalServerError) as caught:
-        client(harness).chat.completions.create(model=LLM, messages=ASK, tools=[WEATHER])
+        harness.sdk().chat.completions.create(model=LLM, messages=ASK, tools=[WEATHER])
     validate("ErrorResponse", caught.value.response.json())
     assert caught.value.code == "tool_call_invalid" and "not a JSON object" in caught.value.message
 
     faults.malformed_answer = 1  # output_retries: 0 → no re-ask
     with pytest.raises(openai.InternalServerError):
-        client(harness).chat.completions.create(model="strict-once", messages=ASK, tools=[WEATHER])
+        harness.sdk().chat.completions.create(model="strict-once", messages=ASK, tools=[WEATHER])
     assert faults.malformed_answer == 0
 
 
 def test_a_failed_call_in_a_stream_ends_with_an_error_event(harness):
     harness.emulator.state.faults.malformed_answer = 2
     with pytest.raises(openai.APIError) as caught:
-        list(client(harness).chat.completions.create(model=LLM, messages=ASK, tools=[WEATHER], stream=True))
+        list(harness.sdk().chat.completions.create(model=LLM, messages=ASK, tools=[WEATHER], stream=True))
     assert "valid tool call" in caught.value.message
 
 
 def test_tools_that_do_not_fit_the_window_name_their_token_count(harness):
     with pytest.raises(openai.BadRequestError) as caught:
-        client(harness).chat.completions.create(model=SMALL_WINDOW, messages=ASK, tools=[WEATHER])
+        harness.sdk().chat.completions.create(model=SMALL_WINDOW, messages=ASK, tools=[WEATHER])
     assert caught.value.code == "context_length_exceeded" and caught.value.param == "tools"
     assert "The definitions of the 1 tools take" in caught.value.message
 
@@ -205,7 +198,7 @@ class Person(BaseModel):
 
 
 def test_parse_with_a_pydantic_model(harness):
-    completion = client(harness).chat.completions.parse(
+    completion = harness.sdk().chat.completions.parse(
         model=LLM,
         messages=[{"role": "user", "content": "Invent a person called Ann"}],
         response_format=Person,
@@ -216,7 +209,7 @@ def test_parse_with_a_pydantic_model(harness):
 
 
 def test_json_object_and_structured_failure(harness):
-    c = client(harness)
+    c = harness.sdk()
     reply = c.chat.completions.create(model=LLM, messages=ASK, response_format={"type": "json_object"})
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
     harness.emulator.state.faults.malformed_answer = 1
@@ -232,7 +225,7 @@ def test_a_stream_with_a_schema_carries_only_validated_json(harness):
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     fmt = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}
     chunks = list(
-        client(harness).chat.completions.create(model=LLM, messages=ASK, response_format=fmt, stream=True)
+        harness.sdk().chat.completions.create(model=LLM, messages=ASK, response_format=fmt, stream=True)
     )
     texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert texts == ['{"city": "Paris"}']
@@ -274,7 +267,7 @@ HA_TOOLS = [
 
 
 def test_a_home_assistant_like_conversation(harness):
-    c = client(harness)
+    c = harness.sdk()
     messages: list[dict] = [
         {"role": "system", "content": HA_SYSTEM},
         {"role": "user", "content": "Turn on the Kitchen light"},

@@ -9,7 +9,6 @@ import json
 import shutil
 from pathlib import Path
 
-import openai
 import pytest
 
 from e2e_harness import Harness
@@ -58,20 +57,13 @@ def harness(tmp_path_factory):
     for mode in (LLAMA, R1):
         shutil.copy(DEV / f"mode_{mode}.json", catalogue)
     h = Harness(engine=ThinkingEngine(), emulator_kwargs={"catalogue_dirs": [catalogue]}).start()
-    yield h
-    try:
-        h.assert_no_leak()
-    finally:
-        h.stop()
-
-
-def client(h: Harness) -> openai.OpenAI:
-    return openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=30)
+    with h.serving():
+        yield h
 
 
 def test_llama_gets_its_own_format_in_the_user_turn(harness):
     ask = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"}]
-    reply = client(harness).chat.completions.create(model=LLAMA, messages=ask, tools=[WEATHER])
+    reply = harness.sdk().chat.completions.create(model=LLAMA, messages=ask, tools=[WEATHER])
     call = reply.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
     system, user = harness.engine.prompts[-1]
@@ -81,7 +73,7 @@ def test_llama_gets_its_own_format_in_the_user_turn(harness):
 
 
 def test_deepseek_r1_thinking_is_reasoning_content_and_the_call_still_parses(harness):
-    c = client(harness)
+    c = harness.sdk()
     plain = c.chat.completions.create(model=R1, messages=[{"role": "user", "content": "Hello there"}])
     message = plain.choices[0].message
     assert message.content == "You said 2 words: Hello there."
@@ -105,7 +97,7 @@ def test_home_assistant_tools_on_the_ha_ctx_model(harness):
     from test_tools_e2e import HA_SYSTEM, HA_TOOLS
 
     model, tools = "qwen2.5-HA-0.5B-ctx-ax630c", HA_TOOLS[:10]  # 10 intents: ~700 of its 1024 positions
-    c = client(harness)
+    c = harness.sdk()
     messages: list[dict] = [
         {"role": "system", "content": HA_SYSTEM},
         {"role": "user", "content": "Turn on the Kitchen light"},

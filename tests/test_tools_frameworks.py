@@ -26,11 +26,8 @@ class Person(BaseModel):
 @pytest.fixture(scope="module")
 def harness():
     h = Harness().start()
-    yield h
-    try:
-        h.assert_no_leak()
-    finally:
-        h.stop()
+    with h.serving():
+        yield h
 
 
 def _chat(h: Harness):  # type: ignore[no-untyped-def]

@@ -12,7 +12,6 @@ import re
 import sys
 from pathlib import Path
 
-import openai
 import pytest
 from local_support import require
 
@@ -42,7 +41,7 @@ def words(text: str) -> list[str]:
 def test_board_speech_is_transcribed_back_to_the_same_words(local_engine, board, speech, asr):
     h = Harness(engine=local_engine, emulator_kwargs={"board": board}).start()
     try:
-        client = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0, timeout=120)
+        client = h.sdk(timeout=120)
         audio = client.audio.speech.create(model=speech, voice="alloy", input=SENTENCE, response_format="wav")
         text = client.audio.transcriptions.create(model=asr, file=("speech.wav", io.BytesIO(audio.content)))
         # piper samples its noise, so whisper tiny now and then mishears one word ("jumped"); audio played

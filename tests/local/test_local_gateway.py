@@ -33,7 +33,7 @@ def harness(local_engine):
 
 @pytest.fixture(scope="module")
 def client(harness):
-    return openai.OpenAI(base_url=harness.base_url, api_key="unused", max_retries=0, timeout=120)
+    return harness.sdk(timeout=120)
 
 
 def words(text: str) -> list[str]:

@@ -4,18 +4,16 @@ tokens before the gateway's room and was labelled "stop" (issue 14)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-import openai
 import pytest
 from local_support import require
 
 require("llm")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the harness
-from e2e_harness import Harness  # noqa: E402
+from e2e_harness import Harness, write_llm_descriptor  # noqa: E402
 
 pytestmark = pytest.mark.local
 MODE = "qwen2.5-0.5B-window-640"
@@ -26,23 +24,14 @@ ESSAY = "Write a very long, detailed essay about the history of France, with man
 @pytest.fixture(scope="module")
 def harness(local_engine, tmp_path_factory):
     catalogue = tmp_path_factory.mktemp("catalogue")
-    descriptor = {
-        "mode": MODE,
-        "type": "llm",
-        "compile_flage": f"pulsar2 llm_build --kv_cache_len {WINDOW} --prefill_len 128 --chip AX620E",
-        "capabilities": ["text_generation", "chat"],
-        "input_type": ["llm.utf-8", "llm.utf-8.stream"],
-        "output_type": ["llm.utf-8", "llm.utf-8.stream"],
-        "mode_param": {"tokenizer_type": 2, "cmm_size": 1000},
-    }
-    (catalogue / f"mode_{MODE}.json").write_text(json.dumps(descriptor))
+    write_llm_descriptor(catalogue, MODE, WINDOW, prefill_len=128)
     h = Harness(engine=local_engine, emulator_kwargs={"catalogue_dirs": [catalogue]}).start()
     yield h
     h.stop()
 
 
 def test_a_long_answer_without_max_tokens_ends_at_the_window_labelled_length(harness):
-    client = openai.OpenAI(base_url=harness.base_url, api_key="unused", max_retries=0, timeout=120)
+    client = harness.sdk(timeout=120)
     reply = client.chat.completions.create(model=MODE, messages=[{"role": "user", "content": ESSAY}])
     usage = reply.usage
     assert reply.choices[0].finish_reason == "length"
