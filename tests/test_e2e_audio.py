@@ -52,8 +52,7 @@ def test_speech_from_the_device_units(harness, model, fmt):
 
 
 def test_speech_streams_before_the_last_sentence_is_synthesized():
-    h = Harness(timing=Timing(synthesis_seconds_per_char=0.02)).start()
-    try:
+    with Harness(timing=Timing(synthesis_seconds_per_char=0.02)).start().serving() as h:
         text = "First sentence here. " + "Then a much longer second sentence that takes a while to say. " * 3
         started = time.monotonic()
         with httpx.stream(
@@ -70,9 +69,6 @@ def test_speech_streams_before_the_last_sentence_is_synthesized():
                 pass
             total = time.monotonic() - started
         assert first < total / 2, (first, total)
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_tts_1_alias_and_voices(harness):
@@ -175,8 +171,7 @@ def test_translation_through_a_configured_chat_model():
             )
         }
     )
-    h = Harness(settings=settings).start()
-    try:
+    with Harness(settings=settings).start().serving() as h:
         data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
         response = h.sdk(timeout=60).audio.translations.with_raw_response.create(
             model="whisper-translate", file=("a.wav", io.BytesIO(data))
@@ -184,17 +179,13 @@ def test_translation_through_a_configured_chat_model():
         # The scripted LLM answers "You said N words: ..." about the transcript it was given.
         assert response.parse().text.startswith("You said")
         assert response.headers["x-translation-model"] == "qwen2.5-1.5B-ax630c"
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_the_transcription_language_comes_from_the_request_the_config_or_english():
     settings = Settings(
         models={"ears-ja": ModelSettings(type="transcription", device_model="whisper-tiny", language="ja")}
     )
-    h = Harness(settings=settings).start()
-    try:
+    with Harness(settings=settings).start().serving() as h:
         data = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
 
         def verbose(model: str, **extra: str) -> dict:
@@ -214,9 +205,6 @@ def test_the_transcription_language_comes_from_the_request_the_config_or_english
         assert japanese["language"] == "japanese" and not japanese["text"].isascii()
         chinese = verbose("ears-ja", language="zh")  # the request wins over the config
         assert chinese["language"] == "chinese" and chinese["text"] != japanese["text"]
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 # ------------------------------------------------------------------ device quirks the gateway must absorb
@@ -268,8 +256,7 @@ def test_asr_without_an_endpoint_returns_its_partial_and_nothing_carries_over(tm
     params["endpoint_config.rule2.min_trailing_silence"] = 600
     params["endpoint_config.rule3.min_utterance_length"] = 600
     (tmp_path / "mode_sherpa-ncnn-streaming-zipformer-no-endpoint.json").write_text(json.dumps(descriptor))
-    h = Harness(emulator_kwargs={"catalogue_dirs": [tmp_path]}).start()
-    try:
+    with Harness(emulator_kwargs={"catalogue_dirs": [tmp_path]}).start().serving() as h:
         model = descriptor["mode"]
         quick_asr(h, model)
         c = h.sdk(timeout=60)
@@ -283,9 +270,6 @@ def test_asr_without_an_endpoint_returns_its_partial_and_nothing_carries_over(tm
         second = transcribe(2.0, 1.0)
         assert second.strip() and second == transcribe(2.0, 1.0)  # only its own audio, every time
         assert first not in second
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def pcm_speech(h: Harness, model: str, text: str) -> bytes:
@@ -301,17 +285,13 @@ def pcm_speech(h: Harness, model: str, text: str) -> bytes:
 @pytest.mark.parametrize("text", ["Hello. ", "One.\nTwo.\n", "Hi.. There,\t"])
 def test_tts_trailing_blanks_do_not_leak_audio_into_the_next_request(text):
     # Slow synthesis: a segment the gateway did not wait for arrives after the next request started.
-    h = Harness(timing=Timing(synthesis_seconds_per_char=0.15)).start()
-    try:
+    with Harness(timing=Timing(synthesis_seconds_per_char=0.15)).start().serving() as h:
         model = "single-speaker-english-fast"
         first = pcm_speech(h, model, text)
         following = pcm_speech(h, model, "Hi.")  # same instance, right away
         assert rms(np.frombuffer(first, "<i2") / 32768) > 0.01
         assert following == pcm_speech(h, model, "Hi.")  # its own audio, nothing left over
         assert rms(np.frombuffer(following, "<i2") / 32768) > 0.01
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 @pytest.mark.parametrize("model", ["melotts-en-us", "single-speaker-english-fast"])
@@ -351,8 +331,11 @@ def test_sense_voice_with_itn_keeps_its_own_punctuation(tmp_path):
         "mode_param": {"model_config.sense_voice.use_itn": True},
     }
     (tmp_path / "mode_sense-voice-small-10s-ax650.json").write_text(json.dumps(descriptor))
-    h = Harness(engine=PunctuatingEngine(), emulator_kwargs={"catalogue_dirs": [tmp_path]}).start()
-    try:
+    with (
+        Harness(engine=PunctuatingEngine(), emulator_kwargs={"catalogue_dirs": [tmp_path]})
+        .start()
+        .serving() as h
+    ):
         c = h.sdk(timeout=60)
         speech = encode_file("wav", speech_like(2.0), ASR_RATE, stereo=False)
         text = c.audio.transcriptions.create(model=descriptor["mode"], file=("a.wav", io.BytesIO(speech)))
@@ -361,23 +344,16 @@ def test_sense_voice_with_itn_keeps_its_own_punctuation(tmp_path):
         silent = encode_file("wav", np.zeros(ASR_RATE), ASR_RATE, stereo=False)
         nothing = c.audio.transcriptions.create(model=descriptor["mode"], file=("s.wav", io.BytesIO(silent)))
         assert nothing.text == ""  # this engine always answers, an empty text included
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_tts_abandoned_between_sentences_does_not_leak_into_the_next_request():
-    h = Harness(timing=Timing(synthesis_seconds_per_char=0.03)).start()
-    try:
+    with Harness(timing=Timing(synthesis_seconds_per_char=0.03)).start().serving() as h:
         model = "single-speaker-english-fast"
         body = {"model": model, "voice": "alloy", "input": "One. Two. Three. Four.", "response_format": "pcm"}
         with httpx.stream("POST", f"{h.base_url}/audio/speech", json=body, timeout=30) as reply:
             next(reply.iter_bytes())  # the first sentence, then the client goes away
         following = pcm_speech(h, model, "Hi.")
         assert following == pcm_speech(h, model, "Hi.")
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_languages_are_whisper_codes_or_a_400(harness):

@@ -90,8 +90,7 @@ def test_listed_models_are_the_boards_served_kinds(boards: dict[str, Harness]) -
 @pytest.mark.parametrize("stream", [False, True])
 def test_summer_tts_full_audio_on_both_generations(units: str, stream: bool) -> None:
     """tts 1.7 sends every segment only in its stream format; 1.6 only in its non-stream format."""
-    h = Harness(emulator_kwargs={"units": units}).start()
-    try:
+    with Harness(emulator_kwargs={"units": units}).start().serving() as h:
         backend = h.call(lambda: h.registry.get("single-speaker-english-fast").speech)
         voice = backend._voices["alloy"]
         setup, _, _ = h.call(lambda: backend.plan(voice, TEXT))  # driven by the version version2 gave
@@ -108,9 +107,6 @@ def test_summer_tts_full_audio_on_both_generations(units: str, stream: bool) -> 
                     model="single-speaker-english-fast", voice="alloy", input=TEXT, response_format="pcm"
                 ).content
             assert abs(len(pcm) / 2 / OUT_RATE - expected_seconds(TEXT)) < 0.02
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_tts_of_unknown_version_is_driven_one_segment_at_a_time() -> None:
@@ -134,21 +130,16 @@ def test_tts_of_unknown_version_is_driven_one_segment_at_a_time() -> None:
 
 
 def test_melotts_extra_end_message_stays_out_of_the_next_request() -> None:
-    h = Harness(emulator_kwargs={"units": "dev"}).start()
-    try:
+    with Harness(emulator_kwargs={"units": "dev"}).start().serving() as h:
         text = "One, two and three"  # no closing breakpoint: melotts 1.11 would send two end messages
         for _ in range(3):
             assert abs(speech_seconds(h, "melotts-en-us", text) - expected_seconds(text, 1.2)) < 0.02
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_cosyvoice2_voices_are_its_prompts() -> None:
     settings = Settings(models={"cosy": ModelSettings(type="speech", voices={
         "default": "CosyVoice2-0.5B-ax650", "nobody": "CosyVoice2-0.5B-ax650@not_installed"})})  # fmt: skip
-    h = Harness(settings=settings, emulator_kwargs={"board": "ax650"}).start()
-    try:
+    with Harness(settings=settings, emulator_kwargs={"board": "ax650"}).start().serving() as h:
         voices = httpx.get(f"{h.base_url}/audio/voices", params={"model": "CosyVoice2-0.5B-ax650"}).json()
         assert "prompt_data" in {v["id"] for v in voices["voices"]}
         assert speech_seconds(h, "CosyVoice2-0.5B-ax650", voice="prompt_data") > 1.0
@@ -158,15 +149,11 @@ def test_cosyvoice2_voices_are_its_prompts() -> None:
         )
         assert response.status_code == 503
         assert "CosyVoice2-0.5B-ax650" in response.json()["error"]["message"]
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_axcl_memory_comes_from_axcl_cmminfo() -> None:
     """CosyVoice2-0.5B-axcl declares cmm_size: checked against the card's memory, not cmminfo's garbage."""
-    h = Harness(emulator_kwargs={"board": "axcl"}).start()
-    try:
+    with Harness(emulator_kwargs={"board": "axcl"}).start().serving() as h:
         client = h.registry.devices[0].client
         info = h.call(client.memory)
         assert h.call(lambda: client.axcl) is True
@@ -175,14 +162,10 @@ def test_axcl_memory_comes_from_axcl_cmminfo() -> None:
         assert h.call(client.memory).used == 1185772  # the descriptor's cmm_size, loaded
         metrics = httpx.get(h.base_url.removesuffix("/v1") + "/metrics").text
         assert 'stackflow_openai_device_memory_bytes{device="emu",kind="total"} 7.516192768e+09' in metrics
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_a_model_that_does_not_fit_is_a_clear_503_and_idle_units_make_room() -> None:
-    h = Harness(emulator_kwargs={"board": "ax650"}).start()
-    try:
+    with Harness(emulator_kwargs={"board": "ax650"}).start().serving() as h:
         client = h.sdk(timeout=60)
         messages = [{"role": "user", "content": "hello"}]
         with pytest.raises(openai.InternalServerError) as caught:  # 503
@@ -196,9 +179,6 @@ def test_a_model_that_does_not_fit_is_a_clear_503_and_idle_units_make_room() -> 
         client.chat.completions.create(model="qwen2.5-1.5B-Int4-ax650", messages=messages)  # type: ignore[arg-type]
         live = [i["model"] for i in h.live_instances()]
         assert live == ["qwen2.5-1.5B-Int4-ax650"]  # 3B (3565158 KiB) was evicted to fit 1.5B (1782579)
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_memory_held_by_another_program_is_device_out_of_memory() -> None:
@@ -225,8 +205,7 @@ def test_memory_held_by_another_program_is_device_out_of_memory() -> None:
 
 def test_sense_voice_1_10_answers_every_voiced_segment() -> None:
     """asr 1.10 sends each VAD segment, then the joined final: the answer is the final, whole."""
-    h = Harness(emulator_kwargs={"board": "ax650"}).start()
-    try:
+    with Harness(emulator_kwargs={"board": "ax650"}).start().serving() as h:
         first, second = tone_pcm(0.9), tone_pcm(0.9, 550)
         pcm = first + silence_pcm(1.0) + second
         upload = wav_of(pcm)
@@ -239,9 +218,6 @@ def test_sense_voice_1_10_answers_every_voiced_segment() -> None:
         words = text.split()
         assert len(words) == 4 and words[0][0].isupper() and words[2][0].isupper(), text
         assert len(transcribe_scripted(first, "en").split()) == 2
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_silence_on_asr_1_10_is_an_empty_final_and_the_instance_stays() -> None:
@@ -271,8 +247,7 @@ def asr_instances(h: Harness) -> list[str]:
 def test_a_unit_left_at_its_own_rate_is_resampled_not_misplayed() -> None:
     """Without `audio_rate` in the setup the AX650 units speak 48 kHz; the rate is read where the unit
     reads it (the descriptor here) and converted, so the speech still lasts as long."""
-    h = Harness(emulator_kwargs={"board": "ax650"}).start()
-    try:
+    with Harness(emulator_kwargs={"board": "ax650"}).start().serving() as h:
         for model in ("melotts-en-us-ax650", "CosyVoice2-0.5B-ax650"):
             backend = h.call(lambda model=model: h.registry.get(model).speech)
             original = backend.plan
@@ -285,6 +260,3 @@ def test_a_unit_left_at_its_own_rate_is_resampled_not_misplayed() -> None:
             speed = 1.2 if model.startswith("melotts") else 1.0
             expected = expected_seconds(TEXT, speed) if speed != 1.0 else len(render_speech(TEXT)) / 2 / 16000
             assert abs(speech_seconds(h, model) - expected) < 0.03, model
-        h.assert_no_leak()
-    finally:
-        h.stop()

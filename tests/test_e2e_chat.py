@@ -223,8 +223,7 @@ class _ImageServer:
 def test_images_by_data_url_and_by_allowed_url_and_a_refused_private_address():
     with _ImageServer() as host:
         settings = Settings(images=ImageSettings(allowed_hosts=[host]))
-        h = Harness(settings=settings, engine=RecordingEngine()).start()
-        try:
+        with Harness(settings=settings, engine=RecordingEngine()).start().serving() as h:
             c = h.sdk()
             data_url = "data:image/jpeg;base64," + base64.b64encode(_jpeg("red")).decode()
             content = [
@@ -242,9 +241,6 @@ def test_images_by_data_url_and_by_allowed_url_and_a_refused_private_address():
             with pytest.raises(openai.BadRequestError) as err:
                 c.chat.completions.create(model=VLM, messages=[{"role": "user", "content": content}])
             assert "image_url" in (err.value.param or "")
-            h.assert_no_leak()
-        finally:
-            h.stop()
 
 
 def test_20_concurrent_requests_on_pool_size_2():
@@ -252,8 +248,7 @@ def test_20_concurrent_requests_on_pool_size_2():
         models={"small": ModelSettings(device_model=LLM, pool_size=2)},
         pool=PoolSettings(queue_limit=6, queue_timeout=2.0),
     )
-    h = Harness(settings=settings, timing=Timing(tokens_per_second=200)).start()
-    try:
+    with Harness(settings=settings, timing=Timing(tokens_per_second=200)).start().serving() as h:
         c = h.sdk()
 
         def one(i: int) -> tuple[str, object]:
@@ -270,14 +265,10 @@ def test_20_concurrent_requests_on_pool_size_2():
         assert statuses.count("ok") >= 2
         assert all(int(retry) >= 1 for s, retry in results if s == "503")
         assert len(h.live_instances()) <= 2
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_client_disconnect_mid_stream_then_the_same_unit_serves_the_next_request():
-    h = Harness(timing=Timing(tokens_per_second=50)).start()
-    try:
+    with Harness(timing=Timing(tokens_per_second=50)).start().serving() as h:
         body = {"model": LLM, "stream": True, "messages": [{"role": "user", "content": "w " * 40}]}
         with httpx.stream("POST", f"{h.base_url}/chat/completions", json=body, timeout=30) as r:
             lines = r.iter_lines()
@@ -287,9 +278,6 @@ def test_client_disconnect_mid_stream_then_the_same_unit_serves_the_next_request
         reply = h.sdk().chat.completions.create(model=LLM, messages=[{"role": "user", "content": "x y"}])
         assert reply.choices[0].message.content == "You said 2 words: x y."
         assert h.pool_work_ids() == units
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_orphans_are_exited_at_start_and_every_instance_at_shutdown():
@@ -394,8 +382,7 @@ def test_pool_evicts_the_idle_unit_for_a_new_setup_but_never_a_busy_one():
         models={"one": ModelSettings(device_model=LLM, pool_size=1)},
         pool=PoolSettings(queue_limit=4, queue_timeout=1.0),
     )
-    h = Harness(settings=settings, timing=Timing(tokens_per_second=20)).start()
-    try:
+    with Harness(settings=settings, timing=Timing(tokens_per_second=20)).start().serving() as h:
         c = h.sdk()
 
         def ask(system: str, words: int = 2) -> object:
@@ -420,9 +407,6 @@ def test_pool_evicts_the_idle_unit_for_a_new_setup_but_never_a_busy_one():
                 ask("Prompt A")
             assert err.value.status_code == 503 and err.value.response.headers.get("retry-after")
             assert long_one.result(30).choices[0].finish_reason == "stop"
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_not_enough_device_memory_is_a_clear_503():
@@ -442,17 +426,13 @@ def test_a_configured_prefill_len_replaces_the_descriptors_window():
     # Shown here the other way round: a window smaller than the descriptor's refuses a prompt that
     # the discovered model (256 tokens) accepts.
     settings = Settings(models={"narrow": ModelSettings(device_model=LLM, prefill_len=64)})
-    h = Harness(settings=settings).start()
-    try:
+    with Harness(settings=settings).start().serving() as h:
         prompt = "word " * 80
         reply = h.sdk().chat.completions.create(model=LLM, messages=[{"role": "user", "content": prompt}])
         assert reply.choices[0].message.content
         with pytest.raises(openai.BadRequestError) as err:
             h.sdk().chat.completions.create(model="narrow", messages=[{"role": "user", "content": prompt}])
         assert err.value.code == "context_length_exceeded"
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_a_prefill_len_too_small_for_the_margin_is_a_config_error():

@@ -216,8 +216,7 @@ def test_a_ctx_vlm_answers_an_image_then_continues_the_conversation() -> None:
     # (256 tokens) fits. The image turn is replayed after a reset; the follow-up is continued.
     engine = RecordingEngine()
     settings = Settings(models={"vision": ModelSettings(device_model="internvl3-1B-448-ax630c", pool_size=1)})
-    h = Harness(settings=settings, engine=engine).start()
-    try:
+    with Harness(settings=settings, engine=engine).start().serving() as h:
         client = h.sdk()
         image = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes()).decode()
         messages: list[dict[str, Any]] = [
@@ -239,9 +238,6 @@ def test_a_ctx_vlm_answers_an_image_then_continues_the_conversation() -> None:
         second = client.chat.completions.create(model="vision", messages=messages)  # type: ignore[arg-type]
         assert engine.calls[-1] == ("what colour is it", [("user", "my cat"), ("assistant", answer)])
         assert "my cat" in (second.choices[0].message.content or "")
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_two_model_names_for_one_device_model_share_what_the_unit_holds(one: Any) -> None:

@@ -119,8 +119,7 @@ def test_previous_response_id_survives_a_gateway_restart(harness: Harness) -> No
 def test_key_isolation_with_the_sdk(tmp_path: Path) -> None:
     settings = Settings(data_dir=str(tmp_path))
     settings.auth.api_keys = [SecretStr("key-a"), SecretStr("key-b")]
-    h = Harness(settings).start()
-    try:
+    with Harness(settings).start().serving() as h:
         mine = sdk(h, "key-a").responses.create(model=LLM, input="private words")
         other = sdk(h, "key-b")
         with pytest.raises(openai.NotFoundError):
@@ -128,14 +127,12 @@ def test_key_isolation_with_the_sdk(tmp_path: Path) -> None:
         with pytest.raises(openai.BadRequestError):
             other.responses.create(model=LLM, input="x", previous_response_id=mine.id)
         assert sdk(h, "key-a").responses.retrieve(mine.id).id == mine.id
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_client_disconnect_mid_stream_keeps_the_unit_and_stores_it_cancelled(tmp_path: Path) -> None:
-    h = Harness(Settings(data_dir=str(tmp_path)), timing=Timing(tokens_per_second=50)).start()
-    try:
+    with (
+        Harness(Settings(data_dir=str(tmp_path)), timing=Timing(tokens_per_second=50)).start().serving() as h
+    ):
         body = {"model": LLM, "stream": True, "input": "w " * 40}
         with httpx.stream("POST", f"{h.base_url}/responses", json=body, timeout=30) as r:
             lines = r.iter_lines()
@@ -157,9 +154,6 @@ def test_client_disconnect_mid_stream_keeps_the_unit_and_stores_it_cancelled(tmp
         assert stored.status == "cancelled"
         assert client.responses.create(model=LLM, input="x y").output_text == "You said 2 words: x y."
         assert h.pool_work_ids() == units  # the paused unit served the next request
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 WEATHER = {
@@ -201,8 +195,9 @@ def test_responses_parse_with_a_json_schema(harness: Harness) -> None:
 
 
 def test_background_response_polled_and_another_cancelled(tmp_path: Path) -> None:
-    h = Harness(Settings(data_dir=str(tmp_path)), timing=Timing(tokens_per_second=40)).start()
-    try:
+    with (
+        Harness(Settings(data_dir=str(tmp_path)), timing=Timing(tokens_per_second=40)).start().serving() as h
+    ):
         client = sdk(h)
         queued = client.responses.create(model=LLM, input="a b c", background=True)
         assert queued.status == "queued" and queued.background
@@ -216,9 +211,6 @@ def test_background_response_polled_and_another_cancelled(tmp_path: Path) -> Non
         cancelled = client.responses.cancel(long.id)
         assert cancelled.status == "cancelled"
         assert client.responses.create(model=LLM, input="x y").output_text == "You said 2 words: x y."
-        h.assert_no_leak()
-    finally:
-        h.stop()
 
 
 def test_streamed_function_call_through_the_sdk_stream_helper(harness: Harness) -> None:

@@ -24,8 +24,7 @@ def _image(color: str) -> dict[str, Any]:
 
 
 def test_a_one_image_vlm_answers_a_chat_with_an_image_per_turn_and_refuses_two_at_once() -> None:
-    h = Harness().start()
-    try:
+    with Harness().start().serving() as h:
         c = openai.OpenAI(base_url=h.base_url, api_key="unused", max_retries=0)
         history = [
             {"role": "user", "content": [{"type": "text", "text": "what is this"}, _image("red")]},
@@ -39,6 +38,3 @@ def test_a_one_image_vlm_answers_a_chat_with_an_image_per_turn_and_refuses_two_a
         with pytest.raises(openai.BadRequestError) as err:
             c.chat.completions.create(model=VLM, messages=[{"role": "user", "content": both}])
         assert err.value.code == "too_many_images" and err.value.param == "messages[0].content[2].image_url"
-        h.assert_no_leak()
-    finally:
-        h.stop()

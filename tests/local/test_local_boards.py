@@ -39,8 +39,7 @@ def words(text: str) -> list[str]:
     ],
 )
 def test_board_speech_is_transcribed_back_to_the_same_words(local_engine, board, speech, asr):
-    h = Harness(engine=local_engine, emulator_kwargs={"board": board}).start()
-    try:
+    with Harness(engine=local_engine, emulator_kwargs={"board": board}).start().serving() as h:
         client = h.sdk(timeout=120)
         audio = client.audio.speech.create(model=speech, voice="alloy", input=SENTENCE, response_format="wav")
         text = client.audio.transcriptions.create(model=asr, file=("speech.wav", io.BytesIO(audio.content)))
@@ -48,6 +47,3 @@ def test_board_speech_is_transcribed_back_to_the_same_words(local_engine, board,
         # at the wrong rate or missing a segment loses far more than that.
         heard = difflib.SequenceMatcher(None, words(text.text), words(SENTENCE)).ratio()
         assert heard >= 0.9, (text.text, heard)
-        h.assert_no_leak()
-    finally:
-        h.stop()
