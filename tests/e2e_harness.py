@@ -85,7 +85,8 @@ class Harness(BackgroundLoop):
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[Harness]:
-        """For a fixture, around its `yield`: afterwards the device must hold no leaked unit; always stops."""
+        """`with Harness(...).start().serving() as h:` in a test or around a fixture's `yield`. Left without
+        an error, the device must then hold no leaked unit; the harness stops either way."""
         try:
             yield self
             self.assert_no_leak()
