@@ -17,11 +17,11 @@ two hot routes served without FastAPI's routing. Routes: the OpenAI ones under /
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,8 +37,9 @@ from stackflow_openai import __version__
 from stackflow_openai.backends.base import BackendError
 from stackflow_openai.errors import (
     APIError,
-    ServiceUnavailable,
+    ServerShuttingDown,
     error_body,
+    error_json,
     to_openai_error,
     validation_error,
 )
@@ -108,11 +109,10 @@ class HttpSettings:
 
 
 class _ErrorJSON(JSONResponse):
-    """Error bodies echo client text (a model name, a URL, a field value). ASCII-escaped, a lone surrogate
-    or any other text that UTF-8 cannot carry still makes a valid body, never a 500 from the encoder."""
+    """An error body, ASCII-escaped (`error_json`): it may echo client text."""
 
-    def render(self, content: object) -> bytes:
-        return json.dumps(content, separators=(",", ":")).encode("ascii")
+    def render(self, content: Any) -> bytes:
+        return error_json(content)
 
 
 def _error_response(exc: BaseException) -> JSONResponse:
@@ -189,7 +189,7 @@ class _Operations:
         deadline.track(task, lambda: observation.started)
         try:
             if deadline.expired:
-                raise _ShuttingDown()
+                raise _shutting_down()
             refusal = self.auth.refusal(scope) or self.limits.refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
@@ -210,17 +210,14 @@ class _Operations:
             # response begun: they get a 503 rather than a closed connection.
             if not (deadline.expired and not observation.started and task.uncancel() == 0):
                 raise
-            await _error_response(_ShuttingDown())(scope, receive, send)
+            await _error_response(_shutting_down())(scope, receive, send)
         finally:
             deadline.untrack(task)
             observation.finish()
 
 
-class _ShuttingDown(ServiceUnavailable):
-    code = "server_shutting_down"
-
-    def __init__(self) -> None:
-        super().__init__("The server is shutting down; retry on another instance or after it restarts.")
+def _shutting_down() -> ServerShuttingDown:
+    return ServerShuttingDown("The server is shutting down; retry on another instance or after it restarts.")
 
 
 async def _serve_hot(hot: tuple[BaseRoute, Endpoint], scope: Scope, receive: Receive, send: Send) -> None:

@@ -7,6 +7,7 @@ Every failure a client sees has the shape ``{"error": {"message", "type", "param
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,9 +26,11 @@ __all__ = [
     "InvalidRequestError",
     "ModelNotFoundError",
     "NotFoundError",
+    "ServerShuttingDown",
     "ServiceUnavailable",
     "UnsupportedParameter",
     "error_body",
+    "error_json",
     "format_param",
     "to_openai_error",
     "validation_error",
@@ -97,8 +100,21 @@ class ServiceUnavailable(APIError):
     code = "service_unavailable"
 
 
+class ServerShuttingDown(ServiceUnavailable):
+    """The shutdown deadline (shutdown.py) ended the request: a 503, or in-band once a stream has begun."""
+
+    code = "server_shutting_down"
+
+
 def error_body(message: str, error_type: str, param: str | None, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_json(body: Mapping[str, Any]) -> bytes:
+    """An error body as compact, ASCII-escaped JSON. Error messages echo client text (a model name, a URL,
+    a field value): escaped, a lone surrogate or anything else UTF-8 cannot carry still makes a valid
+    body, never an encoder failure (a 500, or a stream broken halfway)."""
+    return json.dumps(body, separators=(",", ":")).encode("ascii")
 
 
 def _retry_after(seconds: float) -> str:

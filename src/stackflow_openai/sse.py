@@ -23,7 +23,7 @@ import anyio
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from stackflow_openai.errors import ServiceUnavailable, to_openai_error
+from stackflow_openai.errors import ServerShuttingDown, error_json, to_openai_error
 from stackflow_openai.shutdown import SCOPE_KEY, ShutdownDeadline
 
 __all__ = [
@@ -52,9 +52,8 @@ def encode_event(payload: Mapping[str, Any]) -> bytes:
 
 
 def encode_error_event(body: Mapping[str, Any]) -> bytes:
-    """An error event, ASCII-escaped: its message may echo client text, which must never make the encoder
-    fail halfway through a stream (a lone surrogate cannot be UTF-8)."""
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode("ascii") + b"\n\n"
+    """An error event, ASCII-escaped (`error_json`): its message may echo client text."""
+    return b"data: " + error_json(body) + b"\n\n"
 
 
 def text_event_encoder(chunk: Mapping[str, Any], placeholder: str) -> Callable[[str], bytes]:
@@ -183,9 +182,7 @@ class EventStreamResponse(Response):
 async def _end_for_shutdown(send: Send) -> None:
     """The in-band end of a stream cut by the shutdown deadline: an error event, then [DONE]."""
     _status, body, _headers = to_openai_error(
-        ServiceUnavailable(
-            "The server is shutting down; the response was cut short.", code="server_shutting_down"
-        )
+        ServerShuttingDown("The server is shutting down; the response was cut short.")
     )
     with anyio.move_on_after(2.0, shield=True):  # a client that does not read must not hold the shutdown
         try:

@@ -20,12 +20,13 @@ docs/decisions.md ("HTTP server") says why this and not another server; docs/per
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from stackflow_openai.errors import error_body, error_json
 
 __all__ = ["RepeatFilter", "guarded_protocol"]
 
@@ -36,8 +37,7 @@ _REFUSED_LINGER = 1.0
 
 
 def _response(status: bytes, message: str, code: str, error_type: str) -> bytes:
-    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-    payload = json.dumps(body, separators=(",", ":")).encode()
+    payload = error_json(error_body(message, error_type, None, code))
     head = (
         b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
         b"content-length: " + str(len(payload)).encode() + b"\r\n"
