@@ -149,14 +149,16 @@ async def _disconnected(request: Request) -> None:
 
 
 async def serve_json_request(
-    request: Request, create: Callable[[Mapping[str, Any]], Awaitable[ServiceResult]]
+    request: Request,
+    create: Callable[[Mapping[str, Any]], Awaitable[ServiceResult]],
+    build: Callable[[ServiceResult], Awaitable[Response]] = to_response,
 ) -> Response:
-    """Read the body, run the service and build the response, cancelled if the client leaves first
+    """Read the body, run the service and `build` the response, cancelled if the client leaves first
     (`respond_unless_gone`). Streams watch for disconnects themselves once they start."""
     body = await read_json_body(request)
 
     async def respond() -> Response:
-        return await to_response(await create(body))
+        return await build(await create(body))
 
     return await respond_unless_gone(request, respond)
 

@@ -16,7 +16,7 @@ from stackflow_openai.services.responses import ResponsesService
 from stackflow_openai.sse import EventStreamResponse, aclose_quietly
 from stackflow_openai.store import key_owner
 
-from .common import read_json_body, respond_unless_gone, to_response
+from .common import serve_json_request, to_response
 
 __all__ = ["router"]
 
@@ -57,13 +57,8 @@ async def _respond(result: ServiceResult) -> Response:
 
 @router.post("/v1/responses", summary="Create a model response (JSON or SSE stream)")
 async def create_response(request: Request) -> Response:
-    body = await read_json_body(request)
     create = partial(request.app.state.responses_observed.create, owner=_owner(request))
-
-    async def respond() -> Response:
-        return await _respond(await create(body))
-
-    return await respond_unless_gone(request, respond)
+    return await serve_json_request(request, create, _respond)
 
 
 @router.get("/v1/responses/{response_id}", summary="Retrieve a stored response (or replay it as a stream)")
