@@ -239,6 +239,16 @@ def _hot_routes() -> dict[str, tuple[BaseRoute, Endpoint]]:
     return hot
 
 
+async def _bounded(step: Awaitable[None], what: str) -> None:
+    """A shutdown step, bounded: a hung device must not hold the process past the service manager's
+    stop timeout (docs/deployment.md)."""
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT):
+            await step
+    except TimeoutError:
+        log.error("%s took over %g s", what, STOP_TIMEOUT)
+
+
 def create_app(
     registry: ModelRegistry,
     settings: HttpSettings | None = None,
@@ -268,22 +278,12 @@ def create_app(
         finally:
             deadline.expire()  # whatever still runs (a server that did not call begin()) ends now
             await images.aclose()
-            try:  # background responses: cancelled and stored so (bounded, as the units' exit below)
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await app.state.responses_service.close()
-            except TimeoutError:
-                log.error("cancelling the background responses took over %g s", STOP_TIMEOUT)
+            # Background responses: cancelled and stored so.
+            await _bounded(app.state.responses_service.close(), "cancelling the background responses")
             await store.close()
-            try:
-                # Exits every unit. Bounded: a hung device must not hold the process past the service
-                # manager's stop timeout (docs/deployment.md); what it kept is exited as an orphan at the
-                # next start (pool.cleanup_orphans).
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await registry.stop()
-            except TimeoutError:
-                log.error(
-                    "stopping the devices' units took over %g s; some may remain on a device", STOP_TIMEOUT
-                )
+            # Exits every unit; what a hung device kept is exited as an orphan at the next start
+            # (pool.cleanup_orphans).
+            await _bounded(registry.stop(), "stopping the devices' units (some may remain on a device)")
 
     app = FastAPI(title="stackflow-openai", version=__version__, lifespan=lifespan)
     app.state.registry = registry

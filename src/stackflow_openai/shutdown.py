@@ -63,8 +63,7 @@ class ShutdownDeadline:
         self.expired = True
         if self._timer is not None:
             self._timer.cancel()
-        ended = [t for t, started in self._requests.items() if not started()]
-        ended += [t for t in self._streams if t not in ended]
+        ended = {t for t, started in self._requests.items() if not started()} | self._streams
         if ended:
             log.warning("shutdown grace period over: ending %d request(s)", len(ended))
         for task in ended:
