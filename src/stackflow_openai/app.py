@@ -192,7 +192,7 @@ class _Operations:
                 raise _shutting_down()
             refusal = self.auth.refusal(scope) or self.limits.refusal(scope)
             if refusal is not None:
-                await refusal(scope, receive, send)
+                await _error_response(refusal)(scope, receive, send)
                 return
             receive = observation.receive(self.limits.counted(scope, receive))
             hot = self.hot_routes.get(scope["path"]) if scope["method"] == "POST" else None

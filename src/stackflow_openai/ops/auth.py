@@ -13,10 +13,9 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
-from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
-from stackflow_openai.errors import error_body
+from stackflow_openai.errors import APIError
 
 __all__ = ["ApiKeyAuth"]
 
@@ -48,7 +47,7 @@ class ApiKeyAuth:
             open_paths += _METRICS_PATHS
         self._open = frozenset(open_paths)
 
-    def refusal(self, scope: Scope) -> Response | None:
+    def refusal(self, scope: Scope) -> APIError | None:
         """The 401 for a request without a valid key, or None when it may pass."""
         if not self._keys or self._is_open(scope):
             return None
@@ -56,8 +55,9 @@ class ApiKeyAuth:
         if token is not None and self._valid(token):
             return None
         message = _MISSING if token is None else _WRONG
-        body = error_body(message, "invalid_request_error", None, "invalid_api_key")
-        return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return APIError(
+            message, code="invalid_api_key", status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
 
     def allows_websocket(self, scope: Scope) -> bool:
         """A WebSocket handshake carries its key as `Authorization: Bearer KEY`, or (browsers cannot set

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope
 
-from stackflow_openai.errors import APIError, to_openai_error
+from stackflow_openai.errors import APIError
 from stackflow_openai.services.transcription import MAX_UPLOAD_BYTES, file_too_large
 
 __all__ = ["AUDIO_UPLOAD_LIMIT", "BodyLimit", "RequestTooLarge"]
@@ -41,7 +40,7 @@ class BodyLimit:
         path = scope.get("path", "").rstrip("/")
         return self.per_path.get(path, self.default), path in _AUDIO_ROUTES
 
-    def refusal(self, scope: Scope) -> Response | None:
+    def refusal(self, scope: Scope) -> APIError | None:
         """The 413 for a declared Content-Length over the limit, or None."""
         declared = _content_length(scope)
         if declared is None:
@@ -49,8 +48,7 @@ class BodyLimit:
         limit, audio = self._limit(scope)
         if declared <= limit:
             return None
-        status, body, headers = to_openai_error(_too_large(limit, declared, audio))
-        return JSONResponse(body, status_code=status, headers=headers)
+        return _too_large(limit, declared, audio)
 
     def counted(self, scope: Scope, receive: Receive) -> Receive:
         """`receive` that raises the 413 error as soon as the body read so far passes the limit."""
