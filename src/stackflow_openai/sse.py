@@ -33,6 +33,7 @@ __all__ = [
     "aclose_quietly",
     "encode_error_event",
     "encode_event",
+    "error_event",
     "event_stream",
     "text_event_encoder",
 ]
@@ -54,6 +55,11 @@ def encode_event(payload: Mapping[str, Any]) -> bytes:
 def encode_error_event(body: Mapping[str, Any]) -> bytes:
     """An error event, ASCII-escaped (`error_json`): its message may echo client text."""
     return b"data: " + error_json(body) + b"\n\n"
+
+
+def error_event(exc: BaseException) -> bytes:
+    """The in-band error event for `exc` (its OpenAI error body): how a stream whose 200 is out fails."""
+    return encode_error_event(to_openai_error(exc)[1])
 
 
 def text_event_encoder(chunk: Mapping[str, Any], placeholder: str) -> Callable[[str], bytes]:
@@ -181,12 +187,10 @@ class EventStreamResponse(Response):
 
 async def _end_for_shutdown(send: Send) -> None:
     """The in-band end of a stream cut by the shutdown deadline: an error event, then [DONE]."""
-    _status, body, _headers = to_openai_error(
-        ServerShuttingDown("The server is shutting down; the response was cut short.")
-    )
+    event = error_event(ServerShuttingDown("The server is shutting down; the response was cut short."))
     with anyio.move_on_after(2.0, shield=True):  # a client that does not read must not hold the shutdown
         try:
-            event = encode_error_event(body) + DONE_EVENT
+            event += DONE_EVENT
             await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:

@@ -24,13 +24,12 @@ from stackflow_openai.backends.base import BackendError, ModelEntry, SpeechBacke
 from stackflow_openai.errors import (
     InvalidRequestError,
     UnsupportedParameter,
-    to_openai_error,
     validation_error,
 )
 from stackflow_openai.services.generation import Detached
 from stackflow_openai.services.params import IGNORED_HEADER, header_list
 from stackflow_openai.services.registry import ModelRegistry, resolve_model
-from stackflow_openai.sse import aclose_quietly, encode_error_event, encode_event
+from stackflow_openai.sse import aclose_quietly, encode_event, error_event
 
 __all__ = [
     "MAX_INPUT_CHARS",
@@ -206,7 +205,7 @@ async def _sse_events(audio: AsyncIterator[bytes], usage: dict[str, int]) -> Asy
         yield encode_event({"type": "speech.audio.done", "usage": usage})
     except BackendError as exc:
         # Headers are gone: the OpenAI SDKs raise on an event carrying an `error` object.
-        yield encode_error_event(to_openai_error(exc)[1])
+        yield error_event(exc)
     finally:
         await aclose_quietly(audio)
 

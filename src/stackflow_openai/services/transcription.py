@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from stackflow_openai.audio import AudioDecodeError, Cue, to_srt, to_vtt
 from stackflow_openai.backends.base import BackendError, ChatBackend, TranscriptionBackend, UnitSettings
-from stackflow_openai.errors import APIError, InvalidRequestError, ServiceUnavailable, to_openai_error
+from stackflow_openai.errors import APIError, InvalidRequestError, ServiceUnavailable
 from stackflow_openai.languages import language_code, language_name
 from stackflow_openai.services.generation import Detached
 from stackflow_openai.services.params import TRANSLATION_HEADER
 from stackflow_openai.services.registry import ModelRegistry, resolve_model
 from stackflow_openai.services.speech import ignored_or_refused
-from stackflow_openai.sse import aclose_quietly, encode_error_event, encode_event
+from stackflow_openai.sse import aclose_quietly, encode_event, error_event
 
 if TYPE_CHECKING:
     from stackflow_openai.audio import AudioWindow, WindowReader
@@ -392,7 +392,6 @@ async def _events(segments: AsyncIterator[Segment], first: Segment | None) -> As
         yield encode_event({"type": "transcript.text.done", "text": " ".join(texts)})
     except (BackendError, APIError) as exc:
         # Headers are gone: the OpenAI SDKs raise on an event carrying an `error` object.
-        _, body, _ = to_openai_error(exc)
-        yield encode_error_event(body)
+        yield error_event(exc)
     finally:
         await aclose_quietly(segments)
