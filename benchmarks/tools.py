@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stackflow_openai.services.generation import Job
+from stackflow_openai.services.events import Job
 from stackflow_openai.services.output import build_output_spec
 
 LLM = "qwen2.5-0.5B-p256-ax630c"

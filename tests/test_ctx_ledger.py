@@ -19,7 +19,8 @@ from stackflow_openai.backends.conversations import (
 )
 from stackflow_openai.backends.stackflow_chat import chat_info_for
 from stackflow_openai.emulator.catalogue import load_catalogue
-from stackflow_openai.services.generation import ChoiceFinished, Job, generate_choices
+from stackflow_openai.services.events import ChoiceFinished, Job
+from stackflow_openai.services.generation import generate_choices
 from stackflow_openai.tokens import EstimateCounter
 
 MODELS = {d.mode: d for board in ("ax630c", "axcl") for d in load_catalogue(board=board)}

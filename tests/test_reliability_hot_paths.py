@@ -24,7 +24,7 @@ from stackflow_openai.protocol import (
 from stackflow_openai.services.chat import _ChatChunks
 from stackflow_openai.services.common import GenerationPlan
 from stackflow_openai.services.completions import _CompletionChunks
-from stackflow_openai.services.generation import Job
+from stackflow_openai.services.events import Job
 from stackflow_openai.services.limiter import OutputLimiter
 from stackflow_openai.sse import encode_event
 from stackflow_openai.tokens import EstimateCounter, TokenCounter

@@ -20,13 +20,8 @@ from stackflow_openai.services import (
     ModelService,
     StreamResult,
 )
-from stackflow_openai.services.generation import (
-    ChoiceFinished,
-    ChoiceStarted,
-    ChoiceText,
-    Job,
-    generate_choices,
-)
+from stackflow_openai.services.events import ChoiceFinished, ChoiceStarted, ChoiceText, Job
+from stackflow_openai.services.generation import generate_choices
 
 
 def chat_service(backend: FakeChatBackend, **entry: Any) -> ChatService:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stackflow_openai.errors import InvalidRequestError
-from stackflow_openai.services.generation import ChoiceReasoning, ChoiceText, ChoiceToolCall, Job
+from stackflow_openai.services.events import ChoiceReasoning, ChoiceText, ChoiceToolCall, Job
 from stackflow_openai.services.jsonfix import JsonNotFound, extract_json
 from stackflow_openai.services.output import ModelOutputError, build_output_spec
 from stackflow_openai.services.reasoning import ThinkSplitter

@@ -31,36 +31,14 @@ from .events import (
     AnswerFilter,
     ChoiceEvent,
     ChoiceFinished,
-    ChoiceFinishReason,
-    ChoiceReasoning,
     ChoiceStarted,
     ChoiceText,
-    ChoiceToolCall,
     FilterFactory,
     Job,
-    ToolCall,
 )
 from .limiter import FinishReason, OutputLimiter
 
-# The event types are defined in events.py; they stay importable from here for the callers outside
-# services/ that name them with the loop (realtime/responder.py, tests). Services import events.py.
-__all__ = [
-    "CLEANUP_TIMEOUT",
-    "Answer",
-    "AnswerFilter",
-    "ChoiceEvent",
-    "ChoiceFinishReason",
-    "ChoiceFinished",
-    "ChoiceReasoning",
-    "ChoiceStarted",
-    "ChoiceText",
-    "ChoiceToolCall",
-    "Detached",
-    "FilterFactory",
-    "Job",
-    "ToolCall",
-    "generate_choices",
-]
+__all__ = ["CLEANUP_TIMEOUT", "Detached", "generate_choices"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
