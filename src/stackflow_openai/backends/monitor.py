@@ -70,7 +70,9 @@ class DeviceMonitor:
             await self._sleep(device, delay)
             if not device.up:
                 delay = self.health.probe_interval if await self._recover(device) else self._backoff(delay)
-                next_stats = next_refresh = time.monotonic()
+                # A recovery read the models and sampled memory and temperature: not again at the next probe.
+                recovered = time.monotonic()
+                next_stats, next_refresh = recovered + self.health.stats_interval, recovered + refresh
                 continue
             delay = self.health.probe_interval
             if not await self._probe(device):
@@ -80,8 +82,7 @@ class DeviceMonitor:
                 next_stats = now + self.health.stats_interval
                 await self._sample(device)
             if refresh > 0 and now >= next_refresh:
-                if next_refresh != now:  # not right after (re)connecting, which read lsmode already
-                    await self._refresh_models(device)
+                await self._refresh_models(device)
                 next_refresh = now + refresh
 
     def _backoff(self, delay: float) -> float:

@@ -14,12 +14,10 @@ device (a disconnect does not free units there, protocol §1.4).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from .client import DeviceClient
@@ -28,6 +26,7 @@ from .errors import ConnectionLost, DeviceError, DeviceTimeout, ModelLoadFailed,
 from .estimate import ServiceTimes
 from .memory import check_memory, load_failure
 from .models import ModelDescriptor
+from .placement import UNIT_LIMITS, Slot, capacity, pick, signature, unit_limit, unit_states
 from .poolapi import (
     PoolBusy,
     PoolError,
@@ -42,6 +41,7 @@ from .poolapi import (
 from .unit import Unit
 from .versions import Version
 
+# The pool's interface (poolapi.py) is re-exported, spelled out (not `*poolapi.__all__`) for the linters.
 __all__ = [
     "UNIT_LIMITS",
     "DevicePool",
@@ -56,28 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Instances per unit type on a device (protocol §6). melotts and tts both drive llm-audio and must not
-# run together (StackFlow docs), so they share one slot.
-UNIT_LIMITS: Mapping[str, int] = {
-    "llm": 2, "vlm": 2, "melotts": 1, "tts": 1, "whisper": 1, "asr": 1,
-    "cosy_voice": 2,  # MAX_TASK_NUM (dev:main_cosy_voice/src/main.cpp 31)
-}  # fmt: skip
-_SLOT_GROUP: Mapping[str, str] = {"melotts": "audio", "tts": "audio"}
-
-
-def _signature(setup: Mapping[str, Any]) -> str:
-    return json.dumps(setup, sort_keys=True, ensure_ascii=False)
-
-
-@dataclass(eq=False)
-class _Slot:
-    model: str
-    unit_type: str
-    signature: str
-    unit: Unit | None = None  # None while the setup is in progress
-    busy: bool = True
-    last_used: float = field(default_factory=time.monotonic)
 
 
 class DevicePool:
@@ -95,7 +73,7 @@ class DevicePool:
         self.queue_limit = queue_limit
         self.queue_timeout = queue_timeout
         self.setup_timeout = setup_timeout
-        self._slots: list[_Slot] = []
+        self._slots: list[Slot] = []
         self._cond = asyncio.Condition()
         self._waiting = 0
         self._closed = False
@@ -132,41 +110,22 @@ class DevicePool:
 
     def unit_states(self) -> dict[tuple[str, str], int]:
         """(unit type, state) → instances; state is loading, busy or idle."""
-        counts: dict[tuple[str, str], int] = {}
-        for s in self._slots:
-            state = "loading" if s.unit is None else "busy" if s.busy else "idle"
-            counts[(s.unit_type, state)] = counts.get((s.unit_type, state), 0) + 1
-        return counts
+        return unit_states(self._slots)
 
     def capacity(
         self, model: ModelDescriptor, setup: Mapping[str, Any], *, pool_size: int | None = None
     ) -> tuple[int, int]:
-        """(free places minus waiters, idle instances with this setup), to pick among devices. Free places:
-        idle matching instances, plus new ones the limits allow, or else evictable idle ones."""
-        signature = _signature(setup)
+        """(free places minus waiters, idle instances with this setup), to pick among devices
+        (placement.capacity)."""
         size = pool_size or self._limit(model.unit)
-        group = self._group(model.unit)
-        mine = [s for s in self._slots if s.model == model.mode]
-        in_group = [s for s in self._slots if self._group(s.unit_type) == group]
-        matching = sum(
-            1
-            for s in mine
-            if not s.busy and s.signature == signature and s.unit is not None and not s.unit.broken
-        )
-        new = max(0, min(size - len(mine), self._limit(model.unit) - len(in_group)))
-        evictable = sum(1 for s in in_group if not s.busy and s.unit is not None) - matching
-        free = matching + (new if new else max(0, evictable))
+        free, matching = capacity(self._slots, model, signature(setup), size, self.unit_limits)
         return free - self._waiting, matching
 
     def holds(self, model: ModelDescriptor, setup: Mapping[str, Any], prefer: _Prefer) -> bool:
         """An idle instance with this setup that `prefer` accepts is here (routing by affinity)."""
-        signature = _signature(setup)
+        key = signature(setup)
         return prefer is not None and any(
-            not s.busy
-            and s.model == model.mode
-            and s.signature == signature
-            and s.unit is not None
-            and prefer(s.unit)
+            s.idle and s.model == model.mode and s.signature == key and s.unit is not None and prefer(s.unit)
             for s in self._slots
         )
 
@@ -218,15 +177,12 @@ class DevicePool:
         pool_size: int,
         started: float,
         prefer: _Prefer,
-    ) -> _Slot:
-        signature = _signature(setup)
+    ) -> Slot:
+        key = signature(setup)
         deadline = started + self.queue_timeout
         await self.prune()
         async with self._cond:
-            if self._closed:
-                raise PoolUnavailable("the gateway is shutting down")
-            self._raise_if_down()
-            slot, victim = self._pick(model, signature, pool_size, prefer)
+            slot, victim = self._place(model, key, pool_size, prefer)
             if slot is None and victim is None:
                 if self._waiting >= self.queue_limit:
                     raise PoolBusy(
@@ -246,10 +202,7 @@ class DevicePool:
                             await asyncio.wait_for(self._cond.wait(), remaining)
                         except TimeoutError:
                             continue
-                        if self._closed:
-                            raise PoolUnavailable("the gateway is shutting down")
-                        self._raise_if_down()
-                        slot, victim = self._pick(model, signature, pool_size, prefer)
+                        slot, victim = self._place(model, key, pool_size, prefer)
                 finally:
                     self._waiting -= 1
             if self.observer is not None:
@@ -259,7 +212,7 @@ class DevicePool:
             if slot is None:  # make room: the victim's place becomes ours
                 assert victim is not None
                 self._slots.remove(victim)
-                slot = _Slot(model.mode, model.unit, signature)
+                slot = Slot(model.mode, model.unit, key)
                 self._slots.append(slot)
         try:
             if victim is not None and victim.unit is not None:
@@ -274,34 +227,14 @@ class DevicePool:
             raise
         return slot
 
-    def _pick(
-        self, model: ModelDescriptor, signature: str, pool_size: int, prefer: _Prefer = None
-    ) -> tuple[_Slot | None, _Slot | None]:
-        """(slot, victim): an idle match (one `prefer` accepts first), or a new reserved slot, or an idle
-        instance to evict."""
-        idle = [s for s in self._slots if not s.busy and s.model == model.mode and s.signature == signature]
-        if idle := [s for s in idle if s.unit is not None]:
-            preferred = [s for s in idle if prefer is not None and s.unit is not None and prefer(s.unit)]
-            chosen = (
-                preferred[0] if preferred else min(idle, key=lambda s: s.last_used) if prefer else idle[0]
-            )
-            chosen.busy = True
-            return chosen, None
-        mine = [s for s in self._slots if s.model == model.mode]
-        group = self._group(model.unit)
-        in_group = [s for s in self._slots if self._group(s.unit_type) == group]
-        if len(mine) < pool_size and len(in_group) < self._limit(model.unit):
-            slot = _Slot(model.mode, model.unit, signature)
-            self._slots.append(slot)
-            return slot, None
-        # Evict the least recently used idle instance that stands in the way.
-        candidates = mine if len(mine) >= pool_size else in_group
-        idle = [s for s in candidates if not s.busy and s.unit is not None]
-        if idle:
-            victim = min(idle, key=lambda s: s.last_used)
-            victim.busy = True
-            return None, victim
-        return None, None
+    def _place(
+        self, model: ModelDescriptor, key: str, pool_size: int, prefer: _Prefer
+    ) -> tuple[Slot | None, Slot | None]:
+        """`placement.pick` (under the lock), unless the pool is closing or the device is down."""
+        if self._closed:
+            raise PoolUnavailable("the gateway is shutting down")
+        self._raise_if_down()
+        return pick(self._slots, model, key, pool_size, self.unit_limits, prefer)
 
     async def _setup(self, model: ModelDescriptor, setup: Mapping[str, Any]) -> Unit:
         await self._reap_lost()
@@ -339,7 +272,7 @@ class DevicePool:
     async def _evict_idle(self) -> bool:
         """Exit the least recently used idle instance (any model) to free device memory."""
         async with self._cond:
-            idle = [s for s in self._slots if not s.busy and s.unit is not None]
+            idle = [s for s in self._slots if s.idle]
             if not idle:
                 return False
             victim = min(idle, key=lambda s: s.last_used)
@@ -350,7 +283,7 @@ class DevicePool:
         await self._exit_quietly(victim.unit)
         return True
 
-    async def _release(self, slot: _Slot) -> None:
+    async def _release(self, slot: Slot) -> None:
         unit = slot.unit
         if unit is None or unit.broken or unit.busy:
             if unit is not None:
@@ -367,7 +300,7 @@ class DevicePool:
 
         Returns how many were dropped. Called before every lease and by the device monitor."""
         async with self._cond:
-            broken = [s for s in self._slots if not s.busy and s.unit is not None and s.unit.broken]
+            broken = [s for s in self._slots if s.idle and s.unit is not None and s.unit.broken]
             for s in broken:
                 self._slots.remove(s)
             if broken:
@@ -397,7 +330,7 @@ class DevicePool:
                 if not unit.exited:
                     await self._exit_quietly(unit)
 
-    async def _forget(self, slot: _Slot) -> None:
+    async def _forget(self, slot: Slot) -> None:
         async with self._cond:
             if slot in self._slots:
                 self._slots.remove(slot)
@@ -413,11 +346,8 @@ class DevicePool:
         if self.ledger is not None:
             self.ledger.closed(unit.work_id)
 
-    def _group(self, unit_type: str) -> str:
-        return _SLOT_GROUP.get(unit_type, unit_type)
-
     def _limit(self, unit_type: str) -> int:
-        return self.unit_limits.get(unit_type, 1)
+        return unit_limit(self.unit_limits, unit_type)
 
     def retry_after(self, model: ModelDescriptor, pool_size: int | None = None) -> float:
         """When a request for `model` refused now should come back: the requests waiting, and itself,

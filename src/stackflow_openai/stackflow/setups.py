@@ -99,15 +99,20 @@ def vlm_setup(
     return _chat_setup("vlm", model, system_prompt, max_token_len, options)
 
 
-def melotts_setup(model: str, *, speed: float | None = None) -> dict[str, Any]:
-    """melotts: stream format, because its non-stream format returns only the last segment (§5.4)."""
-    setup: dict[str, Any] = {
+def _speech_setup(model: str, response_format: str) -> dict[str, Any]:
+    """The fields every speech unit's setup shares: text in, PCM out at `SPEECH_RATE`."""
+    return {
         "model": model,
-        "response_format": "tts.pcm.stream.base64",
+        "response_format": response_format,
         "input": TTS_TEXT_INPUT,
         "enoutput": True,
         "audio_rate": SPEECH_RATE,
     }
+
+
+def melotts_setup(model: str, *, speed: float | None = None) -> dict[str, Any]:
+    """melotts: stream format, because its non-stream format returns only the last segment (§5.4)."""
+    setup = _speech_setup(model, "tts.pcm.stream.base64")
     if speed is not None:
         setup["spacker_speed"] = float(speed)  # sic: the unit's spelling
     return setup
@@ -120,26 +125,14 @@ def tts_setup(model: str, *, stream: bool = False) -> dict[str, Any]:
 
     `audio_rate` is read by Kokoro and ignored by SummerTTS (which speaks at 16 kHz).
     """
-    return {
-        "model": model,
-        "response_format": "tts.pcm.stream.base64" if stream else "tts.pcm.base64",
-        "input": TTS_TEXT_INPUT,
-        "enoutput": True,
-        "audio_rate": SPEECH_RATE,
-    }
+    return _speech_setup(model, "tts.pcm.stream.base64" if stream else "tts.pcm.base64")
 
 
 def cosy_voice_setup(model: str, *, prompt_dir: str | None = None) -> dict[str, Any]:
     """cosy_voice (CosyVoice2): stream format, whose chunks end with `finish:true`; a non-stream format
     sends only the last chunk. `prompt_dir` picks the voice: the folder of recorded prompt files under
     the model's directory (default: the descriptor's, `prompt_data`)."""
-    setup: dict[str, Any] = {
-        "model": model,
-        "response_format": "tts.pcm.stream.base64",
-        "input": TTS_TEXT_INPUT,
-        "enoutput": True,
-        "audio_rate": SPEECH_RATE,
-    }
+    setup = _speech_setup(model, "tts.pcm.stream.base64")
     if prompt_dir is not None:
         setup["prompt_dir"] = prompt_dir
     return setup
