@@ -64,13 +64,15 @@ class DeviceMonitor:
 
     async def _watch_until_error(self, device: Device) -> None:
         delay = self.health.probe_interval
-        next_stats = next_refresh = time.monotonic()
         refresh = self.settings.discovery.refresh_interval
+        # A recovery (in `start`, or below) read the models and sampled memory and temperature: the
+        # first refresh and sample are one interval after it, not at the next probe.
+        recovered = time.monotonic()
+        next_stats, next_refresh = recovered + self.health.stats_interval, recovered + refresh
         while True:
             await self._sleep(device, delay)
             if not device.up:
                 delay = self.health.probe_interval if await self._recover(device) else self._backoff(delay)
-                # A recovery read the models and sampled memory and temperature: not again at the next probe.
                 recovered = time.monotonic()
                 next_stats, next_refresh = recovered + self.health.stats_interval, recovered + refresh
                 continue
