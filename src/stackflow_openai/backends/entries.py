@@ -27,7 +27,6 @@ __all__ = ["OPENAI_VOICES", "Catalogue", "EntryBuilder"]
 
 log = logging.getLogger(__name__)
 _CHAT_UNITS = ("llm", "vlm")
-_SPEECH_UNITS = SPEECH_UNITS
 _ASR_UNITS = ("whisper", "asr")
 # Clients hard-code OpenAI's names; a single-voice device model answers to all of them.
 OPENAI_VOICES = (
@@ -107,7 +106,7 @@ class EntryBuilder:
         if model.unit in _CHAT_UNITS:
             chat = StackFlowChatBackend(router, model, pool_size=None, idle_timeout=idle)
             entry = ModelEntry(kind="chat", chat=chat, **common)  # type: ignore[arg-type]
-        elif model.unit in _SPEECH_UNITS:
+        elif model.unit in SPEECH_UNITS:
             voices = dict.fromkeys(("default", *OPENAI_VOICES), SpeechVoice(model))
             if model.unit == "cosy_voice":  # its voice prompt is a voice too, under its folder's name
                 voices[str(model.mode_param.get("prompt_dir", "prompt_data"))] = SpeechVoice(model)
@@ -186,7 +185,7 @@ class EntryBuilder:
         for voice, target in wanted.items():
             # "CosyVoice2-0.5B-ax650@my_prompt": CosyVoice2 imitating the prompt files in that folder.
             device_model, _, prompt_dir = target.partition("@")
-            model = self._find(router, device_model, _SPEECH_UNITS)
+            model = self._find(router, device_model, SPEECH_UNITS)
             if model is None:
                 log.warning(
                     "model %s: voice %s needs %s, which no device has (yet)", model_id, voice, device_model

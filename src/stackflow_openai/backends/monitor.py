@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 from stackflow_openai.config import Settings
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, StackFlowError
+from stackflow_openai.stackflow.pool import UNIT_LIMITS
 
 from .devices import Device
 from .owned_units import OwnedUnits
@@ -28,7 +29,7 @@ from .owned_units import OwnedUnits
 __all__ = ["POOLED_UNITS", "DeviceMonitor"]
 
 log = logging.getLogger(__name__)
-POOLED_UNITS = ["llm", "vlm", "melotts", "tts", "cosy_voice", "whisper", "asr"]
+POOLED_UNITS = list(UNIT_LIMITS)  # the unit types the pool sets up: those "all" clean-up looks at
 _FAILURES = (StackFlowError, OSError, TimeoutError)
 
 

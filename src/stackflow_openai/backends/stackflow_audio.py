@@ -19,9 +19,10 @@ from stackflow_openai.stackflow.unit import Unit, reply_text
 
 from .base import BackendInvalidRequest, BackendUnavailable
 from .device_lease import device_lease
-from .stackflow_speech import StackFlowSpeechBackend, tts_segments
+from .stackflow_speech import tts_segments
 
-__all__ = ["StackFlowSpeechBackend", "StackFlowTranscriptionBackend", "tts_segments"]
+# tts_segments stays importable from here, where it lived before speech had its own module.
+__all__ = ["StackFlowTranscriptionBackend", "tts_segments"]
 
 log = logging.getLogger(__name__)
 
