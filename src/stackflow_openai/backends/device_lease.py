@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from stackflow_openai.stackflow.models import ModelDescriptor
-from stackflow_openai.stackflow.pool import (
+from stackflow_openai.stackflow.poolapi import (
     PoolBusy,
     PoolLoadFailed,
     PoolOutOfMemory,

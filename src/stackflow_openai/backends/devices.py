@@ -22,7 +22,8 @@ from stackflow_openai.ops.context import note_device, note_model
 from stackflow_openai.stackflow.client import DeviceClient, HwInfo
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, DeviceTimeout
 from stackflow_openai.stackflow.models import CmmInfo, ModelDescriptor
-from stackflow_openai.stackflow.pool import DevicePool, PoolUnavailable
+from stackflow_openai.stackflow.pool import DevicePool
+from stackflow_openai.stackflow.poolapi import PoolUnavailable
 from stackflow_openai.stackflow.unit import Unit
 from stackflow_openai.stackflow.versions import Version
 

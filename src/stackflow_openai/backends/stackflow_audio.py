@@ -8,7 +8,7 @@ import logging
 from stackflow_openai.languages import WHISPER_LANGUAGES
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, DeviceTimeout
 from stackflow_openai.stackflow.models import ModelDescriptor
-from stackflow_openai.stackflow.pool import UnitSource
+from stackflow_openai.stackflow.poolapi import UnitSource
 from stackflow_openai.stackflow.setups import (
     ASR_STREAM_INPUT,
     WHISPER_STREAM_INPUT,

@@ -16,7 +16,7 @@ from stackflow_openai.stackflow.errors import (
     DeviceTimeout,
 )
 from stackflow_openai.stackflow.models import ModelDescriptor
-from stackflow_openai.stackflow.pool import UnitSource
+from stackflow_openai.stackflow.poolapi import UnitSource
 from stackflow_openai.stackflow.setups import llm_setup, vlm_setup
 from stackflow_openai.stackflow.unit import Unit
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, DeviceTimeout
 from stackflow_openai.stackflow.models import ModelDescriptor
-from stackflow_openai.stackflow.pool import UnitSource
+from stackflow_openai.stackflow.poolapi import UnitSource
 from stackflow_openai.stackflow.setups import (
     SPEECH_RATE,
     TTS_TEXT_INPUT,

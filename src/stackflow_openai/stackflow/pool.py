@@ -27,33 +27,11 @@ from .estimate import ServiceTimes
 from .memory import check_memory, load_failure
 from .models import ModelDescriptor
 from .placement import UNIT_LIMITS, Slot, capacity, pick, signature, unit_limit, unit_states
-from .poolapi import (
-    PoolBusy,
-    PoolError,
-    PoolLoadFailed,
-    PoolObserver,
-    PoolOutOfMemory,
-    PoolUnavailable,
-    UnitLedger,
-    UnitSource,
-    _Prefer,
-)
+from .poolapi import PoolBusy, PoolObserver, PoolUnavailable, UnitLedger, _Prefer
 from .unit import Unit
 from .versions import Version
 
-# The pool's interface (poolapi.py) is re-exported, spelled out (not `*poolapi.__all__`) for the linters.
-__all__ = [
-    "UNIT_LIMITS",
-    "DevicePool",
-    "PoolBusy",
-    "PoolError",
-    "PoolLoadFailed",
-    "PoolObserver",
-    "PoolOutOfMemory",
-    "PoolUnavailable",
-    "UnitLedger",
-    "UnitSource",
-]
+__all__ = ["UNIT_LIMITS", "DevicePool"]  # its errors and protocols: poolapi.py
 
 log = logging.getLogger(__name__)
 
