@@ -33,12 +33,7 @@ async def device_lease(
     pool_size: int | None,
     prefer: Callable[[Unit], bool] | None = None,
 ) -> AsyncIterator[Unit]:
-    # `prefer` only when given: a UnitSource that predates it (a test's fake) still works for other models.
-    lease = (
-        pool.lease(model, setup, pool_size=pool_size, prefer=prefer)
-        if prefer is not None
-        else pool.lease(model, setup, pool_size=pool_size)
-    )
+    lease = pool.lease(model, setup, pool_size=pool_size, prefer=prefer)
     try:
         unit = await lease.__aenter__()
     except PoolBusy as exc:
