@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +15,7 @@ from stackflow_openai.stackflow.poolapi import (
     PoolLoadFailed,
     PoolOutOfMemory,
     PoolUnavailable,
+    Prefer,
     UnitSource,
 )
 from stackflow_openai.stackflow.unit import Unit
@@ -31,7 +32,7 @@ async def device_lease(
     setup: Mapping[str, Any],
     *,
     pool_size: int | None,
-    prefer: Callable[[Unit], bool] | None = None,
+    prefer: Prefer = None,
 ) -> AsyncIterator[Unit]:
     lease = pool.lease(model, setup, pool_size=pool_size, prefer=prefer)
     try:

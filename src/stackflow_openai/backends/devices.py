@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Protocol
 
@@ -23,7 +23,7 @@ from stackflow_openai.stackflow.client import DeviceClient, HwInfo
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, DeviceTimeout
 from stackflow_openai.stackflow.models import CmmInfo, ModelDescriptor
 from stackflow_openai.stackflow.pool import DevicePool
-from stackflow_openai.stackflow.poolapi import PoolUnavailable
+from stackflow_openai.stackflow.poolapi import PoolUnavailable, Prefer
 from stackflow_openai.stackflow.unit import Unit
 from stackflow_openai.stackflow.versions import Version
 
@@ -180,7 +180,7 @@ class DeviceRouter:
         model: ModelDescriptor,
         setup: Mapping[str, Any],
         pool_size: int | None,
-        prefer: Callable[[Unit], bool] | None = None,
+        prefer: Prefer = None,
     ) -> list[tuple[Device, ModelDescriptor]]:
         found = self.candidates(model.mode)
         if len(found) < 2:
@@ -211,7 +211,7 @@ class DeviceRouter:
         setup: Mapping[str, Any],
         *,
         pool_size: int | None = None,
-        prefer: Callable[[Unit], bool] | None = None,
+        prefer: Prefer = None,
     ) -> AsyncIterator[Unit]:
         note_model(model.mode)
         last: PoolUnavailable | None = None

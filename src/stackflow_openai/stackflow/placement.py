@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .models import ModelDescriptor
-from .poolapi import _Prefer
+from .poolapi import Prefer
 from .unit import Unit
 
 __all__ = ["UNIT_LIMITS", "Slot", "capacity", "pick", "signature", "unit_limit", "unit_states"]
@@ -85,7 +85,7 @@ def pick(
     setup_key: str,
     pool_size: int,
     limits: Mapping[str, int],
-    prefer: _Prefer = None,
+    prefer: Prefer = None,
 ) -> tuple[Slot | None, Slot | None]:
     """(slot, victim), both marked busy: an idle match (one `prefer` accepts first, else the least recently
     used), or a new slot appended to `slots`, or an idle instance to evict; (None, None): wait."""

@@ -27,7 +27,7 @@ from .estimate import ServiceTimes
 from .memory import check_memory, load_failure
 from .models import ModelDescriptor
 from .placement import UNIT_LIMITS, Slot, capacity, pick, signature, unit_limit, unit_states
-from .poolapi import PoolBusy, PoolObserver, PoolUnavailable, UnitLedger, _Prefer
+from .poolapi import PoolBusy, PoolObserver, PoolUnavailable, Prefer, UnitLedger
 from .unit import Unit
 from .versions import Version
 
@@ -99,7 +99,7 @@ class DevicePool:
         free, matching = capacity(self._slots, model, signature(setup), size, self.unit_limits)
         return free - self._waiting, matching
 
-    def holds(self, model: ModelDescriptor, setup: Mapping[str, Any], prefer: _Prefer) -> bool:
+    def holds(self, model: ModelDescriptor, setup: Mapping[str, Any], prefer: Prefer) -> bool:
         """An idle instance with this setup that `prefer` accepts is here (routing by affinity)."""
         key = signature(setup)
         return prefer is not None and any(
@@ -115,7 +115,7 @@ class DevicePool:
         setup: Mapping[str, Any],
         *,
         pool_size: int | None = None,
-        prefer: _Prefer = None,
+        prefer: Prefer = None,
     ) -> AsyncIterator[Unit]:
         """An instance of `model` set up with `setup`, held for the block.
 
@@ -154,7 +154,7 @@ class DevicePool:
         setup: Mapping[str, Any],
         pool_size: int,
         started: float,
-        prefer: _Prefer,
+        prefer: Prefer,
     ) -> Slot:
         key = signature(setup)
         deadline = started + self.queue_timeout
@@ -206,7 +206,7 @@ class DevicePool:
         return slot
 
     def _place(
-        self, model: ModelDescriptor, key: str, pool_size: int, prefer: _Prefer
+        self, model: ModelDescriptor, key: str, pool_size: int, prefer: Prefer
     ) -> tuple[Slot | None, Slot | None]:
         """`placement.pick` (under the lock), unless the pool is closing or the device is down."""
         if self._closed:

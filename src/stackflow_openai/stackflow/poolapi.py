@@ -18,11 +18,12 @@ __all__ = [
     "PoolObserver",
     "PoolOutOfMemory",
     "PoolUnavailable",
+    "Prefer",
     "UnitLedger",
     "UnitSource",
 ]
 
-_Prefer = Callable[[Unit], bool] | None  # picks, among idle instances, the one a lease wants (see `lease`)
+Prefer = Callable[[Unit], bool] | None  # picks, among idle instances, the one a lease wants (see `lease`)
 
 
 class PoolError(Exception):
@@ -59,7 +60,7 @@ class UnitSource(Protocol):
         setup: Mapping[str, Any],
         *,
         pool_size: int | None = None,
-        prefer: _Prefer = None,
+        prefer: Prefer = None,
     ) -> AbstractAsyncContextManager[Unit]: ...
 
     def unit_version(self, unit: str) -> Version | None:
