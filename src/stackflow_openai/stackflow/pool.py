@@ -5,7 +5,8 @@ system prompt, sampling and `max_token_len` at setup. So an idle instance is reu
 request with the same setup; otherwise a new one is set up, evicting the least recently used idle
 instance when the model's `pool_size`, the device's per-unit limit (protocol §6) or its CMM memory
 is in the way. Busy instances are never touched: nobody's generation is cancelled to make room.
-A request that cannot get an instance waits in a bounded queue with a deadline.
+A request that cannot get an instance waits in a bounded queue with a deadline. Which instance serves,
+or which is evicted, is decided in placement.py; this module holds the lock, the queue and the device calls.
 
 Every instance that fails, or whose lease ends with an exception, is exited, so nothing leaks on the
 device (a disconnect does not free units there, protocol §1.4).
