@@ -23,7 +23,7 @@ from emulator_helpers import (
     tone_pcm,
     wav_bytes,
 )
-from stackflow_openai.backends.stackflow_audio import tts_segments
+from stackflow_openai.backends.stackflow_speech import tts_segments
 from stackflow_openai.emulator import Emulator, ScriptedEngine, load_catalogue
 from stackflow_openai.emulator.engines.scripted import ScriptedTtsSession, render_speech, transcribe_scripted
 from stackflow_openai.stackflow.models import ModelDescriptor

@@ -19,10 +19,8 @@ from stackflow_openai.stackflow.unit import Unit, reply_text
 
 from .base import BackendInvalidRequest, BackendUnavailable
 from .device_lease import device_lease
-from .stackflow_speech import tts_segments
 
-# tts_segments stays importable from here, where it lived before speech had its own module.
-__all__ = ["StackFlowTranscriptionBackend", "tts_segments"]
+__all__ = ["StackFlowTranscriptionBackend"]
 
 log = logging.getLogger(__name__)
 
