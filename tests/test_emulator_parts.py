@@ -223,3 +223,19 @@ async def test_run_emulator_prints_its_address_and_stops_when_cancelled(
     writer.close()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_scripted_deepseek_r1_counts_its_prompt_in_qwen_tokens_as_the_device_does() -> None:
+    """DeepSeek-R1's distills run Qwen's tokenizer on the device (and in the gateway's count): the scripted
+    engine counts them with Qwen's BPE too, not with the rough estimate it keeps for unknown tokenizers."""
+    from stackflow_openai.emulator.engines.device_tokens import device_chat_template, qwen_encoder
+    from stackflow_openai.emulator.engines.scripted import estimate_tokens
+
+    model = ModelDescriptor.from_json({"mode": "deepseek-r1-1.5B-ax630c", "type": "llm"})
+    settings = LlmSettings(system_prompt="Be brief.", max_token_len=1023)
+    session = await ScriptedEngine().open_llm(model, settings)
+    prompt = "Why is the sky blue on a clear afternoon? Explain it to a child, in two sentences."
+    templated = device_chat_template(model, "Be brief.", prompt)
+    encoder = qwen_encoder()
+    assert encoder is not None
+    assert session.prompt_tokens(prompt) == len(encoder(templated)) != estimate_tokens(templated)
