@@ -29,8 +29,9 @@ from stackflow_openai.emulator.sysactions import SysActions
 from stackflow_openai.emulator.units.asr import AsrUnit, WhisperUnit
 from stackflow_openai.emulator.units.base import UnitService
 from stackflow_openai.emulator.units.cosy import CosyUnit
-from stackflow_openai.emulator.units.llm import LlmUnit, VlmUnit
+from stackflow_openai.emulator.units.llm import LlmUnit
 from stackflow_openai.emulator.units.tts import MeloUnit, TtsUnit
+from stackflow_openai.emulator.units.vlm import VlmUnit
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = ["DEFAULT_CMM_TOTAL_KIB", "UNIT_TYPES", "Emulator", "run_emulator"]

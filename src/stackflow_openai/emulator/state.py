@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from stackflow_openai.emulator.boards import GENERATIONS, Generation
+from stackflow_openai.emulator.chain import ChainBus, PortTable, output_url
 from stackflow_openai.emulator.engines.base import Engine
 from stackflow_openai.emulator.faults import Faults
 from stackflow_openai.stackflow.models import ModelDescriptor
@@ -41,6 +42,8 @@ class DeviceState:
         self.next_work_id = FIRST_WORK_ID
         # llm-sys's unit table: every work_id from register_unit to release_unit, loading included.
         self.registry: dict[str, Instance] = {}
+        self.ports = PortTable()
+        self.bus = ChainBus()  # outputs flowing to linked instances (chain.py)
 
     def allocate_work_id(self) -> int:
         """One global counter for every unit type; taken before the setup is even validated."""
@@ -49,16 +52,27 @@ class DeviceState:
         return number
 
     def register(self, instance: Instance) -> None:
+        """`register_unit`: the work_id and its ports; the first port is the instance's output URL."""
         self.registry[instance.work_id] = instance
+        instance.ports = self.ports.allocate()
+        instance.out_url = output_url(instance.unit.name, instance.ports[0])
 
     def release(self, instance: Instance) -> None:
         # Identity check: after a reset the same work_id may already name a newer instance.
         if self.registry.get(instance.work_id) is instance:
             del self.registry[instance.work_id]
+            self.ports.free(instance.ports)
+
+    def out_port(self, work_id: str) -> str | None:
+        """`sys.sql_select("<work_id>.out_port")`: known from register_unit until release_unit."""
+        instance = self.registry.get(work_id)
+        return instance.out_url if instance is not None else None
 
     def forget_everything(self) -> None:
         """`sys.reset`: every service restarts, so instances vanish and numbering starts over."""
         self.registry.clear()
+        self.ports.clear()
+        self.bus.clear()
         self.next_work_id = FIRST_WORK_ID
 
     def find_model(self, mode: str) -> ModelDescriptor | None:

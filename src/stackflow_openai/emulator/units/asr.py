@@ -202,7 +202,8 @@ class WhisperUnit(UnitService):
     instance_class = WhisperInstance
     load_error_work_id = "asr"
     has_work = True
-    link_tags = ("sys", "kws", "vad")
+    # Microphone, kws and vad inputs (main_whisper 846-872, 902-923): nothing the emulator publishes.
+    link_routes = ((("sys",), None), (("kws",), None), (("vad",), None))
 
     def subscribes_user_input(self, source: str) -> bool:
         return "sys" not in source and "whisper" in source  # "sys" means microphone capture
@@ -214,7 +215,7 @@ class AsrUnit(UnitService):
     user_tag = "asr"
     instance_class = AsrInstance
     has_work = True
-    link_tags = ("sys", "kws", "vad")
+    link_routes = WhisperUnit.link_routes
 
     def subscribes_user_input(self, source: str) -> bool:
         return "sys" not in source and "asr" in source

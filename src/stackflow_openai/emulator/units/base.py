@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from stackflow_openai.emulator.memory import model_cmm_kib
 from stackflow_openai.emulator.rawjson import c_stoi, extract
 from stackflow_openai.emulator.replies import build_reply
 from stackflow_openai.emulator.units.instance import Instance
+from stackflow_openai.emulator.units.links import Route, link_input, subscribe_setup_inputs, unlink_input
 from stackflow_openai.emulator.units.setup_fields import SetupError, check_setup
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["CONTROL_ACTIONS", "Instance", "SetupError", "UnitService", "work_id_number"]
 
 CONTROL_ACTIONS = frozenset({"setup", "pause", "work", "exit", "link", "unlink", "taskinfo"})
-_INSTANCE_ID = re.compile(r"\w+\.\d+")
 _log = logging.getLogger(__name__)
 
 
@@ -54,7 +53,9 @@ class UnitService:
     load_error_work_id: ClassVar[str | None] = None  # -5 copy-paste bug: whisper says "asr"
     has_pause: ClassVar[bool] = True
     has_work: ClassVar[bool] = False
-    link_tags: ClassVar[tuple[str, ...]] = ()  # what `link` accepts in its data
+    # What the unit subscribes to at setup and on `link`, and which handler gets it (links.py).
+    setup_routes: ClassVar[tuple[Route, ...]] = ()
+    link_routes: ClassVar[tuple[Route, ...]] = ()
 
     def __init__(self, state: DeviceState) -> None:
         self.state = state
@@ -135,6 +136,7 @@ class UnitService:
             return
         self.instances[number] = instance
         instance.start()
+        await subscribe_setup_inputs(instance)
         self.reply(instance.work_id)
 
     def _error_work_id(self, code: int) -> str:
@@ -197,9 +199,11 @@ class UnitService:
         elif action == "work":
             self.reply(work_id)  # resumes microphone capture: nothing to do without a microphone
         elif action == "link":
-            self._link(instance, data)
+            linked = await link_input(instance, data)
+            self.reply(instance.work_id, code=0 if linked else -20)
         else:
-            self._unlink(instance, data)
+            await unlink_input(instance, data)
+            self.reply(instance.work_id)
 
     async def pause(self, instance: Instance) -> None:
         """Unit-specific effect of `pause` (llm/vlm stop generating; whisper/asr stop the mic)."""
@@ -227,25 +231,6 @@ class UnitService:
         self.instances.pop(instance.number, None)
         self.reply(instance.work_id)
         self.state.release(instance)  # after the ack, like `sys_release_unit`
-
-    def _link(self, instance: Instance, data: str) -> None:
-        # Minimal: no data actually flows between linked instances in the emulator.
-        accepted = any(tag in data for tag in self.link_tags)
-        if accepted and _INSTANCE_ID.fullmatch(data) and data not in self.state.registry:
-            accepted = False  # the target's `.out_port` is unknown
-        if not accepted:
-            self.reply(instance.work_id, code=-20)
-            return
-        instance.inputs.append(data)
-        self.reply(instance.work_id)
-
-    def _unlink(self, instance: Instance, data: str) -> None:
-        if not _INSTANCE_ID.fullmatch(data):
-            # Device quirk: anything that is not an instance id maps to subscription 0, the
-            # user-input one, which is then torn down.
-            instance.user_subscribed = False
-        instance.inputs = [i for i in instance.inputs if i != data]
-        self.reply(instance.work_id)
 
     # ----------------------------------------------------------------- shutdown
     async def shutdown(self) -> None:

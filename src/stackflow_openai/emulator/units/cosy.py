@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from stackflow_openai.emulator.units.base import SetupError, UnitService
+from stackflow_openai.emulator.units.links import USER
 from stackflow_openai.emulator.units.tts import SpeechInstance
 from stackflow_openai.stackflow.models import ModelDescriptor
 
@@ -71,7 +72,10 @@ class CosyUnit(UnitService):
     user_tag = "tts"
     instance_class = CosyInstance
     has_pause = True
-    link_tags = ("llm", "vlm", "kws")
+    # Setup takes an llm or vlm work_id, `link` only an llm one (865-882, 910-922); both feed
+    # `task_user_data`, whose stream input is reassembled by index before the whole text is spoken.
+    setup_routes = ((("tts",), USER), (("llm", "vlm"), "on_user_data"), (("kws",), None))
+    link_routes = ((("llm",), "on_user_data"), (("kws",), None))
     parse_error_work_id = "kws"
     load_error_work_id = "llm"
 

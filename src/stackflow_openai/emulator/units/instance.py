@@ -5,6 +5,8 @@ receives and by every control action naming it. Its output carries the request_i
 inference it received, and reaches the client only with `enoutput`. User input reaches it only if
 its `input` named the unit's tag; it is taken from an inbox by one receiver task, like the device's
 ZMQ receive thread, so a unit that works inside that thread (vlm, tts, asr) delays the next message.
+Every output is also published on the instance's out port, enoutput or not, for linked instances
+(chain.py); their subscriptions are set up by the unit (units/links.py).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Instance:
         self.inputs: list[str] = []
         self.user_subscribed = False
         self.cmm_kib = 0
+        self.ports: list[int] = []  # llm-sys's ports for this work_id (output, input, inference)
+        self.out_url = ""  # the output (PUB) URL, set at register_unit
         self.prefill_overflows = 0
         self._inbox: asyncio.Queue[tuple[ClientConnection, str]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -80,7 +84,8 @@ class Instance:
 
     # ----------------------------------------------------------------- output
     def emit(self, data: Any, *, object: str | None = None, code: int = 0) -> None:
-        """The channel's `send`: latest inference request_id, instance work_id, only if `enoutput`.
+        """The channel's `send`: latest inference request_id, instance work_id; published to linked
+        instances always, sent to the client only if `enoutput`.
 
         May raise UnicodeEncodeError, as the device's `dump()` throws on invalid text.
         """
@@ -91,6 +96,7 @@ class Instance:
             data=data,
             code=code,
         )
+        self.unit.state.bus.publish(self.out_url, line)  # `send_raw_to_pub`: always, before the client
         if self.enoutput and self.push_conn is not None:
             self.push_conn.send(line)
 
@@ -152,6 +158,7 @@ class Instance:
     async def kill(self) -> None:
         """Stop everything now (exit after draining, reset, emulator stop)."""
         self.state = "exiting"
+        self.unit.state.bus.drop_subscriber(self)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -1,4 +1,4 @@
-"""The llm and vlm units (`main_llm`, `main_vlm`, runner `LLM::Run`; protocol §5.2, §5.3, §6).
+"""The llm unit (`main_llm`, runner `LLM::Run`; protocol §5.2, §6); the vlm builds on it (vlm.py).
 
 Generation follows the device's decode loop:
 - the templated prompt must fit the prefill window; if it does not, the device runs on an empty
@@ -13,15 +13,14 @@ Generation follows the device's decode loop:
 A "ctx" model (`precompute_len > 0`, every AXCL llm) keeps the conversation in its KV cache across
 inferences, resets silently when the cache is full and on the input `reset` (units/kvcontext.py).
 
-llm queues at most 3 waiting requests (more are dropped) and runs them on its own task; the vlm
-generates inside its receive loop, so its next message waits. The llm unescapes JSON escapes in the
-text it receives; the vlm gets the raw, still-escaped characters from between the quotes.
+llm queues at most 3 waiting requests (more are dropped) and runs them on its own task. It unescapes
+JSON escapes in the text a user sends; the final of a linked asr/whisper instance is queued the same
+way, still escaped (`task_asr_data`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
@@ -30,12 +29,13 @@ from typing import Any, ClassVar
 from stackflow_openai.emulator.engines.base import LlmSession, LlmSettings
 from stackflow_openai.emulator.engines.scripted import scripted_pieces
 from stackflow_openai.emulator.engines.scripted_tools import malformed_answer
-from stackflow_openai.emulator.rawjson import unescape
+from stackflow_openai.emulator.rawjson import extract, unescape
 from stackflow_openai.emulator.units.base import Instance, UnitService
-from stackflow_openai.emulator.units.kvcontext import MESSAGE_MARKERS, RESET_REPLY, KvContext
+from stackflow_openai.emulator.units.kvcontext import RESET_REPLY, KvContext
+from stackflow_openai.emulator.units.links import USER, Route
 from stackflow_openai.stackflow.models import ModelDescriptor
 
-__all__ = ["LlmInstance", "LlmUnit", "VlmInstance", "VlmUnit"]
+__all__ = ["LlmInstance", "LlmUnit", "as_text", "asr_text"]
 
 DEFAULT_MAX_TOKEN_LEN = 127  # LLMAttrType default; no descriptor sets it (protocol §6)
 DEFAULT_PREFILL = 128
@@ -44,7 +44,7 @@ GROUP_TOKENS = 3
 _log = logging.getLogger(__name__)
 
 
-def _as_text(payload: bytes | str) -> str:
+def as_text(payload: bytes | str) -> str:
     return payload if isinstance(payload, str) else payload.decode("utf-8", errors="replace")
 
 
@@ -100,7 +100,15 @@ class LlmInstance(Instance):
         payload = self.decode_common(object, data)
         if payload is None:
             return
-        text = unescape(_as_text(payload))
+        self.enqueue(unescape(as_text(payload)))
+
+    async def on_asr_data(self, object: str, data: str) -> None:
+        """`task_asr_data`: a linked asr/whisper output. A stream counts only at its `finish` (the delta
+        of that message alone); the text is taken still escaped, as the device does not unescape it."""
+        self.enqueue(asr_text(object, data))
+
+    def enqueue(self, text: str) -> None:
+        """`inference_async`: the worker takes it at once when idle, else up to three wait."""
         if not text or self.state == "exiting":
             return  # empty input is ignored, with no reply
         if not self._busy:
@@ -247,6 +255,13 @@ class LlmInstance(Instance):
         return 0
 
 
+def asr_text(object: str, data: str) -> str:
+    """What llm/vlm `task_asr_data` infers on: "" (nothing) for a stream message that does not finish."""
+    if "stream" not in object:
+        return data
+    return extract(data, "delta") if extract(data, "finish") == "true" else ""
+
+
 async def _scripted(text: str, count: int) -> AsyncIterator[str]:
     """A fault's fixed answer, token-like piece by piece (at most `count`)."""
     for piece in scripted_pieces(text)[:count]:
@@ -268,87 +283,20 @@ def _held_back(text: str) -> bool:
     return text.encode("utf-8", "surrogatepass").endswith(b"\xbd")
 
 
-# What the InternVL2/2.5 tokenizer scripts put in place of the system prompt when there is an image.
-IMAGE_SYSTEM_PROMPT = "Please describe the image shortly."
-_FIXED_IMAGE_PROMPT = ("internvl2-", "internvl2.5-")
-# The vision input size (px) of each VLM model file on the emulated device.
-VISION_INPUT_PX = {"internvl2.5-1B-364-ax630c": 364}
-
-
-class VlmInstance(LlmInstance):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.image: bytes | None = None
-
-    def prompt_tokens(self, session: LlmSession, text: str, images: list[bytes]) -> int:
-        assert self.model is not None
-        if not images:
-            return session.prompt_tokens(text)
-        # InternVL: one token per 28x28 px of the vision model's input, whose size a device reads from
-        # the model file (vpm_width/vpm_height in a setup are overwritten by it), not the descriptor.
-        side = VISION_INPUT_PX.get(self.model.mode, 448)
-        # InternVL2/2.5's tokenizer script (`encode_vpm`) replaces the setup's system prompt with its own.
-        fixed = self.model.mode.startswith(_FIXED_IMAGE_PROMPT)
-        text_tokens = session.prompt_tokens(text, IMAGE_SYSTEM_PROMPT if fixed else None)
-        return text_tokens + (side // 28) ** 2 * len(images)
-
-    def turn_tokens(self, session: LlmSession, context: KvContext, text: str, images: list[bytes]) -> int:
-        if not images:
-            return super().turn_tokens(session, context, text, images)
-        # With images LLM_CTX prefills the tokenizer helper's whole template (`Encode_ctx`: token_ids, not
-        # the diff): the system block and every earlier turn again, then this turn with its images.
-        empty = session.prompt_tokens("")
-        earlier = sum(session.prompt_tokens(said) - empty + MESSAGE_MARKERS for _, said in context.history)
-        return self.prompt_tokens(session, text, images) + earlier
-
-    async def on_user_data(self, object: str, data: str) -> None:
-        payload = self.decode_common(object, data)
-        if payload is None or self.state == "exiting":
-            return
-        if "jpeg" in object:
-            # Held, without a reply, until the next text; a newer image replaces it.
-            self.image = payload if isinstance(payload, bytes) else payload.encode("utf-8", "surrogatepass")
-            return
-        images: list[bytes] = []
-        if self.image is not None:
-            if not await asyncio.to_thread(_decodable_image, self.image):
-                return  # the request ends with no output, and the bad image stays (device bug)
-            images, self.image = [self.image], None
-        self._idle.clear()  # the vlm generates inside its receive loop: no queue of its own
-        try:
-            await self.generate(_as_text(payload), images)  # raw text: the vlm does not unescape
-        finally:
-            self._idle.set()
-
-
-def _decodable_image(data: bytes) -> bool:
-    """`cv::imdecode` succeeds: Pillow can open and decode it."""
-    try:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-        return True
-    except Exception:
-        return False
-
-
 class LlmUnit(UnitService):
     name = "llm"
     limit = 2
     user_tag = "llm"
     instance_class = LlmInstance
     parse_error_work_id = "kws"
-    link_tags: ClassVar[tuple[str, ...]] = ("asr", "kws")
+    # main_llm/src/main.cpp 685-702 and 730-742 (dev = main; axcl 661-678, 706-718).
+    setup_routes: ClassVar[tuple[Route, ...]] = (
+        (("llm",), USER),
+        (("asr", "whisper"), "on_asr_data"),
+        (("kws",), None),
+    )
+    link_routes: ClassVar[tuple[Route, ...]] = ((("asr",), "on_asr_data"), (("kws",), None))
 
     async def pause(self, instance: Instance) -> None:
         assert isinstance(instance, LlmInstance)
         instance.request_stop()
-
-
-class VlmUnit(LlmUnit):
-    name = "vlm"
-    limit = 2
-    user_tag = "vlm"
-    instance_class = VlmInstance
-    link_tags = ("asr", "kws", "camera")

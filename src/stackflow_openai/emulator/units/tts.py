@@ -24,11 +24,12 @@ import base64
 import logging
 import sys
 from array import array
-from typing import Any
+from typing import Any, ClassVar
 
 from stackflow_openai.emulator.engines.base import TtsSession
 from stackflow_openai.emulator.rawjson import decode_base64, extract, unescape
 from stackflow_openai.emulator.units.base import Instance, SetupError, UnitService
+from stackflow_openai.emulator.units.links import USER, Route
 from stackflow_openai.stackflow.models import ModelDescriptor
 
 __all__ = ["MeloInstance", "MeloUnit", "SummerInstance", "TtsUnit"]
@@ -209,7 +210,14 @@ class MeloUnit(UnitService):
     user_tag = "tts"  # "melotts.*" matches too: it contains "tts"
     instance_class = MeloInstance
     has_pause = False
-    link_tags = ("llm", "vlm", "kws")
+    # A linked llm/vlm's output goes to the same handler as user text, `task_user_data`
+    # (dev:main_melotts/src/main.cpp 664-683 and 711-725; main and axcl alike).
+    setup_routes: ClassVar[tuple[Route, ...]] = (
+        (("tts",), USER),
+        (("llm", "vlm"), "on_user_data"),
+        (("kws",), None),
+    )
+    link_routes: ClassVar[tuple[Route, ...]] = ((("llm", "vlm"), "on_user_data"), (("kws",), None))
 
 
 class TtsUnit(UnitService):
@@ -218,7 +226,8 @@ class TtsUnit(UnitService):
     user_tag = "tts"
     instance_class = SummerInstance
     has_pause = False
-    link_tags = ("llm", "vlm", "kws")
+    setup_routes = MeloUnit.setup_routes  # dev:main_tts/src/main.cpp 612-631, 659-672 (main 368-387)
+    link_routes = MeloUnit.link_routes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
