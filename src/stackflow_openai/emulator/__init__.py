@@ -3,8 +3,9 @@
 It follows `stackflow-protocol.md` (§8 checklist) down to the device's bugs: brace-counted framing
 with the `reace reset` line, the dispatch error codes, one global work_id counter from 1000, per-unit
 instance limits, CMM memory, output that follows the last connection to speak to an instance,
-instances that survive a disconnect, and the units' own ways of reading requests (substring
-extraction; see `rawjson`). Engines compute the answers; `ScriptedEngine` is a deterministic test
+instances that survive a disconnect, the units' own ways of reading requests (substring
+extraction; see `rawjson`), and chained units: an asr/whisper, llm or vlm output reaches the units
+linked to it (setup `input` or `link`) as on the device (`chain`, `units/links.py`). Engines compute the answers; `ScriptedEngine` is a deterministic test
 tool, not a model.
 
     emu = Emulator(engine=ScriptedEngine(timing=Timing()), hwinfo_delay=0.05)
@@ -32,7 +33,8 @@ PRIVATE TEST EXTENSION - NOT PART OF STACKFLOW. A real device answers both actio
   the update. Unknown fields or bad values: -2 and nothing changes. In-process: `emu.faults.drop_finish = 2`.
 
 Known simplifications: no microphone, speaker, camera, kws, vad, yolo or depth-anything units (their models
-are listed by lsmode as on the device; a setup of them answers -9; link/unlink only bookkeep),
+are listed by lsmode as on the device; a setup of them answers -9; links to them only bookkeep, as do
+inputs that name a unit without a work_id number),
 no RAW/BON binary framing, ctx models' KV cache counted without the tokenizer helper's drift
 (units/kvcontext.py), and a connection whose reader stalls does not stall the unit (the device may
 block up to 3 s per message).
