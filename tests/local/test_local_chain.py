@@ -15,7 +15,6 @@ for kind in ("llm", "tts", "asr"):
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the raw-socket helpers
 from emulator_helpers import SETUPS, RawClient, b64, client_for, started_emulator, wav_bytes  # noqa: E402
-
 from stackflow_openai.emulator.engines.local import LocalEngine  # noqa: E402
 
 pytestmark = pytest.mark.local

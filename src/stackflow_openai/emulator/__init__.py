@@ -5,8 +5,8 @@ with the `reace reset` line, the dispatch error codes, one global work_id counte
 instance limits, CMM memory, output that follows the last connection to speak to an instance,
 instances that survive a disconnect, the units' own ways of reading requests (substring
 extraction; see `rawjson`), and chained units: an asr/whisper, llm or vlm output reaches the units
-linked to it (setup `input` or `link`) as on the device (`chain`, `units/links.py`). Engines compute the answers; `ScriptedEngine` is a deterministic test
-tool, not a model.
+linked to it (setup `input` or `link`) as on the device (`chain`, `units/links.py`). Engines
+compute the answers; `ScriptedEngine` is a deterministic test tool, not a model.
 
     emu = Emulator(engine=ScriptedEngine(timing=Timing()), hwinfo_delay=0.05)
     await emu.start(host="127.0.0.1", port=0)   # emu.host, emu.port

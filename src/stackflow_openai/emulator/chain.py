@@ -126,8 +126,5 @@ class ChainBus:
         """The subscriber's channel is gone (exit, reset): its sockets close with it."""
         self._subscriptions = [s for s in self._subscriptions if s.subscriber is not subscriber]
 
-    def subscriptions_of(self, subscriber: Instance) -> list[Subscription]:
-        return [s for s in self._subscriptions if s.subscriber is subscriber]
-
     def clear(self) -> None:
         self._subscriptions.clear()
