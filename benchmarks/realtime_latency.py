@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 import openai
@@ -30,11 +31,15 @@ from stackflow_openai.audio import PcmConverter
 from stackflow_openai.backends.registry import GatewayRegistry
 from stackflow_openai.config import DeviceSettings, RealtimeSettings, Settings, VoicePipelineSettings
 from stackflow_openai.emulator import Emulator, ScriptedEngine, Timing
+from stackflow_openai.emulator.engines import scripted
 from stackflow_openai.emulator.engines.scripted import render_speech
 from stackflow_openai.realtime.vad import TurnDetector
 from stackflow_openai.serve import http_settings, uvicorn_config
 
 CHUNK = 4800 * 2  # 100 ms of pcm16 at 24 kHz
+SCRIPTED_ANSWER = scripted.scripted_answer
+CHAT = "qwen2.5-HA-0.5B-ctx-ax630c"  # a ctx model: both paths keep the conversation on the device
+TEXTS = ["What is the weather like today", "And what about tomorrow", "Should I take an umbrella"]
 STAGES = [
     ("input_audio_buffer.speech_stopped", "VAD: silence that ends the turn (silence_duration_ms 500)"),
     ("conversation.item.input_audio_transcription.completed", "transcription"),
@@ -81,54 +86,120 @@ def vad_costs() -> None:
     print(f"VAD silero (onnxruntime, 1 thread): {cost:.3f} ms CPU per audio second")
 
 
-async def one_turn(client: openai.AsyncOpenAI, text: str) -> dict[str, float]:
-    async with client.realtime.connect(model="voice") as conn:
+async def speak_turn(conn: Any, text: str) -> dict[str, float]:
+    """Stream one spoken turn in real time; the time from its last voiced sample to each event, up to the
+    end of the response (a response left unfinished would end the device chain: chained.py)."""
+    pcm = bytes(9600) + speech_24k(text)
+    samples = np.frombuffer(pcm, "<i2")
+    last_voiced = int(np.flatnonzero(np.abs(samples) > 300)[-1])
+    first_sent = time.monotonic()
+    for start in range(0, len(pcm), CHUNK):
+        # A microphone sends a chunk once it is recorded: at the time its last sample was spoken.
+        await asyncio.sleep(max(0.0, first_sent + (start + CHUNK) / 48000 - time.monotonic()))
+        await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[start : start + CHUNK]).decode())
+    speech_end = first_sent + last_voiced / 24000  # the last voiced sample left the "microphone" then
+    silence = base64.b64encode(bytes(CHUNK)).decode()
+    seen: dict[str, float] = {}
+
+    async def keep_sending_silence() -> None:
+        while True:
+            await conn.input_audio_buffer.append(audio=silence)
+            await asyncio.sleep(0.1)
+
+    await asyncio.sleep(max(0.0, first_sent + len(pcm) / 48000 + 0.1 - time.monotonic()))
+    feeder = asyncio.create_task(keep_sending_silence())
+    try:
+        while "response.done" not in seen:
+            event = json.loads(await asyncio.wait_for(conn.recv_bytes(), 60))
+            seen.setdefault(event["type"], time.monotonic() - speech_end)
+    finally:
+        feeder.cancel()
+    return seen
+
+
+async def one_session(
+    client: openai.AsyncOpenAI, model: str, turns: int
+) -> tuple[float, list[dict[str, float]]]:
+    """A warm-up turn (model loads, forming the chain), then `turns` timed turns, in one session."""
+    async with client.realtime.connect(model=model) as conn:
         await conn.recv_bytes()  # session.created
         await conn.session.update(
             session={"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}
         )
-        pcm = bytes(9600) + speech_24k(text)
-        samples = np.frombuffer(pcm, "<i2")
-        last_voiced = int(np.flatnonzero(np.abs(samples) > 300)[-1])
-        first_sent = time.monotonic()
-        for start in range(0, len(pcm), CHUNK):
-            # A microphone sends a chunk once it is recorded: at the time its last sample was spoken.
-            await asyncio.sleep(max(0.0, first_sent + (start + CHUNK) / 48000 - time.monotonic()))
-            await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[start : start + CHUNK]).decode())
-        # Sent in real time: the last voiced sample left the "microphone" at this moment.
-        speech_end = first_sent + last_voiced / 24000
-        silence = base64.b64encode(bytes(CHUNK)).decode()
-        seen: dict[str, float] = {}
+        started = time.monotonic()
+        await speak_turn(conn, "Hello, please warm up")
+        warm_up = time.monotonic() - started
+        runs = [await speak_turn(conn, TEXTS[i % len(TEXTS)]) for i in range(turns)]
+    return warm_up, runs
 
-        async def keep_talking_silence() -> None:
+
+class DelayProxy:
+    """A TCP proxy that delivers every chunk `delay` seconds after it arrived, each way: the gateway on
+    another machine than the device (Wi-Fi or Ethernet), where every stage's hop costs that much."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port, self.delay = target_port, delay
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        await asyncio.gather(
+            self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+        )
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
             while True:
-                await conn.input_audio_buffer.append(audio=silence)
-                await asyncio.sleep(0.1)
+                due, chunk = await queue.get()
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if not chunk:
+                    writer.close()
+                    return
+                writer.write(chunk)
+                await writer.drain()
 
-        await asyncio.sleep(max(0.0, first_sent + len(pcm) / 48000 + 0.1 - time.monotonic()))
-        feeder = asyncio.create_task(keep_talking_silence())
+        sender = asyncio.create_task(deliver())
         try:
-            while "response.output_audio.delta" not in seen:
-                event = json.loads(await asyncio.wait_for(conn.recv_bytes(), 30))
-                seen.setdefault(event["type"], time.monotonic() - speech_end)
+            while chunk := await reader.read(65536):
+                queue.put_nowait((time.monotonic() + self.delay, chunk))
+            queue.put_nowait((time.monotonic() + self.delay, b""))
+            await sender
         finally:
-            feeder.cancel()
-        await conn.response.cancel()
-    return seen
+            sender.cancel()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def main(turns: int) -> None:
-    vad_costs()
-    timing = Timing.realistic()
-    emulator = Emulator(engine=ScriptedEngine(timing=timing), hwinfo_delay=0.05)
+async def measure(turns: int, delay_ms: float) -> dict[str, tuple[float, list[dict[str, float]]]]:
+    emulator = Emulator(engine=ScriptedEngine(timing=Timing.realistic()), hwinfo_delay=0.05)
     await emulator.start("127.0.0.1", 0)
-    settings = Settings(devices=[DeviceSettings(name="emu", host="127.0.0.1", port=emulator.port)])
-    pipeline = VoicePipelineSettings(
-        chat_model="qwen2.5-0.5B-p256-ax630c",
-        transcription_model="whisper-tiny",
-        speech_model="melotts-en-us",
+    proxy = DelayProxy(emulator.port, delay_ms / 1000)
+    await proxy.start()
+    settings = Settings(devices=[DeviceSettings(name="emu", host="127.0.0.1", port=proxy.port)])
+    models = {"chat_model": CHAT, "transcription_model": "whisper-tiny", "speech_model": "melotts-en-us"}
+    settings.realtime = RealtimeSettings(
+        pipelines={
+            "gateway": VoicePipelineSettings(**models, device_chain="off"),
+            "device": VoicePipelineSettings(**models, device_chain="auto"),
+        }
     )
-    settings.realtime = RealtimeSettings(pipelines={"voice": pipeline})
     server = uvicorn.Server(
         uvicorn_config(create_app(GatewayRegistry(settings), http_settings(settings)), "127.0.0.1", 0)
     )
@@ -138,21 +209,64 @@ async def main(turns: int) -> None:
     port = server.servers[0].sockets[0].getsockname()[1]
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
     try:
-        await one_turn(client, "Warm up the units please")  # model loads (5 s each) are not latency
-        runs = [await one_turn(client, "What is the weather like today") for _ in range(turns)]
+        return {path: await one_session(client, path, turns) for path in ("gateway", "device")}
     finally:
         server.should_exit = True
         await task
+        await proxy.stop()
         await emulator.stop()
-    print(f"\nend of speech -> event, median of {turns} turns (emulator with device-like timing):")
-    previous = 0.0
+
+
+def report(results: dict[str, tuple[float, list[dict[str, float]]]], turns: int) -> None:
+    print(
+        f"\nend of speech -> event, median of {turns} turns in one session ({CHAT}, whisper-tiny, melotts):"
+    )
+    print(f"  {'stage':58} " + " ".join(f"{path:>16}" for path in results))
+    previous = dict.fromkeys(results, 0.0)
     for kind, label in STAGES:
-        at = statistics.median(run[kind] for run in runs)
-        print(f"  {at * 1000:7.0f} ms  (+{(at - previous) * 1000:5.0f})  {label}")
-        previous = at
+        cells = []
+        for path, (_, runs) in results.items():
+            at = statistics.median(run[kind] for run in runs)
+            cells.append(f"{at * 1000:6.0f} (+{(at - previous[path]) * 1000:4.0f})")
+            previous[path] = at
+        print(f"  {label:58} " + " ".join(f"{c:>16}" for c in cells))
+    first = {
+        path: statistics.median(run[STAGES[-1][0]] for run in runs) for path, (_, runs) in results.items()
+    }
+    print(f"  first audio, device chain / gateway: {first['device'] / first['gateway']:.3f}")
+    print(
+        "  warm-up turn (loads; the chain's own llm for whisper): "
+        + ", ".join(f"{path} {warm:.1f} s" for path, (warm, _) in results.items())
+    )
+
+
+PROSE = (
+    "Sure, here is what I know. It will be mild today, with some clouds in the afternoon, "
+    "and a light wind from the west."
+)
+
+
+def prose_answer(prompt: str, image_count: int = 0, history: Any = ()) -> str:
+    return PROSE
+
+
+async def main(turns: int, delays: list[float], answers: list[str]) -> None:
+    vad_costs()
+    for answer in answers:
+        # The scripted engine's own answers ("You said N words: ...") or a fixed prose answer: where the first
+        # clause ends decides when each path can speak first (docs/realtime.md).
+        scripted.scripted_answer = prose_answer if answer == "prose" else SCRIPTED_ANSWER
+        for delay in delays:
+            print(f"\n== {answer} answers, device reached with {delay:g} ms one-way delay")
+            report(await measure(turns, delay), turns)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=5)
-    asyncio.run(main(parser.parse_args().turns))
+    parser.add_argument(
+        "--delays", type=float, nargs="+", default=[0.0, 5.0], help="one-way ms to the device"
+    )
+    parser.add_argument("--answers", nargs="+", choices=["scripted", "prose"], default=["scripted", "prose"])
+    args = parser.parse_args()
+    asyncio.run(main(args.turns, args.delays, args.answers))

@@ -101,8 +101,9 @@ class HttpSettings:
     responses_default_truncation: str = "disabled"  # for requests that set none (OpenAI's default)
     playground: bool = True  # the browser playground at GET / (playground/)
 
-    voice_pipelines: dict[str, dict[str, str]] = field(default_factory=dict)  # Realtime: name -> models
+    voice_pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)  # Realtime: name -> models
     realtime_idle_timeout: float = 300.0  # seconds without a client event before a session is closed
+    realtime_device_chain: bool = True  # voice turns may run on the device's own chain (realtime/chained.py)
 
     def __repr__(self) -> str:  # never show the keys
         return f"HttpSettings(api_keys={len(self.api_keys)} configured, cors_origins={self.cors_origins!r})"

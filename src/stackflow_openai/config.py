@@ -271,6 +271,9 @@ class VoicePipelineSettings(_Strict):
     speech_model: str | None = Field(None, description="the model that speaks the answers")
     voice: str | None = Field(None, description="the speech model's voice (default: its first)")
     language: str | None = Field(None, description="the language the user speaks (whisper's code)")
+    device_chain: Literal["auto", "off"] | None = Field(
+        None, description="let the device chain asr -> llm -> melotts itself (default: realtime.device_chain)"
+    )
 
 
 class RealtimeSettings(_Strict):
@@ -278,6 +281,12 @@ class RealtimeSettings(_Strict):
         300.0,
         gt=0,
         description="seconds a Realtime session may stay without a client event before it is closed",
+    )
+    device_chain: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: a voice turn the device can answer by itself (asr -> llm -> melotts chained "
+        "on the device, docs/realtime.md) runs there, with the session's units reserved; off: the "
+        "gateway always runs the stages",
     )
     pipelines: dict[str, VoicePipelineSettings] = Field(
         default_factory=dict,

@@ -77,6 +77,7 @@ def http_settings(settings: Settings):  # type: ignore[no-untyped-def]
             for name, pipeline in settings.realtime.pipelines.items()
         },
         realtime_idle_timeout=settings.realtime.idle_timeout,
+        realtime_device_chain=settings.realtime.device_chain == "auto",
     )
 
 

@@ -173,6 +173,14 @@ class ConversationLedger:
         used = plan.start + plan.prefill + turn.count(reply) + CTX_TURN_MARGIN
         self._set(unit, _Held(key, used))
 
+    def mark_unknown(self, unit: object) -> None:
+        """Something else wrote into the cache (a device-side chain): reset it before any use."""
+        self._set(unit, _Held(None, self.capacity))
+
+    def is_fresh(self, unit: object) -> bool:
+        """The cache holds the system prompt alone (just set up, or reset)."""
+        return self._get(unit) is None
+
     def forget(self, unit: object) -> None:
         """The unit was reset: it holds the system prompt alone (its next plan treats it as fresh)."""
         self._set(unit, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from typing import Any
 
 from stackflow_openai.languages import WHISPER_LANGUAGES
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, DeviceTimeout
@@ -78,15 +79,25 @@ class StackFlowTranscriptionBackend:
         if translate:
             raise BackendInvalidRequest("this model cannot translate", param="model")
         language = self.language(language) or ""
-        if self.model.unit == "whisper":
-            setup, obj, audio = whisper_setup(self.model.mode, language), WHISPER_STREAM_INPUT, pcm
-        else:
-            setup, obj, audio = asr_setup(self.model.mode), ASR_STREAM_INPUT, pcm + _ASR_TAIL
         try:
-            async with device_lease(self.pool, self.model, setup, pool_size=None) as unit:
-                return await self._run(unit, audio, obj, language)
+            async with device_lease(self.pool, self.model, self.setup(language), pool_size=None) as unit:
+                text, _ = await self.run(unit, pcm, language)
+                return text
         except (ConnectionLost, DeviceError) as exc:
             raise BackendUnavailable(f"transcription failed on the device: {exc}") from exc
+
+    def setup(self, language: str) -> dict[str, Any]:
+        """The unit's setup for `language` (as `language()` resolved it; "" for none)."""
+        if self.model.unit == "whisper":
+            return whisper_setup(self.model.mode, language)
+        return asr_setup(self.model.mode)
+
+    async def run(self, unit: Unit, pcm: bytes, language: str) -> tuple[str, bool]:
+        """Transcribe 16 kHz pcm on a unit set up with `setup(language)`: the text, and whether the unit
+        sent a final result with any text in it (what a chained llm answers, protocol-notes.md 27)."""
+        if self.model.unit == "whisper":
+            return await self._run(unit, pcm, WHISPER_STREAM_INPUT, language)
+        return await self._run(unit, pcm + _ASR_TAIL, ASR_STREAM_INPUT, language)
 
     def result_wait(self, audio_bytes: int) -> float:
         """How long to wait for each message after `audio_bytes` of PCM were sent."""
@@ -94,7 +105,7 @@ class StackFlowTranscriptionBackend:
             return self.result_timeout
         return self.asr_grace + self.asr_seconds_per_second * audio_bytes / (2 * _RATE)
 
-    async def _run(self, unit: Unit, audio: bytes, obj: str, language: str) -> str:
+    async def _run(self, unit: Unit, audio: bytes, obj: str, language: str) -> tuple[str, bool]:
         await unit.infer_base64_stream(base64.b64encode(audio).decode("ascii"), object=obj)
         wait = self.result_wait(len(audio))
         text = ""
@@ -107,12 +118,13 @@ class StackFlowTranscriptionBackend:
                 # partial is the whole text, without the final's "."). Either way the recognizer stream
                 # may not have been reset and would prefix the next request's text: have it exited.
                 unit.mark_broken()
-                return text
+                return text, False
             if self.model.unit == "whisper" and language not in _SILENT_WHEN_EMPTY:
-                return ""  # silence is whisper's answer for "nothing heard" here
+                return "", False  # silence is whisper's answer for "nothing heard" here
             unit.mark_broken()  # an answer may still come, into the next request: do not reuse it
             raise BackendUnavailable(f"the device did not answer the transcription: {exc}") from exc
-        return text[:-1] if text.endswith(".") and self._final_has_period() else text
+        final = bool(text)
+        return (text[:-1] if text.endswith(".") and self._final_has_period() else text), final
 
     def _final_has_period(self) -> bool:
         """Every final result gets "." appended (main_asr `task_output`, main_whisper), except from asr's

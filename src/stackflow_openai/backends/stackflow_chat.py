@@ -29,7 +29,7 @@ from .base import (
 from .conversations import RESET_INPUT, ConversationLedger, ConversationTurn
 from .device_lease import device_lease
 
-__all__ = ["StackFlowChatBackend", "chat_info_for"]
+__all__ = ["StackFlowChatBackend", "chat_info_for", "chat_setup"]
 
 # (name prefix, tokenizer, template) per model family in StackFlow's catalogues (main, dev and axcl
 # branches; docs/decisions.md lists them). DeepSeek-R1 distills, InternVL2/2.5/3 and Qwen3-VL run Qwen
@@ -154,7 +154,7 @@ def chat_info_for(model: ModelDescriptor) -> ChatModelInfo:
     )
 
 
-def _setup_for(model: ModelDescriptor, settings: UnitSettings) -> dict[str, Any]:
+def chat_setup(model: ModelDescriptor, settings: UnitSettings) -> dict[str, Any]:
     build = vlm_setup if model.unit == "vlm" else llm_setup
     return build(
         model.mode,
@@ -279,7 +279,7 @@ class StackFlowChatBackend:
     ) -> AsyncIterator[_DeviceChatUnit]:
         """`conversation`: the digest of the messages before the new one; on a ctx model a unit whose
         cache holds it is preferred (any unit is still correct: it is reset and the history replayed)."""
-        setup = _setup_for(self.model, settings)
+        setup = chat_setup(self.model, settings)
         ledger = self.conversations
         prefer: Callable[[Unit], bool] | None = None
         if ledger is not None and conversation is not None:

@@ -133,6 +133,9 @@ class StackFlowSpeechBackend:
         self.voices = list(self._voices)
         self.idle_timeout = idle_timeout
 
+    def voice(self, name: str) -> SpeechVoice | None:
+        return self._voices.get(name)
+
     def plan(self, voice: SpeechVoice, text: str) -> tuple[dict[str, Any], str, Driver]:
         """The setup, the text to send and the way to read the output, for this unit and version."""
         model = voice.model

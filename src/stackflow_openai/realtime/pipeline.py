@@ -7,8 +7,8 @@ voice.
 
 Units are leased per stage and given back at once (one transcription per user turn, one chat generation and
 one speech stream per sentence per response), so a session holds no device unit while the user is silent
-and other HTTP clients share the same pools. StackFlow can also chain units on the device (asr -> llm ->
-melotts by work_id); docs/realtime.md says why this gateway orchestrates the stages itself instead.
+and other HTTP clients share the same pools. A turn the device can answer by itself runs instead on its
+own asr -> llm -> melotts chain, with units reserved for the session (chain.py, chained.py).
 """
 
 from __future__ import annotations
@@ -39,28 +39,37 @@ class VoicePipeline:
     speech_model: str | None
     voice: str | None
     language: str | None = None
+    device_chain: bool = True  # turns may run on the device's own asr -> llm -> melotts chain (chained.py)
 
 
 def resolve_pipeline(
-    registry: ModelRegistry, model: str | None, pipelines: Mapping[str, Mapping[str, Any]]
+    registry: ModelRegistry,
+    model: str | None,
+    pipelines: Mapping[str, Mapping[str, Any]],
+    *,
+    device_chain: bool = True,
 ) -> VoicePipeline:
     """The pipeline a `?model=` names; raises the OpenAI error a wrong name gets."""
     if not model:
         raise InvalidRequestError("Name a model: /v1/realtime?model=ID.", param="model", code="missing_model")
     configured = pipelines.get(model)
     if configured is not None:
+        chain = configured.get("device_chain")
         return VoicePipeline(
             chat_model=configured["chat_model"],
             transcription_model=configured.get("transcription_model"),
             speech_model=configured.get("speech_model"),
             voice=configured.get("voice"),
             language=configured.get("language"),
+            device_chain=device_chain if chain is None else chain == "auto",
         )
     entry = resolve_model(registry, model, kinds=("chat",), endpoint="/v1/realtime")
     asr = _default(registry, "whisper-1", "transcription")
     tts = _default(registry, "tts-1", "speech")
     voice = tts.speech.voices[0] if tts is not None and tts.speech is not None and tts.speech.voices else None
-    return VoicePipeline(entry.id, asr.id if asr else None, tts.id if tts else None, voice)
+    return VoicePipeline(
+        entry.id, asr.id if asr else None, tts.id if tts else None, voice, device_chain=device_chain
+    )
 
 
 def _default(registry: ModelRegistry, alias: str, kind: str) -> ModelEntry | None:
@@ -93,6 +102,10 @@ class VoiceServices:
         self._registry = registry
         self._plan = plan
         self.pipeline = pipeline
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return self._registry
 
     def check(self, voice: str | None) -> None:
         """Fail early (at connect or session.update) on a model or voice the gateway cannot serve."""

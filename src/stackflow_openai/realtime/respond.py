@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 from stackflow_openai.errors import to_openai_error
 from stackflow_openai.services.responses_tools import chat_terms
 
+from .chained import ChainedRun
 from .responder import ResponseRun
 
 if TYPE_CHECKING:
+    from .chain import DeviceChain
     from .session import RealtimeSession
 
 __all__ = ["run_response"]
@@ -30,6 +32,7 @@ async def run_response(
     modalities: list[str],
     limit: int | None,
     pending: asyncio.Task[None] | None,
+    chain: DeviceChain | None = None,
 ) -> None:
     config = session.config
     response: dict[str, Any] = {
@@ -46,34 +49,29 @@ async def run_response(
     run: ResponseRun | None = None
     status, prompt_tokens = "completed", 0
     details: dict[str, Any] | None = None
+    user_text = ""
     try:
         if pending is not None:
             await asyncio.wait({pending})
-        body: dict[str, Any] = {"messages": session.conversation.messages(instructions)}
-        if config.tools:  # the Realtime API's function tools have the Responses API's flat shape
-            body.update(chat_terms({"tools": config.tools, "tool_choice": config.tool_choice}))
-        if limit is not None:
-            body["max_tokens"] = limit
-        plan = await session.services.plan(body)
-        prompt_tokens = plan.prompt_tokens
-        speak = None
-        if modalities == ["audio"]:
-            voice, speed = config.voice, config.speed
-
-            def speak(text: str) -> Any:
-                return session.services.speak(text, voice, speed)
-
-        run = ResponseRun(
-            send=session.send,
-            response=response,
-            events=plan.events(stream=True),
-            speak=speak,
-            add_item=session.conversation.add,
-        )
+        if chain is not None:  # the device is already answering the turn by itself
+            user_text = session.conversation.messages("")[-1]["content"]
+            prompt_tokens = chain.counter.count(user_text)
+            run = ChainedRun(
+                chain=chain,
+                speed=config.speed,
+                send=session.send,
+                response=response,
+                add_item=session.conversation.add,
+            )
+        else:
+            await session.chain.dissolve("a response on the gateway's path")
+            run, prompt_tokens = await _gateway_run(session, instructions, modalities, limit, response)
         session.last_run = run
         await run.run()
         if run.finish_reason == "length":
             status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
+        elif chain is not None:
+            chain.record(user_text, run.text)
     except asyncio.CancelledError:
         status, details = "cancelled", {"type": "cancelled", "reason": session.cancel_reason}
     except Exception as exc:  # an API/backend error, or a bug (to_openai_error logs it): failed
@@ -109,3 +107,35 @@ async def run_response(
         },
     )
     await session.send({"type": "response.done", "response": response})
+
+
+async def _gateway_run(
+    session: RealtimeSession,
+    instructions: str,
+    modalities: list[str],
+    limit: int | None,
+    response: dict[str, Any],
+) -> tuple[ResponseRun, int]:
+    """The response through the gateway's chat core and speech service; and its prompt's tokens."""
+    config = session.config
+    body: dict[str, Any] = {"messages": session.conversation.messages(instructions)}
+    if config.tools:  # the Realtime API's function tools have the Responses API's flat shape
+        body.update(chat_terms({"tools": config.tools, "tool_choice": config.tool_choice}))
+    if limit is not None:
+        body["max_tokens"] = limit
+    plan = await session.services.plan(body)
+    speak = None
+    if modalities == ["audio"]:
+        voice, speed = config.voice, config.speed
+
+        def speak(text: str) -> Any:
+            return session.services.speak(text, voice, speed)
+
+    run = ResponseRun(
+        send=session.send,
+        response=response,
+        events=plan.events(stream=True),
+        speak=speak,
+        add_item=session.conversation.add,
+    )
+    return run, plan.prompt_tokens

@@ -97,6 +97,7 @@ class ResponseRun:
         self.response = response
         self._events = events
         self._speak = speak
+        self.audio = speak is not None  # else text mode
         self._add_item = add_item
         self.spoken = Spoken()
         self.text = ""
@@ -158,14 +159,14 @@ class ResponseRun:
             "content": [],
         }
         self._message_index = await self._announce(self.message)
-        part = {"type": "audio", "transcript": ""} if self._speak else {"type": "text", "text": ""}
+        part = {"type": "audio", "transcript": ""} if self.audio else {"type": "text", "text": ""}
         await self._send(
             {"type": "response.content_part.added", **self._ids(), "content_index": 0, "part": part}
         )
 
     async def run(self) -> None:
         """Until the model and the speech are done (cancel the task to stop it)."""
-        if self._speak is None:
+        if not self.audio:
             await self._run_text()
         else:
             await self._run_audio()
@@ -254,7 +255,12 @@ class ResponseRun:
     async def _speak_all(self, sentences: asyncio.Queue[str | None]) -> None:
         assert self._speak is not None
         while (sentence := await sentences.get()) is not None:
-            await self._open_message()
+            await self._say(sentence, self._speak(sentence))
+
+    async def _say(self, sentence: str, pieces: AsyncIterator[bytes]) -> None:
+        """One sentence: its transcript delta when its audio starts, then the audio in 200 ms deltas."""
+        await self._open_message()
+        if sentence.strip():
             await self._send(
                 {
                     "type": "response.output_audio_transcript.delta",
@@ -263,21 +269,21 @@ class ResponseRun:
                     "delta": sentence,
                 }
             )
-            self.spoken.sentences.append((sentence, 0))
-            audio_bytes = 0
-            pending = b""
-            async with aclosing(self._speak(sentence)) as pieces:  # type: ignore[type-var]
-                async for piece in pieces:
-                    pending += piece
-                    while len(pending) >= AUDIO_DELTA_BYTES:
-                        await self._audio_delta(pending[:AUDIO_DELTA_BYTES])
-                        audio_bytes += AUDIO_DELTA_BYTES
-                        pending = pending[AUDIO_DELTA_BYTES:]
-                        self.spoken.sentences[-1] = (sentence, audio_bytes // 48)
-            if pending:
-                await self._audio_delta(pending)
-                audio_bytes += len(pending)
-            self.spoken.sentences[-1] = (sentence, audio_bytes // 48)  # 48 bytes per ms at 24 kHz
+        self.spoken.sentences.append((sentence, 0))
+        audio_bytes = 0
+        pending = b""
+        async with aclosing(pieces) as stream:  # type: ignore[type-var]
+            async for piece in stream:
+                pending += piece
+                while len(pending) >= AUDIO_DELTA_BYTES:
+                    await self._audio_delta(pending[:AUDIO_DELTA_BYTES])
+                    audio_bytes += AUDIO_DELTA_BYTES
+                    pending = pending[AUDIO_DELTA_BYTES:]
+                    self.spoken.sentences[-1] = (sentence, audio_bytes // 48)
+        if pending:
+            await self._audio_delta(pending)
+            audio_bytes += len(pending)
+        self.spoken.sentences[-1] = (sentence, audio_bytes // 48)  # 48 bytes per ms at 24 kHz
 
     async def _audio_delta(self, pcm: bytes) -> None:
         await self._send(
@@ -290,7 +296,7 @@ class ResponseRun:
         )
 
     def final_content(self) -> list[dict[str, Any]]:
-        if self._speak is None:
+        if not self.audio:
             return [{"type": "output_text", "text": self.text}]
         return [{"type": "output_audio", "transcript": self.spoken.transcript}]
 
@@ -299,7 +305,7 @@ class ResponseRun:
         if self.message is None:
             return
         ids, content = self._ids(), self.final_content()
-        if self._speak is None:
+        if not self.audio:
             await self._send(
                 {"type": "response.output_text.done", **ids, "content_index": 0, "text": self.text}
             )

@@ -15,16 +15,18 @@ import copy
 import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stackflow_openai.errors import to_openai_error
 
+from .chain import DeviceChain
+from .chained import ChainSlot
 from .config import ConfigProblem, SessionConfig, max_output_tokens
 from .conversation import Conversation, ItemProblem, client_audio, new_item_id
 from .pipeline import VoiceServices
 from .responder import ResponseRun
+from .turns import transcribe
 from .vad import SpeechStarted, TurnDetector
 
 __all__ = ["RealtimeSession"]
@@ -56,6 +58,7 @@ class RealtimeSession:
         self._cancel_reason = "client_cancelled"
         self._closed = False
         self.last_run: ResponseRun | None = None  # the last response's outcome (truncate needs it)
+        self.chain = ChainSlot(services, enabled=services.pipeline.device_chain)
 
     # ---- events out --------------------------------------------------------------------------------
     async def send(self, event: dict[str, Any]) -> None:
@@ -105,9 +108,9 @@ class RealtimeSession:
             code = getattr(exc, "code", "invalid_value")
             await self.error(str(exc), code=code, param=exc.param, event_id=event_id)
         except Exception as exc:  # APIError / BackendError, or a bug (logged there): the session goes on
-            await self._api_error(exc, event_id)
+            await self.api_error(exc, event_id)
 
-    async def _api_error(self, exc: Exception, event_id: str | None) -> None:
+    async def api_error(self, exc: Exception, event_id: str | None) -> None:
         _, body, _ = to_openai_error(exc)
         err = body["error"]
         await self.error(
@@ -202,51 +205,7 @@ class RealtimeSession:
         await self.send(
             {"type": "conversation.item.added", "previous_item_id": previous, "item": copy.deepcopy(item)}
         )
-        self._queue(self._transcribe(item, audio, respond=respond))
-
-    async def _transcribe(self, item: dict[str, Any], audio: bytes, *, respond: bool, index: int = 0) -> None:
-        started = time.monotonic()
-        try:
-            transcript = await self.services.transcribe(
-                audio, (self.config.transcription or {}).get("language")
-            )
-        except Exception as exc:  # APIError / BackendError, or a bug (logged there): no transcript
-            item["content"][index]["transcript"] = ""
-            if self.config.transcription is not None:
-                _, body, _ = to_openai_error(exc)
-                await self.send(
-                    {
-                        "type": "conversation.item.input_audio_transcription.failed",
-                        "item_id": item["id"],
-                        "content_index": 0,
-                        "error": body["error"],
-                    }
-                )
-            else:
-                await self._api_error(exc, None)
-            return
-        item["content"][index]["transcript"] = transcript
-        log.debug(
-            "realtime %s: transcribed %.1f s in %.2f s",
-            self.id,
-            len(audio) / 48000,
-            time.monotonic() - started,
-        )
-        if self.config.transcription is not None:
-            await self.send(
-                {
-                    "type": "conversation.item.input_audio_transcription.completed",
-                    "item_id": item["id"],
-                    "content_index": index,
-                    "transcript": transcript,
-                    "usage": {"type": "duration", "seconds": round(len(audio) / 48000, 3)},
-                }
-            )
-        await self.send(
-            {"type": "conversation.item.done", "previous_item_id": None, "item": copy.deepcopy(item)}
-        )
-        if respond and transcript:
-            await self._start_response({})
+        self._queue(transcribe(self, item, audio, respond=respond))
 
     async def _clear(self, _event: dict[str, Any]) -> None:
         self._buffer = bytearray()
@@ -267,7 +226,7 @@ class RealtimeSession:
                 {"type": "conversation.item.done", "previous_item_id": previous, "item": copy.deepcopy(item)}
             )
         else:  # the model cannot hear: the audio becomes its transcript first (item.done follows it)
-            self._queue(self._transcribe(item, audio, respond=False, index=index))
+            self._queue(transcribe(self, item, audio, respond=False, index=index))
 
     async def _item_delete(self, event: dict[str, Any]) -> None:
         item_id = event.get("item_id")
@@ -308,9 +267,9 @@ class RealtimeSession:
         params = event.get("response") or {}
         if not isinstance(params, dict):
             raise ClientEventError("response must be an object", param="response")
-        await self._start_response(params)
+        await self.start_response(params)
 
-    async def _start_response(self, params: dict[str, Any]) -> None:
+    async def start_response(self, params: dict[str, Any], chain: DeviceChain | None = None) -> None:
         if self._response is not None and not self._response.done():
             raise ClientEventError(
                 "Conversation already has an active response in progress.",
@@ -332,7 +291,9 @@ class RealtimeSession:
         # response.create); one started by that transcription itself must not wait for itself.
         pending = self._turns if self._turns is not asyncio.current_task() else None
         self._cancel_reason = "client_cancelled"
-        self._response = asyncio.create_task(run_response(self, instructions, modalities, limit, pending))
+        self._response = asyncio.create_task(
+            run_response(self, instructions, modalities, limit, pending, chain)
+        )
 
     async def _response_cancel(self, event: dict[str, Any]) -> None:
         if self._response is None or self._response.done():
@@ -378,6 +339,12 @@ class RealtimeSession:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        await self.chain.dissolve("the session ended")
+
+    async def response_settled(self) -> None:
+        """Wait for the running response, if any, to end (a cancelled one: its units cleaned up)."""
+        if self._response is not None and not self._response.done():
+            await asyncio.wait({self._response})
 
 
 _HANDLERS: dict[str, Callable[[RealtimeSession, dict[str, Any]], Awaitable[None]]] = {

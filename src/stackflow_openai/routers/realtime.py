@@ -30,7 +30,10 @@ async def realtime(websocket: WebSocket) -> None:
     settings = state.settings
     try:
         pipeline = resolve_pipeline(
-            state.registry, websocket.query_params.get("model"), settings.voice_pipelines
+            state.registry,
+            websocket.query_params.get("model"),
+            settings.voice_pipelines,
+            device_chain=settings.realtime_device_chain,
         )
         services = VoiceServices(state.registry, state.chat_core.plan, pipeline)
         config = SessionConfig(model=websocket.query_params.get("model", ""), voice=pipeline.voice or "alloy")

@@ -156,6 +156,28 @@ class Unit:
         chunks = [text[i : i + step] for i in range(0, len(text), step)] or [""]
         await self.infer_chunks(chunks, object=object)
 
+    def discard_stale(self) -> None:
+        """Drop anything queued while nothing is expected (call before feeding a chain's first unit)."""
+        if not self._busy:
+            self._drop_stale_output()
+
+    def expect_output(self) -> None:
+        """Output is coming without an inference from this handle: the unit is chained on the device
+        (its setup `input` or a `link` names another instance, whose output it takes). Read it with
+        `outputs()` as for an inference. What is already queued is kept: it may be the start of it."""
+        self._check_usable()
+        self._busy = True
+        self._generation += 1
+
+    async def link(self, source: str, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - the API takes explicit timeouts
+        """Subscribe this instance to `source`'s output on the device (§4.2 `link`; -20 if it cannot)."""
+        self._check_usable()
+        await self._conn.request(self.work_id, "link", object="work_id", data=source, timeout=timeout)
+
+    async def unlink(self, source: str, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - the API takes explicit timeouts
+        self._check_usable()
+        await self._conn.request(self.work_id, "unlink", object="work_id", data=source, timeout=timeout)
+
     def _start_inference(self, object: str) -> None:
         self._check_usable()
         if not self._busy:

@@ -175,4 +175,5 @@ class Instance:
             "model": self.model.mode if self.model else self.config.get("model"),
             "state": self.state,
             "prefill_overflows": self.prefill_overflows,
+            "inputs": list(self.inputs),  # setup input and links: what a test sees of a chain
         }
