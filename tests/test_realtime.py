@@ -374,3 +374,20 @@ async def test_function_tools_round_trip(harness: Harness) -> None:
         assert answer["response"]["output"][0]["content"][0]["transcript"]
         assert any(e["type"] == "response.output_audio.delta" for e in seen)
     harness.assert_no_leak()
+
+
+def test_the_first_spoken_piece_ends_at_the_first_clause_and_later_ones_at_sentences() -> None:
+    from stackflow_openai.realtime.responder import SentenceSplitter
+
+    text = "Sure, here is what I know. It will be mild today, with some clouds. Yes. And wind from the west"
+    splitter, pieces = SentenceSplitter(), []
+    for start in range(0, len(text), 3):  # deltas cut anywhere
+        pieces += splitter.feed(text[start : start + 3])
+    pieces += splitter.flush()
+    assert pieces == [
+        "Sure, ",  # spoken while the model goes on: the first audio as early as melotts itself would give it
+        "here is what I know. ",
+        "It will be mild today, with some clouds. ",
+        "Yes. And wind from the west",  # "Yes." alone is not worth a request of its own
+    ]
+    assert "".join(pieces) == text

@@ -7,6 +7,7 @@ answer the same way goes back to the gateway's path without losing or leaking an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import Iterator
@@ -36,7 +37,8 @@ def _settings() -> Settings:
             "off": VoicePipelineSettings(
                 chat_model=CTX, transcription_model="whisper-tiny", device_chain="off", **SPEECH
             ),
-        }
+        },
+        device_chain="auto",  # the gateway's default is off (docs/realtime.md): these test the chain
     )
     return settings
 
@@ -194,3 +196,24 @@ async def test_barge_in_on_the_chain_then_the_gateway_takes_over(harness: Harnes
         assert _spoken(seen[seen.index(done) :])[0]
         assert _chained(harness) == []
     harness.assert_no_leak(timeout=10)
+
+
+async def test_the_chain_gives_its_units_back_when_another_client_needs_them(harness: Harness) -> None:
+    """The board has one melotts and one whisper instance: an HTTP speech request made while a chain
+    session holds them is served (the chain yields between turns); the session goes on along the
+    gateway's path."""
+    async with _client(harness).realtime.connect(model="ctx") as conn:
+        await _open(conn)
+        await _turn(conn, "Hello there")
+        assert _chained(harness)
+        speech = await asyncio.to_thread(
+            lambda: harness.sdk(timeout=20).audio.speech.create(
+                model="melotts-en-us", voice="default", input="Dinner is ready.", response_format="wav"
+            )
+        )
+        assert speech.content[:4] == b"RIFF" and len(speech.content) > 8000
+        assert _chained(harness) == []
+        after = await _turn(conn, "Thank you")
+    assert next(e for e in after if e["type"] == "response.done")["response"]["status"] == "completed"
+    assert _spoken(after)[0]
+    harness.assert_no_leak()

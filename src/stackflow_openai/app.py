@@ -103,7 +103,7 @@ class HttpSettings:
 
     voice_pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)  # Realtime: name -> models
     realtime_idle_timeout: float = 300.0  # seconds without a client event before a session is closed
-    realtime_device_chain: bool = True  # voice turns may run on the device's own chain (realtime/chained.py)
+    realtime_device_chain: bool = False  # voice turns may run on the device's own chain (realtime/chained.py)
 
     def __repr__(self) -> str:  # never show the keys
         return f"HttpSettings(api_keys={len(self.api_keys)} configured, cors_origins={self.cors_origins!r})"

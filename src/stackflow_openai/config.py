@@ -283,10 +283,10 @@ class RealtimeSettings(_Strict):
         description="seconds a Realtime session may stay without a client event before it is closed",
     )
     device_chain: Literal["auto", "off"] = Field(
-        "auto",
-        description="auto: a voice turn the device can answer by itself (asr -> llm -> melotts chained "
-        "on the device, docs/realtime.md) runs there, with the session's units reserved; off: the "
-        "gateway always runs the stages",
+        "off",
+        description="auto: a voice turn the device can answer by itself runs on its own asr -> llm -> "
+        "melotts chain, with the units reserved for the session while no other client waits for them; "
+        "off: the gateway runs the stages (measured as fast or faster: docs/realtime.md)",
     )
     pipelines: dict[str, VoicePipelineSettings] = Field(
         default_factory=dict,

@@ -42,7 +42,7 @@ from stackflow_openai.backends.stackflow_chat import StackFlowChatBackend, chat_
 from stackflow_openai.backends.stackflow_speech import StackFlowSpeechBackend, output_rate
 from stackflow_openai.services.events import ChoiceFinished, ChoiceText
 from stackflow_openai.stackflow.models import ModelDescriptor
-from stackflow_openai.stackflow.poolapi import UnitSource
+from stackflow_openai.stackflow.pool import DevicePool
 from stackflow_openai.stackflow.setups import melotts_setup
 from stackflow_openai.stackflow.unit import Unit, reply_text
 from stackflow_openai.tokens import TokenCounter
@@ -63,7 +63,7 @@ _TRANSCRIPT_ROOM = 128
 class ChainModels:
     """The three device models of a chain, on one device, with the backends that know how to drive them."""
 
-    pool: UnitSource
+    pool: DevicePool  # the one device's pool: all three units come from it
     asr: ModelDescriptor
     asr_backend: StackFlowTranscriptionBackend
     chat: ModelDescriptor

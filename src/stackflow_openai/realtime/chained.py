@@ -2,8 +2,9 @@
 
 A turn takes the chain only if the device would answer exactly what the gateway's path would:
 
-- the session allows it (`realtime.device_chain: auto`, the default) and its models can be chained on one
-  device (a text llm that does not reason aloud, a whisper or asr unit, a melotts voice);
+- the session allows it (`device_chain: auto`, in `realtime` or its pipeline; off by default) and its models
+  can be chained on one device (a text llm that does not reason aloud, a whisper or asr unit, a melotts
+  voice);
 - the turn is user speech committed by server VAD that asks for a response, spoken (`output_modalities`
   audio), with no tools and no `max_output_tokens` (the device knows neither);
 - the conversation before it is what the device answers from (`DeviceChain.holds`): the instructions, and
@@ -12,7 +13,8 @@ A turn takes the chain only if the device would answer exactly what the gateway'
   see (a text item, a deleted or truncated item, a barge-in, other instructions) or its cache fills up.
 
 Otherwise the chain is dissolved (its units unlinked and given back) before the gateway's path runs, and is
-not formed again in that session: from then on the gateway fits and replays the conversation itself.
+not formed again in that session: from then on the gateway fits and replays the conversation itself. It is
+dissolved too when another client waits for a unit of the device between turns (`_yield_to_others`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["ChainSlot", "ChainedRun"]
 
 log = logging.getLogger(__name__)
+_WATCH_INTERVAL = 0.1  # seconds between looks at the device's queue of waiting requests
 
 
 class ChainSlot:
@@ -47,6 +50,7 @@ class ChainSlot:
         self.chain: DeviceChain | None = None
         self.refused: str | None = None if enabled else "device_chain is off"
         self.turns = 0  # turns the device answered by itself
+        self._watcher: asyncio.Task[None] | None = None
 
     def _refusal(self, session: RealtimeSession) -> str | None:
         config = session.config
@@ -93,8 +97,19 @@ class ChainSlot:
         await chain.open((config.transcription or {}).get("language") or self._services.pipeline.language)
         chain.holds = system
         self.chain = chain
+        self._watcher = asyncio.create_task(self._yield_to_others(session, chain))
         log.info("realtime %s: device chain %s", session.id, chain.describe())
         return None
+
+    async def _yield_to_others(self, session: RealtimeSession, chain: DeviceChain) -> None:
+        """A board has one transcription and one speech instance: while another client waits for a unit of
+        this device, the chain gives its units back at the end of the turn (the session goes on along the
+        gateway's path, which shares them), so a voice session never starves HTTP clients or another one."""
+        pool = chain.models.pool
+        while self.chain is chain:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            if not session.busy and pool.stats()["waiting"] > 0:
+                await self.dissolve("another client waits for the device's units")
 
     async def dissolve(self, reason: str) -> None:
         """Give the units back; the session goes on along the gateway's path."""
@@ -102,6 +117,9 @@ class ChainSlot:
             self.refused = reason
             log.info("realtime: not on the device chain: %s", reason)
         chain, self.chain = self.chain, None
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
         if chain is not None:
             await chain.close()
 

@@ -39,7 +39,7 @@ class VoicePipeline:
     speech_model: str | None
     voice: str | None
     language: str | None = None
-    device_chain: bool = True  # turns may run on the device's own asr -> llm -> melotts chain (chained.py)
+    device_chain: bool = False  # turns may run on the device's own asr -> llm -> melotts chain (chained.py)
 
 
 def resolve_pipeline(
@@ -47,7 +47,7 @@ def resolve_pipeline(
     model: str | None,
     pipelines: Mapping[str, Mapping[str, Any]],
     *,
-    device_chain: bool = True,
+    device_chain: bool = False,
 ) -> VoicePipeline:
     """The pipeline a `?model=` names; raises the OpenAI error a wrong name gets."""
     if not model:

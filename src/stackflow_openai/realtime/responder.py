@@ -31,25 +31,42 @@ __all__ = ["ResponseRun", "SentenceSplitter", "Speak", "Spoken"]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Speak = Callable[[str], AsyncIterator[bytes]]  # a sentence → pcm16 24 kHz pieces
 AUDIO_DELTA_BYTES = 9600  # 200 ms of pcm16 at 24 kHz per response.output_audio.delta
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|(?<=[。！？；])|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|(?<=[。！？；：])|\n+")
+_CLAUSE_END = re.compile(r"(?<=[,.!?;:])\s+|(?<=[，、。！？；：])|\n+")
 _MIN_SENTENCE = 12  # characters: "Yes." alone is not worth a TTS round trip when more is coming
+_MIN_FIRST = 2  # the first piece: "Sure," is spoken at once, as melotts does on the device
 
 
 class SentenceSplitter:
-    """Text deltas in, complete sentences out (the rest is kept until more text or `flush`)."""
+    """Text deltas in, pieces to speak out (the rest is kept until more text or `flush`).
+
+    The first piece ends at the first clause break (a comma too, as the melotts unit splits its own input),
+    so that the first audio comes as early as it can; later pieces are whole sentences of 12 characters or
+    more, which sound better and cost fewer speech requests while the first one plays."""
 
     def __init__(self) -> None:
         self._pending = ""
+        self._first = True
 
     def feed(self, text: str) -> list[str]:
         self._pending += text
         out: list[str] = []
         start = 0
-        for match in _SENTENCE_END.finditer(self._pending):
-            piece = self._pending[start : match.end()]
-            if len(piece.strip()) >= _MIN_SENTENCE:
-                out.append(piece)
-                start = match.end()
+        while True:
+            pattern, least = (_CLAUSE_END, _MIN_FIRST) if self._first else (_SENTENCE_END, _MIN_SENTENCE)
+            match = next(
+                (
+                    m
+                    for m in pattern.finditer(self._pending, start)
+                    if len(self._pending[start : m.end()].strip()) >= least
+                ),
+                None,
+            )
+            if match is None:
+                break
+            out.append(self._pending[start : match.end()])
+            start = match.end()
+            self._first = False
         self._pending = self._pending[start:]
         return out
 
