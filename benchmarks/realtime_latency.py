@@ -1,13 +1,18 @@
-"""Realtime API latency: from the end of the user's speech to the first audio byte, stage by stage.
+"""Realtime API latency: from the end of the user's speech to the first audio byte, on the gateway's path
+and on the device's own asr -> llm -> melotts chain.
 
-    python benchmarks/realtime_latency.py [--turns 5]
+    python benchmarks/realtime_latency.py [--turns 5] [--delays 0 5] [--answers scripted prose]
 
 The emulator runs with device-like timing (`Timing.realistic()`: 0.3 s plus 3.5 ms per prompt token to the
-first token, 10 tokens/s, 10 ms of synthesis per character, 0.3 s per transcription; models are loaded by a
-warm-up turn first). Audio
-is streamed in real time (100 ms chunks every 100 ms), as a microphone would, so "end of speech" is the
-moment the last chunk with speech was sent. Also measured: the CPU cost per second of audio of the two VAD
-candidates (webrtcvad, which the gateway uses, and Silero VAD through onnxruntime when installed).
+first token, 10 tokens/s, 10 ms of synthesis per character, 0.3 s per transcription). One session per path
+(`device_chain: off` and `auto`) with the same models; a warm-up turn loads them (and forms the chain), then
+each turn streams speech in real time (100 ms chunks every 100 ms, as a microphone would) and runs to its
+response.done, so "end of speech" is the moment the last chunk with speech was sent. `--delays`: the device
+behind a proxy that delays every chunk that many ms each way (a gateway on another machine). `--answers`: the
+scripted engine's own answers ("You said N words: ...", first break a colon) or a fixed prose answer (first
+break a comma): where the first clause ends decides when each path can speak. Also measured: the CPU cost per
+second of audio of the two VAD candidates (webrtcvad, which the gateway uses, and Silero VAD through
+onnxruntime when installed).
 """
 
 from __future__ import annotations
