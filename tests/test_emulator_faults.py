@@ -67,6 +67,7 @@ async def test_hang_setup_blocks_the_unit_until_reset(emu: Emulator) -> None:
                 "model": LLM_SETUP["model"],
                 "state": "loading",
                 "prefill_overflows": 0,
+                "inputs": [],  # known once the setup is taken
             }
         ]
         assert (await client.call("vlm", "taskinfo"))["data"] == []  # other units are not blocked
@@ -122,6 +123,7 @@ async def test_introspection_over_the_wire_matches_in_process(emu: Emulator, cli
                 "model": LLM_SETUP["model"],
                 "state": "ready",
                 "prefill_overflows": 0,
+                "inputs": ["llm.utf-8"],
             },
             {
                 "work_id": whisper,
@@ -129,6 +131,7 @@ async def test_introspection_over_the_wire_matches_in_process(emu: Emulator, cli
                 "model": "whisper-tiny",
                 "state": "ready",
                 "prefill_overflows": 0,
+                "inputs": ["whisper.wav.base64"],
             },
         ]
     )

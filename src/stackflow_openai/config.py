@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -265,13 +266,23 @@ class ModelSettings(_Strict):
         return self
 
 
+def _chain_switch(value: Any) -> Any:
+    """YAML 1.1 reads a bare `off` as false (and `on` as true): take them as meant."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    return value
+
+
+ChainSwitch = Annotated[Literal["auto", "off"], BeforeValidator(_chain_switch)]
+
+
 class VoicePipelineSettings(_Strict):
     chat_model: str = Field(description="the chat model that answers")
     transcription_model: str | None = Field(None, description="the model that transcribes the user's audio")
     speech_model: str | None = Field(None, description="the model that speaks the answers")
     voice: str | None = Field(None, description="the speech model's voice (default: its first)")
     language: str | None = Field(None, description="the language the user speaks (whisper's code)")
-    device_chain: Literal["auto", "off"] | None = Field(
+    device_chain: ChainSwitch | None = Field(
         None, description="let the device chain asr -> llm -> melotts itself (default: realtime.device_chain)"
     )
 
@@ -282,7 +293,7 @@ class RealtimeSettings(_Strict):
         gt=0,
         description="seconds a Realtime session may stay without a client event before it is closed",
     )
-    device_chain: Literal["auto", "off"] = Field(
+    device_chain: ChainSwitch = Field(
         "off",
         description="auto: a voice turn the device can answer by itself runs on its own asr -> llm -> "
         "melotts chain, with the units reserved for the session while no other client waits for them; "

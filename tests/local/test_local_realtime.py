@@ -31,7 +31,8 @@ PIPELINE = VoicePipelineSettings(
 
 @pytest.fixture(scope="module")
 def harness(local_engine):
-    settings = Settings(realtime=RealtimeSettings(pipelines={"voice": PIPELINE}))
+    chained = PIPELINE.model_copy(update={"device_chain": "auto"})  # the device's own chain: chained.py
+    settings = Settings(realtime=RealtimeSettings(pipelines={"voice": PIPELINE, "chain": chained}))
     h = Harness(settings, engine=local_engine).start()
     yield h
     h.stop()
@@ -46,10 +47,11 @@ def _spoken(harness: Harness, text: str) -> bytes:
     return voice.content
 
 
-async def test_a_spoken_question_gets_a_spoken_answer(harness: Harness) -> None:
+@pytest.mark.parametrize("model", ["voice", "chain"])
+async def test_a_spoken_question_gets_a_spoken_answer(harness: Harness, model: str) -> None:
     question = _spoken(harness, "What is the capital of France?")
     client = openai.AsyncOpenAI(base_url=harness.base_url, api_key="unused", max_retries=0)
-    async with client.realtime.connect(model="voice") as conn:
+    async with client.realtime.connect(model=model) as conn:
         seen: list[dict] = []
         await conn.session.update(
             session={
@@ -67,6 +69,9 @@ async def test_a_spoken_question_gets_a_spoken_answer(harness: Harness) -> None:
             seen.append(event)
             if event["type"] == "response.done":
                 break
+        # On "chain" the device answered by itself: its llm took the whisper instance's output.
+        inputs = [i for unit in harness.live_instances() for i in unit.get("inputs", [])]
+        assert any(i.startswith("whisper.") for i in inputs) == (model == "chain")
     heard = next(e for e in seen if e["type"] == "conversation.item.input_audio_transcription.completed")
     assert "france" in heard["transcript"].lower()
     answer = next(e for e in seen if e["type"] == "response.output_audio_transcript.done")["transcript"]

@@ -24,8 +24,8 @@ PRIVATE TEST EXTENSION - NOT PART OF STACKFLOW. A real device answers both actio
 
 - `{"request_id":"1","work_id":"sys","action":"x_emulator_instances"}` →
   `object` "sys.x_emulator_instances", `data`: the list `Emulator.live_instances()` returns, one
-  `{"work_id","unit","model","state","prefill_overflows"}` per registered instance (state is
-  loading, ready, busy or exiting), and an extra top-level key `totals`:
+  `{"work_id","unit","model","state","prefill_overflows","inputs"}` per registered instance (state is
+  loading, ready, busy or exiting; inputs: its setup `input` and links), and an extra top-level key `totals`:
   `{"prefill_overflows","next_work_id","cmm_used","connections"}` (`Emulator.totals()`).
 - `{"request_id":"2","work_id":"sys","action":"x_emulator_faults","data":{...}}` sets fields of
   `Faults` (drop_finish, hang_setup, fail_setup, fail_setup_code, close_mid_stream, hang,

@@ -14,11 +14,11 @@ The chain is formed from three units leased for the session (one device must ser
   is exited at the end;
 - the melotts unit, `link`ed to the chat unit.
 
-While the session holds them nobody else can use these instances: on a board with one transcription and
-one speech instance, other voice sessions and HTTP speech requests wait (the cost the docs state). What
-the device answers from is its own context: the setup's system prompt, plus, on a ctx model, every turn
-it heard and said. `DeviceChain.holds` is that conversation as chat messages; the session uses the chain
-only while it equals the session's conversation (realtime/chained.py).
+While the session holds them nobody else can use these instances (a board has one transcription and one
+speech instance): the session gives them back when another client waits (realtime/chained.py). What the
+device answers from is its own context: the setup's system prompt, plus, on a ctx model, every turn it heard
+and said. `DeviceChain.holds` is that conversation as chat messages; the session uses the chain only while
+it equals the session's conversation.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ import logging
 from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stackflow_openai.audio import PcmConverter
 from stackflow_openai.backends.base import UnitSettings
 from stackflow_openai.backends.conversations import ANSWER_RESERVE, CTX_TURN_MARGIN, TURN_MARKERS
 from stackflow_openai.backends.device_lease import device_lease
@@ -48,6 +47,9 @@ from stackflow_openai.stackflow.unit import Unit, reply_text
 from stackflow_openai.tokens import TokenCounter
 
 from .pipeline import VoiceServices
+
+if TYPE_CHECKING:
+    from stackflow_openai.audio import PcmConverter
 
 __all__ = ["ChainModels", "DeviceChain", "chain_models"]
 
@@ -103,7 +105,8 @@ class DeviceChain:
         self.system_prompt = settings.system_prompt
         self._settings = settings
         self.counter = counter
-        self.holds: list[dict[str, Any]] = []  # what the device answers from, as chat messages
+        # What the device answers from, as the session's chat messages (set by the session when formed).
+        self.holds: list[dict[str, Any]] = []
         self._used = 0  # ctx model: positions its cache holds
         self._stack = AsyncExitStack()
         self._asr: Unit | None = None
@@ -139,7 +142,6 @@ class DeviceChain:
         if ledger is not None:
             self._stack.callback(ledger.mark_unknown, self._llm)  # the cache now holds this session
             self._used = self.counter.count(self.system_prompt) + TURN_MARKERS
-        self.holds = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
 
     async def _lease(self, model: ModelDescriptor, setup: dict[str, Any]) -> Unit:
         lease = device_lease(self.models.pool, model, setup, pool_size=None)
@@ -190,8 +192,7 @@ class DeviceChain:
         assert self._asr is not None and self._llm is not None and self._tts is not None
         for unit in (self._llm, self._tts):
             unit.discard_stale()  # e.g. a second end message after the last answer (protocol-notes.md 18)
-        converter = PcmConverter(_INPUT_RATE, _DEVICE_RATE)
-        pcm16 = await asyncio.to_thread(lambda: converter.feed(pcm24) + converter.finish())
+        pcm16 = await asyncio.to_thread(_resample, pcm24, _INPUT_RATE, _DEVICE_RATE)
         text, answered = await self.models.asr_backend.run(self._asr, pcm16, self._language)
         if answered:  # its output may already be queued: kept, not dropped
             self._llm.expect_output()
@@ -219,7 +220,7 @@ class DeviceChain:
         `finish:true` with the remainder's audio (or none)."""
         assert self._tts is not None
         rate = output_rate(self.models.speech, self._tts.setup)
-        converter = await asyncio.to_thread(PcmConverter, rate, _OUTPUT_RATE, speed=speed)
+        converter = await asyncio.to_thread(_converter, rate, _OUTPUT_RATE, speed)
         async with aclosing(self._tts.outputs(idle_timeout=self._idle)) as replies:
             async for reply in replies:
                 final = isinstance(reply.data, dict) and bool(reply.data.get("finish"))
@@ -241,6 +242,17 @@ class DeviceChain:
             async with aclosing(consume) as items:
                 async for _ in items:
                     break  # closing the reader pauses the llm / drains the melotts unit (unit.py)
+
+
+def _converter(source: int, target: int, speed: float) -> PcmConverter:
+    from stackflow_openai.audio import PcmConverter  # numpy + PyAV: only once a session chains (lazy import)
+
+    return PcmConverter(source, target, speed=speed)
+
+
+def _resample(pcm: bytes, source: int, target: int) -> bytes:
+    converter = _converter(source, target, 1.0)
+    return converter.feed(pcm) + converter.finish()
 
 
 def _pcm(b64: str) -> bytes:

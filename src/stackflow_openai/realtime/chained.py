@@ -72,6 +72,7 @@ class ChainSlot:
         """The chain this committed audio turn runs on, or None for the gateway's path."""
         if self.refused is not None:
             return None
+        await session.response_settled()  # a barge-in's cancelled response cleans up its units first
         reason = self._refusal(session)
         if reason is None and self.chain is None:
             try:
@@ -115,7 +116,7 @@ class ChainSlot:
         """Give the units back; the session goes on along the gateway's path."""
         if self.refused is None:
             self.refused = reason
-            log.info("realtime: not on the device chain: %s", reason)
+            log.info("realtime: off the device chain after %d turns on it: %s", self.turns, reason)
         chain, self.chain = self.chain, None
         watcher, self._watcher = self._watcher, None
         if watcher is not None and watcher is not asyncio.current_task():

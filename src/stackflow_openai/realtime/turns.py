@@ -29,7 +29,6 @@ async def transcribe(
     session: RealtimeSession, item: dict[str, Any], audio: bytes, *, respond: bool, index: int = 0
 ) -> None:
     if respond and index == 0:
-        await session.response_settled()  # a barge-in's cancelled response cleans up its units first
         chain = await session.chain.for_turn(session)
         if chain is not None and await _on_chain(session, chain, item, audio):
             return
@@ -97,5 +96,8 @@ async def _on_chain(session: RealtimeSession, chain: DeviceChain, item: dict[str
     if transcript and answered:
         await session.start_response({}, chain)
     elif answered:  # a bare "." still reaches the device's llm, which answers it: nobody asked
-        await chain.drain()
+        try:
+            await chain.drain()
+        except Exception as exc:  # a unit that does not end its output is broken: the chain goes
+            await session.chain.dissolve(f"the device chain failed ({type(exc).__name__}: {exc})")
     return True
