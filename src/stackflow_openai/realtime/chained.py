@@ -137,7 +137,7 @@ class ChainedRun(ResponseRun):
     """A response whose text comes from the chained llm and whose audio from the chained melotts unit.
 
     The unit speaks each piece of text closed by a breakpoint as one message, then the remainder with its
-    final message (backends/stackflow_speech.py `tts_segments`); the same split of the text pairs each
+    final message (protocol-notes.md 32); the same split of the text pairs each
     message with its transcript, so barge-in and truncation keep exactly what was heard, as on the
     gateway's path."""
 
