@@ -226,3 +226,22 @@ async def test_the_chain_gives_its_units_back_when_another_client_needs_them(har
     assert next(e for e in after if e["type"] == "response.done")["response"]["status"] == "completed"
     assert _spoken(after)[0]
     harness.assert_no_leak()
+
+
+async def test_a_device_failing_mid_answer_fails_the_response_and_the_gateway_takes_over(
+    harness: Harness,
+) -> None:
+    async with _client(harness).realtime.connect(model="ctx") as conn:
+        await _open(conn)
+        # The llm's connection is dropped mid-answer:
+        harness.call(lambda: setattr(harness.emulator.faults, "close_mid_stream", 1))
+        seen = await _turn(conn, "Hello there")
+        done = next(e for e in seen if e["type"] == "response.done")
+        assert done["response"]["status"] == "failed"
+        error = next(e for e in seen if e["type"] == "error")["error"]
+        assert error["type"] == "server_error" and "stopped answering" in error["message"]
+        after = await _turn(conn, "Are you there")  # the broken chain is gone: the gateway's path answers
+        assert next(e for e in after if e["type"] == "response.done")["response"]["status"] == "completed"
+        assert _spoken(after)[0]
+        _wait_unchained(harness)
+    harness.assert_no_leak(timeout=15)

@@ -27,12 +27,12 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import AsyncGenerator
-from contextlib import AsyncExitStack, aclosing
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import AsyncExitStack, aclosing, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stackflow_openai.backends.base import UnitSettings
+from stackflow_openai.backends.base import BackendUnavailable, UnitSettings
 from stackflow_openai.backends.conversations import ANSWER_RESERVE, CTX_TURN_MARGIN, TURN_MARKERS
 from stackflow_openai.backends.device_lease import device_lease
 from stackflow_openai.backends.devices import DeviceRouter
@@ -40,6 +40,7 @@ from stackflow_openai.backends.stackflow_audio import StackFlowTranscriptionBack
 from stackflow_openai.backends.stackflow_chat import StackFlowChatBackend, chat_setup
 from stackflow_openai.backends.stackflow_speech import StackFlowSpeechBackend, output_rate
 from stackflow_openai.services.events import ChoiceFinished, ChoiceText
+from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, DeviceTimeout
 from stackflow_openai.stackflow.models import ModelDescriptor
 from stackflow_openai.stackflow.pool import DevicePool
 from stackflow_openai.stackflow.setups import melotts_setup
@@ -208,11 +209,12 @@ class DeviceChain:
         """The llm's answer as the chat core's events: text deltas, then one ChoiceFinished."""
         assert self._llm is not None
         text = ""
-        async with aclosing(self._llm.outputs(idle_timeout=self._idle)) as replies:
-            async for reply in replies:
-                if piece := reply_text(reply):
-                    text += piece
-                    yield ChoiceText(0, piece)
+        with _device_errors("the device's llm"):
+            async with aclosing(self._llm.outputs(idle_timeout=self._idle)) as replies:
+                async for reply in replies:
+                    if piece := reply_text(reply):
+                        text += piece
+                        yield ChoiceText(0, piece)
         yield ChoiceFinished(0, "stop", text, self.counter.count(text))
 
     async def speech(self, speed: float) -> AsyncGenerator[tuple[bytes, bool], None]:
@@ -221,13 +223,14 @@ class DeviceChain:
         assert self._tts is not None
         rate = output_rate(self.models.speech, self._tts.setup)
         converter = await asyncio.to_thread(_converter, rate, _OUTPUT_RATE, speed)
-        async with aclosing(self._tts.outputs(idle_timeout=self._idle)) as replies:
-            async for reply in replies:
-                final = isinstance(reply.data, dict) and bool(reply.data.get("finish"))
-                pcm = await asyncio.to_thread(converter.feed, _pcm(reply_text(reply)))
-                if final:
-                    pcm += await asyncio.to_thread(converter.finish)
-                yield pcm, final
+        with _device_errors("the device's melotts"):
+            async with aclosing(self._tts.outputs(idle_timeout=self._idle)) as replies:
+                async for reply in replies:
+                    final = isinstance(reply.data, dict) and bool(reply.data.get("finish"))
+                    pcm = await asyncio.to_thread(converter.feed, _pcm(reply_text(reply)))
+                    if final:
+                        pcm += await asyncio.to_thread(converter.finish)
+                    yield pcm, final
 
     def record(self, user: str, reply: str) -> None:
         """A completed turn: a ctx model keeps it (a single-turn model answers from its setup alone)."""
@@ -242,6 +245,18 @@ class DeviceChain:
             async with aclosing(consume) as items:
                 async for _ in items:
                     break  # closing the reader pauses the llm / drains the melotts unit (unit.py)
+
+
+@contextmanager
+def _device_errors(stage: str) -> Iterator[None]:
+    """A unit that fails or falls silent mid-answer: the error the gateway's own path gives (the unit is
+    marked broken by unit.py, so the chain is dissolved before the next turn)."""
+    try:
+        yield
+    except (DeviceTimeout, ConnectionLost) as exc:
+        raise BackendUnavailable(f"{stage} stopped answering: {exc}") from exc
+    except DeviceError as exc:
+        raise BackendUnavailable(f"{stage} failed: {exc}") from exc
 
 
 def _converter(source: int, target: int, speed: float) -> PcmConverter:
