@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 
@@ -245,3 +246,27 @@ async def test_a_device_failing_mid_answer_fails_the_response_and_the_gateway_ta
         assert _spoken(after)[0]
         _wait_unchained(harness)
     harness.assert_no_leak(timeout=15)
+
+
+async def test_an_empty_transcript_gets_no_answer_though_the_device_answers_it(harness: Harness) -> None:
+    """Whisper sends "." for speech it cannot make out, and the chained llm answers even that: the gateway
+    asks for no response, drains the device's answer, and the session goes on."""
+    async with _client(harness).realtime.connect(model="ctx") as conn:
+        await _open(conn)
+        mumble = (np.frombuffer(speech_24k("Hello there how are you"), "<i2") * 0.05).astype("<i2").tobytes()
+        pcm = silence_24k(0.3) + mumble + silence_24k(1.0)  # voiced for the VAD, silence for the transcriber
+        for start in range(0, len(pcm), 9600):
+            await conn.input_audio_buffer.append(audio=b64(pcm[start : start + 9600]))
+        seen: list[dict[str, Any]] = []
+        heard = await until(conn, "conversation.item.input_audio_transcription.completed", seen)
+        assert heard["transcript"] == ""
+        await until(conn, "conversation.item.done", seen)
+        melotts = next(w for w, _ in _chained(harness) if w.startswith("melotts."))
+        after = await _turn(conn, "Hello there")  # answered, by whichever path: nothing is left in the way
+        assert not any(e["type"] == "response.created" for e in seen)
+        assert next(e for e in after if e["type"] == "response.done")["response"]["status"] == "completed"
+        assert _spoken(after)[0]
+    _wait_unchained(harness)
+    harness.assert_no_leak()
+    assert not any(i["state"] == "busy" for i in harness.live_instances())
+    assert melotts in harness.pool_work_ids()  # given back clean (drained), not exited as left busy
