@@ -50,6 +50,7 @@ from .prompt import Conversation
 from .registry import ModelRegistry, resolve_model
 from .responses_background import ORPHANED, BackgroundRuns
 from .responses_input import ParsedInput, item_id, normalize_input, to_conversation
+from .responses_live import LiveResponses
 from .responses_output import ResponseHead
 from .responses_run import collect_response, replay_events, stream_response
 from .responses_tools import echo_tools, output_spec
@@ -97,6 +98,7 @@ class ResponsesService:
         self._planner = PlanBuilder(tokenizers, images)
         self._store = store
         self._background = BackgroundRuns()
+        self._live = LiveResponses()  # running now, not stored yet: GET shows them in_progress
 
     async def close(self) -> None:
         """Cancel the background responses still running (the gateway is stopping)."""
@@ -135,12 +137,13 @@ class ResponsesService:
         save = _Saver(
             self._store, owner, request.previous_response_id, parsed.items, request.store is not False
         )
+        live = self._live.tracker(owner) if save.enabled else None
         if request.background:
-            return JsonResult(await self._background.start(plan, head, save), headers)
+            return JsonResult(await self._background.start(plan, head, save, live), headers)
         if request.stream:
             usage: dict[str, int] = {}
-            return StreamResult(stream_response(plan, head, save, usage), headers, usage)
-        return JsonResult(await collect_response(plan, head, save), headers)
+            return StreamResult(stream_response(plan, head, save, usage, live), headers, usage)
+        return JsonResult(await collect_response(plan, head, save, live), headers)
 
     async def _conversation(
         self, request: ResponseCreateRequest, parsed: ParsedInput, owner: str, spec: OutputSpec
@@ -168,6 +171,9 @@ class ResponsesService:
         return to_conversation(request.instructions, history, parsed.items, spec.tool_format)
 
     async def retrieve(self, response_id: str, *, owner: str = "") -> dict[str, Any]:
+        running = self._live.get(response_id, owner)
+        if running is not None:
+            return running
         body = (await self._get(response_id, owner)).response
         if body.get("status") in ("queued", "in_progress") and not self._background.running(response_id):
             return {**body, "status": "failed", "error": ORPHANED}  # its task died with an earlier gateway

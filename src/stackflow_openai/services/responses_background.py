@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from .common import GenerationPlan
+from .responses_live import Live
 from .responses_output import ResponseHead
 from .responses_run import Save, collect_response, failure, save_quietly
 
@@ -32,18 +33,21 @@ class BackgroundRuns:
     def running(self, response_id: str) -> bool:
         return response_id in self._tasks
 
-    async def start(self, plan: GenerationPlan, head: ResponseHead, save: Save) -> dict[str, Any]:
-        """Store the response as `queued` and start generating it; the queued Response object."""
+    async def start(
+        self, plan: GenerationPlan, head: ResponseHead, save: Save, live: Live | None = None
+    ) -> dict[str, Any]:
+        """Store the response as `queued` and start generating it; the queued Response object (shown
+        `in_progress` by `live` while the device generates it)."""
         queued = head.body("queued", [])
         await save(queued)
-        task = asyncio.create_task(self._run(plan, head, save), name=f"background {head.id}")
+        task = asyncio.create_task(self._run(plan, head, save, live), name=f"background {head.id}")
         self._tasks[head.id] = task
         task.add_done_callback(lambda _task: self._tasks.pop(head.id, None))
         return queued
 
-    async def _run(self, plan: GenerationPlan, head: ResponseHead, save: Save) -> None:
+    async def _run(self, plan: GenerationPlan, head: ResponseHead, save: Save, live: Live | None) -> None:
         try:
-            await collect_response(plan, head, save)
+            await collect_response(plan, head, save, live)
         except asyncio.CancelledError:
             await save_quietly(save, head.body("cancelled", []))
             raise

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from typing import Any
 
 import anyio
@@ -30,6 +30,7 @@ from stackflow_openai.errors import APIError, to_openai_error
 from .common import GenerationPlan, collect_choices
 from .events import ChoiceFinished, ChoiceReasoning, ChoiceText, ChoiceToolCall, ToolCall
 from .responses_input import item_id
+from .responses_live import Live
 from .responses_output import (
     ResponseEvents,
     ResponseHead,
@@ -71,9 +72,12 @@ def _final(
     )
 
 
-async def collect_response(plan: GenerationPlan, head: ResponseHead, save: Save) -> dict[str, Any]:
+async def collect_response(
+    plan: GenerationPlan, head: ResponseHead, save: Save, live: Live | None = None
+) -> dict[str, Any]:
     try:
-        [finished], _usage = await collect_choices(plan)
+        with live(head.id, lambda: head.body("in_progress", [])) if live else nullcontext():
+            [finished], _usage = await collect_choices(plan)
     except APIError as exc:  # e.g. no valid tool call after the re-ask: named in this API's terms
         raise responses_error(exc) from None
     output = []
@@ -160,42 +164,48 @@ def failure(exc: Exception) -> dict[str, str]:
 
 
 async def stream_response(
-    plan: GenerationPlan, head: ResponseHead, save: Save, usage_out: dict[str, int]
+    plan: GenerationPlan,
+    head: ResponseHead,
+    save: Save,
+    usage_out: dict[str, int],
+    live: Live | None = None,
 ) -> AsyncGenerator[bytes, None]:
     events = ResponseEvents()
     output = _StreamOutput(events)
     outcome: dict[str, Any] | None = None  # the final Response object, once there is one
     async with aclosing(plan.events(stream=True)) as source:
         await anext(source)  # ChoiceStarted: the device accepted the input (errors: an HTTP status)
-        try:
-            yield events.event("response.created", response=head.body("in_progress", []))
-            yield events.event("response.in_progress", response=head.body("in_progress", []))
-            finished: ChoiceFinished | None = None
-            async for event in source:
-                if type(event) is ChoiceText:
-                    frames = output.text(event.text)
-                elif type(event) is ChoiceReasoning:
-                    frames = output.reasoning(event.text)
-                elif type(event) is ChoiceToolCall:
-                    frames = output.tool_call(event.call)
-                else:
-                    assert isinstance(event, ChoiceFinished)
-                    finished, frames = event, output.finish(event)
-                for frame in frames:
-                    yield frame
-            assert finished is not None
-            outcome = _final(head, plan, finished, output.items)
-            usage_out.update(plan.usage(finished.completion_tokens).model_dump())
-            await save(outcome)
-            kind = "response.completed" if outcome["status"] == "completed" else "response.incomplete"
-            yield events.event(kind, response=outcome)
-        except Exception as exc:  # the 200 is out: report in-band, as OpenAI does
-            outcome = head.body("failed", output.partial(), error=failure(exc))
-            await save_quietly(save, outcome)
-            yield events.event("response.failed", response=outcome)
-        finally:
-            if outcome is None:  # the client went away (this generator is being closed)
-                await save_quietly(save, head.body("cancelled", output.partial()))
+        # Visible to GET /v1/responses/{id} until it is saved (responses_live.py).
+        with live(head.id, lambda: head.body("in_progress", output.partial())) if live else nullcontext():
+            try:
+                yield events.event("response.created", response=head.body("in_progress", []))
+                yield events.event("response.in_progress", response=head.body("in_progress", []))
+                finished: ChoiceFinished | None = None
+                async for event in source:
+                    if type(event) is ChoiceText:
+                        frames = output.text(event.text)
+                    elif type(event) is ChoiceReasoning:
+                        frames = output.reasoning(event.text)
+                    elif type(event) is ChoiceToolCall:
+                        frames = output.tool_call(event.call)
+                    else:
+                        assert isinstance(event, ChoiceFinished)
+                        finished, frames = event, output.finish(event)
+                    for frame in frames:
+                        yield frame
+                assert finished is not None
+                outcome = _final(head, plan, finished, output.items)
+                usage_out.update(plan.usage(finished.completion_tokens).model_dump())
+                await save(outcome)
+                kind = "response.completed" if outcome["status"] == "completed" else "response.incomplete"
+                yield events.event(kind, response=outcome)
+            except Exception as exc:  # the 200 is out: report in-band, as OpenAI does
+                outcome = head.body("failed", output.partial(), error=failure(exc))
+                await save_quietly(save, outcome)
+                yield events.event("response.failed", response=outcome)
+            finally:
+                if outcome is None:  # the client went away (this generator is being closed)
+                    await save_quietly(save, head.body("cancelled", output.partial()))
 
 
 async def save_quietly(save: Save, body: dict[str, Any]) -> None:
