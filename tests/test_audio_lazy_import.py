@@ -1,4 +1,5 @@
-"""numpy and PyAV (~28 MiB of RSS) load on the first audio request, not when the gateway starts.
+"""numpy and PyAV (~28 MiB of RSS) load on the first audio request, not when the gateway starts; httpx
+(~100 ms to import) on the first image URL fetch.
 
 Checked in fresh processes, so what other tests imported cannot hide an eager import: a device emulator
 (scripted engine) in one, and in the other a gateway built as `stackflow-openai serve --device` builds
@@ -102,3 +103,43 @@ def test_a_gateway_loads_numpy_and_pyav_only_when_audio_is_requested():
     status, size, loaded = report["speech"]
     assert status == 200 and size > 0
     assert loaded == HEAVY  # the same process then serves audio: they were loaded on demand
+
+
+LAZY_HTTPX_SCRIPT = """
+import argparse, asyncio, json, sys
+
+from stackflow_openai.app import create_app
+from stackflow_openai.backends.registry import GatewayRegistry
+from stackflow_openai.serve import build_settings, http_settings
+from stackflow_openai.services.images import ImageLoader, ImagePolicy
+from stackflow_openai.services.prompt import ImageRef
+
+settings = build_settings(argparse.Namespace(device=["127.0.0.1:9"], host="127.0.0.1", port=0))
+create_app(GatewayRegistry(settings), http_settings(settings))
+report = {"built": "httpx" in sys.modules}
+
+
+async def fetch():
+    loader = ImageLoader(ImagePolicy(fetch_timeout=2))
+    try:
+        await loader.load(ImageRef("http://image.invalid/a.png", "messages[0].content[0].image_url"))
+    except Exception as exc:  # .invalid never resolves: the 400 a client gets
+        report["error"] = getattr(exc, "code", type(exc).__name__)
+    finally:
+        await loader.aclose()
+
+
+asyncio.run(fetch())
+report["fetched"] = "httpx" in sys.modules
+print(json.dumps(report))
+"""
+
+
+def test_httpx_loads_with_the_first_image_url_fetch_not_at_start():
+    """httpx (~100 ms to import) serves image URLs and openai_proxy models only: a gateway without either
+    never loads it."""
+    script = [sys.executable, "-c", LAZY_HTTPX_SCRIPT]
+    run = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report == {"built": False, "error": "image_fetch_failed", "fetched": True}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stackflow_openai.config import ModelSettings, Settings
 from stackflow_openai.languages import WHISPER_LANGUAGES
@@ -18,10 +18,12 @@ from stackflow_openai.stackflow.models import ModelDescriptor
 
 from .base import ModelEntry
 from .devices import Device, DeviceRouter
-from .openai_proxy import OpenAIProxyBackend
 from .stackflow_audio import StackFlowTranscriptionBackend
 from .stackflow_chat import StackFlowChatBackend
 from .stackflow_speech import SPEECH_UNITS, SpeechVoice, StackFlowSpeechBackend
+
+if TYPE_CHECKING:
+    from .openai_proxy import OpenAIProxyBackend
 
 __all__ = ["OPENAI_VOICES", "Catalogue", "EntryBuilder"]
 
@@ -129,6 +131,8 @@ class EntryBuilder:
             if proxy is None:
                 assert conf.base_url is not None  # checked by ModelSettings
                 key = conf.api_key.get_secret_value() if conf.api_key else None
+                from .openai_proxy import OpenAIProxyBackend  # httpx (~100 ms): only with a proxy model
+
                 proxy = OpenAIProxyBackend(conf.base_url, upstream_model=conf.model or model_id,
                                            api_key=key, timeout=conf.timeout)  # fmt: skip
                 self.proxies[model_id] = proxy
