@@ -109,10 +109,12 @@ class FakeTranscriptionBackend:
 
 
 class _FakeChatUnit:
+    stopped_at_capacity = False
+
     def __init__(self, owner: FakeChatBackend) -> None:
         self.owner = owner
 
-    async def generate(self, prompt: str, *, images: list[bytes]) -> AsyncIterator[str]:
+    async def generate(self, prompt: str, *, images: list[bytes], turn: Any = None) -> AsyncIterator[str]:
         self.owner.prompts.append(prompt)
         for piece in ("EN: ", prompt.upper()):
             yield piece

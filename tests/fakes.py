@@ -109,10 +109,12 @@ class FakeChatBackend:
 
 
 class FakeUnit:
+    stopped_at_capacity = False
+
     def __init__(self, backend: FakeChatBackend) -> None:
         self._backend = backend
 
-    async def generate(self, prompt: str, *, images: list[bytes]) -> AsyncIterator[str]:
+    async def generate(self, prompt: str, *, images: list[bytes], turn: Any = None) -> AsyncIterator[str]:
         record = Generation(prompt, list(images))
         self._backend.generations.append(record)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -141,7 +142,7 @@ class CapacityUnit:
 
     stopped_at_capacity = False
 
-    async def generate(self, prompt: str, *, images: list[bytes]) -> AsyncIterator[str]:
+    async def generate(self, prompt: str, *, images: list[bytes], turn: Any = None) -> AsyncIterator[str]:
         self.stopped_at_capacity = False
         for piece in ("one", " two"):
             yield piece

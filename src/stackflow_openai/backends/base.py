@@ -94,13 +94,17 @@ class UnitSettings:
 
 
 class ChatUnit(Protocol):
+    # The last generation was ended by the device at its decode mask, not by the model: its finish reason
+    # is `length` (only a ctx unit's turn can end there unseen: backends/stackflow_chat.py).
+    stopped_at_capacity: bool
+
     def generate(self, prompt: str, *, images: list[bytes], turn: Any = None) -> AsyncIterator[str]:
         """Text deltas of one generation. Closing the iterator early (aclose) stops the generation on the
         device (pause) and leaves the unit clean for the next generate.
 
-        `turn` is given only for a ctx model (`info.context_len > 0`): a backends.conversations.
+        `turn` is set only for a ctx model (`info.context_len > 0`): a backends.conversations.
         ConversationTurn; the unit then sends only the new message when its cache holds the conversation.
-        (Typed Any: this module sits below conversations.py; single-turn units need not accept it.)"""
+        (Typed Any: this module sits below conversations.py.)"""
         ...
 
 

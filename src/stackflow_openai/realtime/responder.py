@@ -1,7 +1,8 @@
 """One Realtime response: the conversation → the chat core → text, and sentence by sentence → speech.
 
-Pipelined for latency: the chat plan streams text; each complete sentence is queued for speech at once
-while the model goes on generating, and its pcm16 24 kHz audio is sent in 200 ms deltas as it comes. In
+Pipelined for latency: the chat plan streams text; the first clause, then each complete sentence, is queued
+for speech at once while the model goes on generating (`SentenceSplitter`), and its pcm16 24 kHz audio is
+sent in 200 ms deltas as it comes. In
 audio mode the transcript delta of a sentence is sent when its audio starts, so the transcript never runs
 ahead of what the user can hear; after a barge-in the item keeps exactly the sentences whose audio was
 sent (`Spoken`), and `conversation.item.truncate` can cut it further to what was played.

@@ -267,12 +267,7 @@ async def generate_choices(
         for index, job in enumerate(jobs):
             answer_filter = filters(index) if filters is not None else None
             limiter = OutputLimiter(counter, stops=stops, budget=job.budget, room=job.room)
-            # `turn` only for a ctx model: single-turn units (and test fakes) keep their signature.
-            deltas = (
-                unit.generate(job.prompt, images=job.images)
-                if job.turn is None
-                else unit.generate(job.prompt, images=job.images, turn=job.turn)
-            )
+            deltas = unit.generate(job.prompt, images=job.images, turn=job.turn)
             reader = _ChoiceReader(deltas, limiter)
             try:
                 async with aclosing(_read_choice(reader, index, answer_filter, stream=stream)) as events:
@@ -282,7 +277,7 @@ async def generate_choices(
                 await reader.close()
             text = limiter.text
             reason = limiter.finish_reason
-            if reason == "stop" and getattr(unit, "stopped_at_capacity", False):
+            if reason == "stop" and unit.stopped_at_capacity:
                 reason = "length"  # a ctx unit's decode mask ended it (backends/stackflow_chat.py)
             if answer_filter is None:
                 yield ChoiceFinished(index, reason, text, counter.count(text))
