@@ -59,7 +59,7 @@ def _parse_url(ref: ImageRef, parse: Callable[[], httpx.URL]) -> httpx.URL:
 
 
 class ImageFetcher:
-    """One http(s) image fetch at a time per call; the client is shared (no keep-alive)."""
+    """Fetches image URLs under the rules images.py lists, on one shared client (without keep-alive)."""
 
     def __init__(self, policy: ImagePolicy, client: httpx.AsyncClient, resolver: Resolver) -> None:
         self.policy = policy
