@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 LLM = "qwen2.5-0.5B-p256-ax630c"
+# A prompt and the scripted engine's answer to it: what the overhead benchmarks check every reply against.
+PROMPT = "alpha beta gamma delta"
+EXPECTED = "You said 4 words: alpha beta gamma delta."
 HERE = Path(__file__).resolve().parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _IO_TIMEOUT = 60.0  # every wait of the load client is bounded

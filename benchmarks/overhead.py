@@ -24,7 +24,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from _bench import (
+    EXPECTED,
     LLM,
+    PROMPT,
     RawHttp,
     chat_body,
     cpu_seconds,
@@ -40,8 +42,6 @@ from stackflow_openai.stackflow.client import DeviceClient
 from stackflow_openai.stackflow.setups import llm_setup
 from stackflow_openai.stackflow.unit import Unit
 
-PROMPT = "alpha beta gamma delta"
-EXPECTED = "You said 4 words: alpha beta gamma delta."
 PATH = "/v1/chat/completions"
 
 

@@ -24,7 +24,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from _bench import (
+    EXPECTED,
     LLM,
+    PROMPT,
     RawHttp,
     chat_body,
     cpu_seconds,
@@ -35,8 +37,6 @@ from _bench import (
     summary,
 )
 
-PROMPT = "alpha beta gamma delta"
-EXPECTED = "You said 4 words: alpha beta gamma delta."
 PATHS = ("chat", "responses", "stored")
 
 

@@ -273,6 +273,15 @@ class StackFlowChatBackend:
             else None
         )
 
+    async def reset_context(self, unit: Unit) -> None:
+        """A unit of a ctx model back to its system prompt alone, if its cache may hold anything else
+        (a leased unit about to be chained on the device: realtime/chain.py)."""
+        ledger = self.conversations
+        if ledger is None or ledger.is_fresh(unit):
+            return
+        await _DeviceChatUnit(unit, self.info.vision, self.idle_timeout)._reset_context()
+        ledger.forget(unit)
+
     @asynccontextmanager
     async def lease(
         self, settings: UnitSettings, *, conversation: str | None = None

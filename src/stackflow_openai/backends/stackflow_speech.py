@@ -46,7 +46,16 @@ from .device_lease import device_lease
 if TYPE_CHECKING:
     from stackflow_openai.audio import PcmConverter
 
-__all__ = ["SPEECH_UNITS", "SpeechVoice", "StackFlowSpeechBackend", "output_rate", "tts_segments"]
+__all__ = [
+    "SPEECH_UNITS",
+    "BreakpointSplitter",
+    "SpeechVoice",
+    "StackFlowSpeechBackend",
+    "decode_pcm",
+    "output_rate",
+    "pcm_converter",
+    "tts_segments",
+]
 
 SPEECH_UNITS = ("melotts", "tts", "cosy_voice")
 # The tts units end a segment on each of these characters and synthesize every segment separately (§5.4).
@@ -65,24 +74,35 @@ class SpeechVoice:
     prompt_dir: str | None = None
 
 
-def tts_segments(text: str) -> list[str]:
-    """The pieces the tts and melotts units synthesize for `text`, one message each on tts.
+class BreakpointSplitter:
+    """The tts and melotts units' own cut of their input (`task_user_data` in main_tts / main_melotts,
+    `is_breakpoint`: protocol-notes.md 32), fed piece by piece: every breakpoint character closes a piece,
+    even one holding nothing else; `flush` gives the remainder, which the unit speaks with "." appended."""
 
-    Mirrors `task_user_data` in main_tts / main_melotts: every breakpoint character closes a segment,
-    even one holding nothing else ("Hi.." is "Hi." and "."), and a non-empty remainder, however blank
-    (" ", "\n"), is spoken with "." appended. Counting any other way leaves device messages unread,
-    and they then arrive in the next request on the same instance.
-    """
-    segments: list[str] = []
-    pending = ""
-    for char in text:
-        pending += char
-        if char in BREAKPOINTS:
-            segments.append(pending)
-            pending = ""
-    if pending:
-        segments.append(pending + ".")
-    return segments
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def feed(self, text: str) -> list[str]:
+        pieces: list[str] = []
+        for char in text:
+            self._pending += char
+            if char in BREAKPOINTS:
+                pieces.append(self._pending)
+                self._pending = ""
+        return pieces
+
+    def flush(self) -> list[str]:
+        rest, self._pending = self._pending, ""
+        return [rest] if rest else []
+
+
+def tts_segments(text: str) -> list[str]:
+    """The pieces the tts and melotts units synthesize for `text`, one message each on tts: "Hi.." is
+    "Hi." and ".", and a non-empty remainder, however blank (" ", "\n"), is spoken with "." appended.
+    Counting any other way leaves device messages unread, and they then arrive in the next request on
+    the same instance."""
+    splitter = BreakpointSplitter()
+    return splitter.feed(text) + [rest + "." for rest in splitter.flush()]
 
 
 def device_tts_text(text: str, *, close: bool = False) -> str:
@@ -109,17 +129,19 @@ def output_rate(model: ModelDescriptor, setup: Mapping[str, Any]) -> int:
     return COSY_DEFAULT_RATE if model.unit == "cosy_voice" else SPEECH_RATE
 
 
-def _pcm(reply_b64: str) -> bytes:
+def decode_pcm(reply_b64: str) -> bytes:
+    """The PCM of one speech unit message (empty for an end message)."""
     try:
         return base64.b64decode(reply_b64, validate=True) if reply_b64 else b""
     except (binascii.Error, ValueError) as exc:
         raise BackendUnavailable(f"the device sent undecodable audio: {exc}") from exc
 
 
-def _converter(rate: int) -> PcmConverter:
-    from stackflow_openai.audio import PcmConverter  # numpy + PyAV: only when a unit is not at 16 kHz
+def pcm_converter(rate: int, target: int = SPEECH_RATE, speed: float = 1.0) -> PcmConverter:
+    """A resampler from a unit's rate; imported here, so that numpy and PyAV load only when one is needed."""
+    from stackflow_openai.audio import PcmConverter
 
-    return PcmConverter(rate, SPEECH_RATE)
+    return PcmConverter(rate, target, speed=speed)
 
 
 class StackFlowSpeechBackend:
@@ -161,7 +183,7 @@ class StackFlowSpeechBackend:
         if not text:
             return  # the units drop empty input without a reply
         rate = output_rate(target.model, setup)
-        converter = None if rate == SPEECH_RATE else await asyncio.to_thread(_converter, rate)
+        converter = None if rate == SPEECH_RATE else await asyncio.to_thread(pcm_converter, rate)
         try:
             async with device_lease(self.pool, target.model, setup, pool_size=None) as unit:
                 async for pcm in driver(unit, text):
@@ -180,7 +202,7 @@ class StackFlowSpeechBackend:
         """One inference, read up to its (first) `finish:true` message."""
         await unit.infer(text, object=TTS_TEXT_INPUT)
         async for reply in unit.outputs(idle_timeout=self.idle_timeout):
-            if pcm := _pcm(reply_text(reply)):
+            if pcm := decode_pcm(reply_text(reply)):
                 yield pcm
 
     async def _counted_segments(self, unit: Unit, text: str) -> AsyncIterator[bytes]:
@@ -192,7 +214,7 @@ class StackFlowSpeechBackend:
             while received < expected:
                 async for reply in unit.outputs(idle_timeout=self.idle_timeout):
                     received += 1
-                    yield _pcm(reply_text(reply))
+                    yield decode_pcm(reply_text(reply))
         finally:
             if received < expected:
                 # Stopped early (client gone, -11, timeout): the unit looks idle between segments but
@@ -220,5 +242,5 @@ class StackFlowSpeechBackend:
         """The next non-empty message: 1.7's empty end messages (maybe the last segment's) are skipped."""
         while True:
             async for reply in unit.outputs(idle_timeout=self.idle_timeout):
-                if pcm := _pcm(reply_text(reply)):
+                if pcm := decode_pcm(reply_text(reply)):
                     return pcm

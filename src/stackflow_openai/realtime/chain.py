@@ -24,13 +24,11 @@ it equals the session's conversation.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import AsyncExitStack, aclosing, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stackflow_openai.backends.base import BackendUnavailable, UnitSettings
 from stackflow_openai.backends.conversations import ANSWER_RESERVE, CTX_TURN_MARGIN, TURN_MARKERS
@@ -38,7 +36,12 @@ from stackflow_openai.backends.device_lease import device_lease
 from stackflow_openai.backends.devices import DeviceRouter
 from stackflow_openai.backends.stackflow_audio import StackFlowTranscriptionBackend
 from stackflow_openai.backends.stackflow_chat import StackFlowChatBackend, chat_setup
-from stackflow_openai.backends.stackflow_speech import StackFlowSpeechBackend, output_rate
+from stackflow_openai.backends.stackflow_speech import (
+    StackFlowSpeechBackend,
+    decode_pcm,
+    output_rate,
+    pcm_converter,
+)
 from stackflow_openai.services.events import ChoiceFinished, ChoiceText
 from stackflow_openai.stackflow.errors import ConnectionLost, DeviceError, DeviceTimeout
 from stackflow_openai.stackflow.models import ModelDescriptor
@@ -48,9 +51,6 @@ from stackflow_openai.stackflow.unit import Unit, reply_text
 from stackflow_openai.tokens import TokenCounter
 
 from .pipeline import VoiceServices
-
-if TYPE_CHECKING:
-    from stackflow_openai.audio import PcmConverter
 
 __all__ = ["ChainModels", "DeviceChain", "chain_models"]
 
@@ -126,7 +126,7 @@ class DeviceChain:
             setup = chat_setup(models.chat, self._settings)
             if models.asr.unit == "asr":
                 self._llm = await self._lease(models.chat, setup)
-                await self._prepare_context(self._llm)
+                await models.chat_backend.reset_context(self._llm)  # it may hold another conversation
                 await self._llm.link(self._asr.work_id)
                 self._stack.push_async_callback(self._unlink, self._llm, self._asr.work_id)
             else:  # whisper: only an llm set up naming it takes its output (llm `link` refuses it)
@@ -147,16 +147,6 @@ class DeviceChain:
     async def _lease(self, model: ModelDescriptor, setup: dict[str, Any]) -> Unit:
         lease = device_lease(self.models.pool, model, setup, pool_size=None)
         return await self._stack.enter_async_context(lease)
-
-    async def _prepare_context(self, llm: Unit) -> None:
-        """A pooled ctx unit may hold another conversation: back to the system prompt alone."""
-        ledger = self.models.chat_backend.conversations
-        if ledger is None or ledger.is_fresh(llm):
-            return
-        async with aclosing(llm.generate("reset", idle_timeout=self._idle)) as replies:
-            async for _ in replies:
-                pass
-        ledger.forget(llm)
 
     @staticmethod
     async def _unlink(unit: Unit, source: str) -> None:
@@ -222,12 +212,12 @@ class DeviceChain:
         `finish:true` with the remainder's audio (or none)."""
         assert self._tts is not None
         rate = output_rate(self.models.speech, self._tts.setup)
-        converter = await asyncio.to_thread(_converter, rate, _OUTPUT_RATE, speed)
+        converter = await asyncio.to_thread(pcm_converter, rate, _OUTPUT_RATE, speed)
         with _device_errors("the device's melotts"):
             async with aclosing(self._tts.outputs(idle_timeout=self._idle)) as replies:
                 async for reply in replies:
                     final = isinstance(reply.data, dict) and bool(reply.data.get("finish"))
-                    pcm = await asyncio.to_thread(converter.feed, _pcm(reply_text(reply)))
+                    pcm = await asyncio.to_thread(converter.feed, decode_pcm(reply_text(reply)))
                     if final:
                         pcm += await asyncio.to_thread(converter.finish)
                     yield pcm, final
@@ -259,20 +249,6 @@ def _device_errors(stage: str) -> Iterator[None]:
         raise BackendUnavailable(f"{stage} failed: {exc}") from exc
 
 
-def _converter(source: int, target: int, speed: float) -> PcmConverter:
-    from stackflow_openai.audio import PcmConverter  # numpy + PyAV: only once a session chains (lazy import)
-
-    return PcmConverter(source, target, speed=speed)
-
-
 def _resample(pcm: bytes, source: int, target: int) -> bytes:
-    converter = _converter(source, target, 1.0)
+    converter = pcm_converter(source, target)
     return converter.feed(pcm) + converter.finish()
-
-
-def _pcm(b64: str) -> bytes:
-    try:
-        return base64.b64decode(b64, validate=True) if b64 else b""
-    except (binascii.Error, ValueError):
-        log.warning("the device sent undecodable audio: dropped")
-        return b""

@@ -25,12 +25,11 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-from stackflow_openai.backends.stackflow_speech import BREAKPOINTS
-from stackflow_openai.services.events import ChoiceText
+from stackflow_openai.backends.stackflow_speech import BreakpointSplitter
 from stackflow_openai.services.reasoning import default_reasoning
 
 from .chain import DeviceChain, chain_models
-from .responder import ResponseRun
+from .responder import ResponseRun, Splitter
 
 if TYPE_CHECKING:
     from .pipeline import VoiceServices
@@ -137,7 +136,7 @@ class ChainedRun(ResponseRun):
     """A response whose text comes from the chained llm and whose audio from the chained melotts unit.
 
     The unit speaks each piece of text closed by a breakpoint as one message, then the remainder with its
-    final message (protocol-notes.md 32); the same split of the text pairs each
+    final message (protocol-notes.md 32); the same cut of the text (`BreakpointSplitter`) pairs each
     message with its transcript, so barge-in and truncation keep exactly what was heard, as on the
     gateway's path."""
 
@@ -147,38 +146,17 @@ class ChainedRun(ResponseRun):
         self._chain = chain
         self._speed = speed
 
-    async def _run_audio(self) -> None:
-        segments: asyncio.Queue[str | None] = asyncio.Queue()
-        speaker = asyncio.create_task(self._play(segments))
-        try:
-            pending = ""
-            async with aclosing(self._events) as events:  # type: ignore[type-var]
-                async for event in events:
-                    if type(event) is not ChoiceText:
-                        await self._common(event)
-                        continue
-                    self.text += event.text
-                    for char in event.text:
-                        pending += char
-                        if char in BREAKPOINTS:
-                            segments.put_nowait(pending)
-                            pending = ""
-            segments.put_nowait(pending)  # the remainder, spoken with the unit's final message
-            segments.put_nowait(None)
-            await speaker
-        finally:
-            if not speaker.done():
-                speaker.cancel()
-                await asyncio.gather(speaker, return_exceptions=True)
+    def splitter(self) -> Splitter:
+        return BreakpointSplitter()
 
-    async def _play(self, segments: asyncio.Queue[str | None]) -> None:
+    async def _speak_all(self, sentences: asyncio.Queue[str | None]) -> None:
         ended = False  # the text is complete and every piece of it taken
 
         async def take(*, rest: bool) -> str:
             nonlocal ended
             text = ""
             while not ended:
-                piece = await segments.get()
+                piece = await sentences.get()
                 if piece is None:
                     ended = True
                 else:

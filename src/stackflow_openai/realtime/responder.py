@@ -21,16 +21,24 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from stackflow_openai.services.events import ChoiceFinished, ChoiceText, ChoiceToolCall, ToolCall
 
 from .conversation import new_item_id
 
-__all__ = ["ResponseRun", "SentenceSplitter", "Speak", "Spoken"]
+__all__ = ["ResponseRun", "SentenceSplitter", "Speak", "Splitter", "Spoken"]
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Speak = Callable[[str], AsyncIterator[bytes]]  # a sentence → pcm16 24 kHz pieces
+
+
+class Splitter(Protocol):
+    def feed(self, text: str) -> list[str]: ...  # text deltas in, complete pieces out
+
+    def flush(self) -> list[str]: ...  # the rest, at the end of the answer
+
+
 AUDIO_DELTA_BYTES = 9600  # 200 ms of pcm16 at 24 kHz per response.output_audio.delta
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|(?<=[。！？；：])|\n+")
 _CLAUSE_END = re.compile(r"(?<=[,.!?;:])\s+|(?<=[，、。！？；：])|\n+")
@@ -252,7 +260,7 @@ class ResponseRun:
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak_all(sentences))
         try:
-            splitter = SentenceSplitter()
+            splitter = self.splitter()
             async with aclosing(self._events) as events:  # type: ignore[type-var]
                 async for event in events:
                     if type(event) is ChoiceText:
@@ -269,6 +277,10 @@ class ResponseRun:
             if not speaker.done():
                 speaker.cancel()
                 await asyncio.gather(speaker, return_exceptions=True)
+
+    def splitter(self) -> Splitter:
+        """How the text is cut into the pieces spoken one after another."""
+        return SentenceSplitter()
 
     async def _speak_all(self, sentences: asyncio.Queue[str | None]) -> None:
         assert self._speak is not None
