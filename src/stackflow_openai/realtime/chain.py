@@ -103,7 +103,6 @@ class DeviceChain:
 
     def __init__(self, models: ChainModels, settings: UnitSettings, counter: TokenCounter) -> None:
         self.models = models
-        self.system_prompt = settings.system_prompt
         self._settings = settings
         self.counter = counter
         # What the device answers from, as the session's chat messages (set by the session when formed).
@@ -142,7 +141,7 @@ class DeviceChain:
         ledger = models.chat_backend.conversations
         if ledger is not None:
             self._stack.callback(ledger.mark_unknown, self._llm)  # the cache now holds this session
-            self._used = self.counter.count(self.system_prompt) + TURN_MARKERS
+            self._used = self.counter.count(self._settings.system_prompt) + TURN_MARKERS
 
     async def _lease(self, model: ModelDescriptor, setup: dict[str, Any]) -> Unit:
         lease = device_lease(self.models.pool, model, setup, pool_size=None)
